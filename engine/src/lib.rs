@@ -1,0 +1,16 @@
+//! corelog's storage engine: the shard runtime, the partition log and the storage I/O edge.
+//!
+//! - [`runtime`]: one pinned glommio executor per core, cross-shard messages, placement.
+//! - [`log`]: segments, indexes, recovery, retention, the batch cache and group commit.
+//! - [`batch`]: RecordBatch v2 validation and offset stamping.
+//! - [`side_ring`]: the per-shard io_uring ring for splice and socket writability.
+//! - [`device`]: start-up preparation of data devices (glommio's IOPOLL probe).
+
+pub mod batch;
+pub mod device;
+pub mod error;
+pub mod log;
+pub mod runtime;
+pub mod side_ring;
+
+pub use error::{AppendError, IoFailure, StorageError};

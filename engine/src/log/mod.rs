@@ -1,0 +1,15 @@
+//! The partition log: per-shard storage of every partition the shard owns.
+
+pub mod cache;
+pub mod config;
+pub mod index;
+pub mod partition;
+pub mod segment;
+pub mod shard_log;
+
+pub use config::{FlushPolicy, LogConfig};
+pub use partition::{PartitionOffsets, RecoveryReport, TopicPartition};
+pub use segment::ScanStop;
+pub use shard_log::{
+    Appended, Durable, FileRange, ReadData, ReadResult, ShardLog, ShardLogConfig, ShardLogStats,
+};

@@ -1,0 +1,483 @@
+//! One segment of a partition log: a `.log` file of RecordBatch v2 bytes written with
+//! O_DIRECT, plus its sparse indexes.
+//!
+//! Owner: the shard that owns the partition. Lifecycle: *active* (accepts appends) →
+//! *sealed* (rolled; its remaining bytes are still being written and synced) → *finalized*
+//! (file truncated to its exact size, `.index` and `.timeindex` written and synced; read-only).
+//!
+//! Write state, in bytes from the start of the file, always at batch boundaries:
+//! `durable_bytes ≤ written_bytes ≤ index.summary().size_bytes` (the last counts every
+//! appended batch, including those still pending in memory). Writes are aligned to the
+//! device's O_DIRECT block: the partial last block (`tail`) is kept in memory and written
+//! again, extended, by the next write.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use bytes::Bytes;
+use glommio::io::{DmaFile, OpenOptions};
+
+use crate::batch::{self, BatchHeader};
+use crate::error::IoFailure;
+use crate::log::index::SegmentIndex;
+
+pub(crate) fn log_path(dir: &Path, base_offset: i64) -> PathBuf {
+    dir.join(format!("{base_offset:020}.log"))
+}
+
+pub(crate) fn offset_index_path(dir: &Path, base_offset: i64) -> PathBuf {
+    dir.join(format!("{base_offset:020}.index"))
+}
+
+pub(crate) fn time_index_path(dir: &Path, base_offset: i64) -> PathBuf {
+    dir.join(format!("{base_offset:020}.timeindex"))
+}
+
+/// Parses `00000000000000000042.log` into 42.
+pub(crate) fn parse_log_file_name(name: &str) -> Option<i64> {
+    let stem = name.strip_suffix(".log")?;
+    (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| stem.parse().ok())
+        .flatten()
+}
+
+/// A write the flusher is to perform, taken from the segment's pending batches.
+pub(crate) struct WritePlan {
+    pub file: Rc<DmaFile>,
+    pub path: PathBuf,
+    /// Aligned file position of the buffer.
+    pub position: u64,
+    /// Tail block + pending batches + zero padding to the alignment; taken by the write.
+    pub buffer: Option<glommio::io::DmaBuffer>,
+    pub buffer_len: usize,
+    /// `written_bytes` and the partition offset covered once the write completes.
+    pub written_bytes_after: u64,
+    pub next_offset_after: i64,
+    pub tail_after: Vec<u8>,
+    /// fallocate this far first, when the write would pass the reserved extent.
+    pub preallocate_to: Option<u64>,
+}
+
+pub(crate) struct Segment {
+    pub base_offset: i64,
+    pub path: PathBuf,
+    /// None until the flusher creates the file for the first write.
+    pub file: Option<Rc<DmaFile>>,
+    pub index: SegmentIndex,
+    /// Batches appended but not yet handed to a write, with their next offsets.
+    pending: VecDeque<(Bytes, i64)>,
+    pub written_bytes: u64,
+    pub written_next_offset: i64,
+    pub durable_bytes: u64,
+    pub durable_next_offset: i64,
+    tail: Vec<u8>,
+    allocated_bytes: u64,
+    pub sealed: bool,
+    pub finalized: bool,
+    /// When the first batch was appended (for `segment.ms`), None when empty.
+    pub first_append_ms: Option<i64>,
+}
+
+impl Segment {
+    /// A new, empty, active segment whose file does not exist yet.
+    pub fn new(dir: &Path, base_offset: i64, index_interval_bytes: u64) -> Self {
+        Self {
+            base_offset,
+            path: log_path(dir, base_offset),
+            file: None,
+            index: SegmentIndex::new(base_offset, index_interval_bytes),
+            pending: VecDeque::new(),
+            written_bytes: 0,
+            written_next_offset: base_offset,
+            durable_bytes: 0,
+            durable_next_offset: base_offset,
+            tail: Vec::new(),
+            allocated_bytes: 0,
+            sealed: false,
+            finalized: false,
+            first_append_ms: None,
+        }
+    }
+
+    /// A segment recovered from disk: everything in `index` is durable; `tail` holds the
+    /// bytes of the partial last block.
+    pub fn recovered(
+        file: Rc<DmaFile>,
+        path: PathBuf,
+        index: SegmentIndex,
+        tail: Vec<u8>,
+        now_ms: i64,
+    ) -> Self {
+        let summary = index.summary();
+        Self {
+            base_offset: index.base_offset(),
+            path,
+            file: Some(file),
+            pending: VecDeque::new(),
+            written_bytes: summary.size_bytes,
+            written_next_offset: summary.next_offset,
+            durable_bytes: summary.size_bytes,
+            durable_next_offset: summary.next_offset,
+            tail,
+            allocated_bytes: summary.size_bytes,
+            sealed: false,
+            finalized: false,
+            first_append_ms: (summary.size_bytes > 0).then_some(now_ms),
+            index,
+        }
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.index.summary().size_bytes
+    }
+
+    pub fn next_offset(&self) -> i64 {
+        self.index.summary().next_offset
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.size_bytes() == 0
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Records an appended batch (already stamped) in memory.
+    pub fn append(&mut self, header: &BatchHeader, bytes: Bytes, now_ms: i64) {
+        assert!(!self.sealed, "append to a sealed segment");
+        let position = self.size_bytes();
+        self.index.on_batch(header, position);
+        self.pending.push_back((bytes, header.next_offset()));
+        self.first_append_ms.get_or_insert(now_ms);
+    }
+
+    /// Takes every pending batch into one aligned write that also rewrites the tail block.
+    pub fn take_write_plan(&mut self, alignment: u64, preallocate_bytes: u64) -> Option<WritePlan> {
+        let file = self.file.clone()?;
+        if self.pending.is_empty() {
+            return None;
+        }
+        let alignment = alignment as usize;
+        let position = (self.written_bytes as usize / alignment * alignment) as u64;
+        assert_eq!(
+            self.tail.len() as u64,
+            self.written_bytes - position,
+            "tail block out of step"
+        );
+        let pending_bytes: usize = self.pending.iter().map(|(b, _)| b.len()).sum();
+        let data_len = self.tail.len() + pending_bytes;
+        let buffer_len = data_len.div_ceil(alignment) * alignment;
+        // The one copy of the write path: O_DIRECT needs aligned memory.
+        let mut dma = file.alloc_dma_buffer(buffer_len);
+        let buffer = dma.as_bytes_mut();
+        buffer[..self.tail.len()].copy_from_slice(&self.tail);
+        let mut at = self.tail.len();
+        let mut next_offset_after = self.written_next_offset;
+        for (bytes, next_offset) in self.pending.drain(..) {
+            buffer[at..at + bytes.len()].copy_from_slice(&bytes);
+            at += bytes.len();
+            next_offset_after = next_offset;
+        }
+        buffer[data_len..].fill(0);
+        let tail_start = data_len / alignment * alignment;
+        let tail_after = buffer[tail_start..data_len].to_vec();
+        let end = position + buffer_len as u64;
+        let preallocate_to = (end > self.allocated_bytes).then(|| {
+            let target = (end + preallocate_bytes).div_ceil(alignment as u64) * alignment as u64;
+            self.allocated_bytes = target;
+            target
+        });
+        Some(WritePlan {
+            file,
+            path: self.path.clone(),
+            position,
+            buffer: Some(dma),
+            buffer_len,
+            written_bytes_after: position + data_len as u64,
+            next_offset_after,
+            tail_after,
+            preallocate_to,
+        })
+    }
+
+    pub fn complete_write(&mut self, written_bytes: u64, next_offset: i64, tail: Vec<u8>) {
+        assert!(written_bytes >= self.written_bytes && written_bytes <= self.size_bytes());
+        self.written_bytes = written_bytes;
+        self.written_next_offset = next_offset;
+        self.tail = tail;
+    }
+
+    pub fn complete_sync(&mut self, durable_bytes: u64, durable_next_offset: i64) {
+        assert!(
+            durable_bytes <= self.written_bytes,
+            "synced past the written bytes"
+        );
+        if durable_bytes > self.durable_bytes {
+            self.durable_bytes = durable_bytes;
+            self.durable_next_offset = durable_next_offset;
+        }
+    }
+
+    pub fn needs_sync(&self) -> bool {
+        self.durable_bytes < self.written_bytes
+    }
+
+    /// Sealed, all written and synced, not yet finalized.
+    pub fn ready_to_finalize(&self) -> bool {
+        self.sealed
+            && !self.finalized
+            && self.pending.is_empty()
+            && self.durable_bytes == self.size_bytes()
+    }
+}
+
+fn io<'a>(
+    operation: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(glommio::GlommioError<()>) -> IoFailure + 'a {
+    move |e| IoFailure::new(operation, path, e)
+}
+
+/// Opens (creating if needed) a segment file for reading and writing with O_DIRECT.
+pub(crate) async fn open_segment_file(path: &Path, create: bool) -> Result<Rc<DmaFile>, IoFailure> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .dma_open(path)
+        .await
+        .map(Rc::new)
+        .map_err(io("open", path))
+}
+
+/// Performs a write plan: fallocate if needed, then one aligned O_DIRECT write.
+pub(crate) async fn execute_write(plan: &mut WritePlan) -> Result<(), IoFailure> {
+    if let Some(size) = plan.preallocate_to {
+        plan.file
+            .pre_allocate(size, true)
+            .await
+            .map_err(io("fallocate", &plan.path))?;
+    }
+    let expected = plan.buffer_len;
+    let buffer = plan.buffer.take().ok_or_else(|| IoFailure {
+        operation: "write",
+        path: plan.path.clone(),
+        message: "write plan executed twice".into(),
+        os_error: None,
+    })?;
+    let written = plan
+        .file
+        .write_at(buffer, plan.position)
+        .await
+        .map_err(io("write", &plan.path))?;
+    if written != expected {
+        return Err(IoFailure {
+            operation: "write",
+            path: plan.path.clone(),
+            message: format!("short write: {written} of {expected} bytes"),
+            os_error: None,
+        });
+    }
+    Ok(())
+}
+
+pub(crate) async fn sync_file(file: &DmaFile, path: &Path) -> Result<(), IoFailure> {
+    file.fdatasync().await.map_err(io("fdatasync", path))
+}
+
+/// Makes a sealed segment read-only for good: file cut to its exact size, both index files
+/// written and synced. After this, start-up trusts the indexes instead of scanning.
+pub(crate) async fn finalize(
+    dir: &Path,
+    file: &DmaFile,
+    path: &Path,
+    index: &SegmentIndex,
+) -> Result<(), IoFailure> {
+    let summary = index.summary();
+    file.truncate(summary.size_bytes)
+        .await
+        .map_err(io("truncate", path))?;
+    sync_file(file, path).await?;
+    write_index_files(dir, index).await
+}
+
+/// Writes and syncs the two index files of a segment.
+pub(crate) async fn write_index_files(dir: &Path, index: &SegmentIndex) -> Result<(), IoFailure> {
+    let base = index.base_offset();
+    write_small_file(&offset_index_path(dir, base), index.encode_offset_index()).await?;
+    write_small_file(&time_index_path(dir, base), index.encode_time_index()).await
+}
+
+/// Writes a small file completely and syncs it (buffered I/O: index files are tiny).
+pub(crate) async fn write_small_file(path: &Path, bytes: Vec<u8>) -> Result<(), IoFailure> {
+    let file = glommio::io::BufferedFile::create(path)
+        .await
+        .map_err(io("create", path))?;
+    let expected = bytes.len();
+    let written = file.write_at(bytes, 0).await.map_err(io("write", path))?;
+    if written != expected {
+        return Err(IoFailure {
+            operation: "write",
+            path: path.to_path_buf(),
+            message: format!("short write: {written} of {expected} bytes"),
+            os_error: None,
+        });
+    }
+    file.fdatasync().await.map_err(io("fdatasync", path))?;
+    file.close().await.map_err(io("close", path))
+}
+
+/// Reads a whole small file; `None` if it does not exist.
+pub(crate) async fn read_small_file(path: &Path) -> Result<Option<Vec<u8>>, IoFailure> {
+    let path_owned = path.to_path_buf();
+    let result = glommio::executor()
+        .spawn_blocking(move || std::fs::read(&path_owned))
+        .await;
+    match result {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(IoFailure::new("read", path, e)),
+    }
+}
+
+/// Why a recovery scan stopped before the end of the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScanStop {
+    /// Fewer bytes than a batch header, zero padding, or a length past the end: a torn or
+    /// never-completed write.
+    TornTail,
+    /// A batch that fails validation (bad magic, CRC, counts).
+    Corrupt(String),
+    /// Offsets that go backwards.
+    OffsetsNotIncreasing,
+}
+
+/// The result of validating a segment file from its start.
+pub(crate) struct ScanOutcome {
+    pub index: SegmentIndex,
+    pub stop: Option<ScanStop>,
+}
+
+const SCAN_CHUNK_BYTES: usize = 1 << 20;
+
+/// Validates every batch of a segment file (length, magic, CRC32C, increasing offsets) and
+/// rebuilds its indexes, stopping at the first batch that is not whole and valid.
+pub(crate) async fn scan_segment(
+    file: &DmaFile,
+    path: &Path,
+    file_size: u64,
+    base_offset: i64,
+    expected_next_offset: i64,
+    index_interval_bytes: u64,
+) -> Result<ScanOutcome, IoFailure> {
+    let mut index = SegmentIndex::new(base_offset, index_interval_bytes);
+    let mut next_offset = expected_next_offset.max(base_offset);
+    let mut position = 0u64;
+    let mut window: Vec<u8> = Vec::new();
+    let mut window_start = 0u64;
+    loop {
+        let remaining = file_size - position;
+        if remaining == 0 {
+            return Ok(ScanOutcome { index, stop: None });
+        }
+        let in_window = |w: &Vec<u8>, start: u64, need: usize| {
+            position >= start && (position - start) as usize + need <= w.len()
+        };
+        if !in_window(
+            &window,
+            window_start,
+            batch::BATCH_LENGTH_PREFIX_BYTES.min(remaining as usize),
+        ) {
+            window = read_range(
+                file,
+                path,
+                position,
+                SCAN_CHUNK_BYTES.min(remaining as usize),
+            )
+            .await?;
+            window_start = position;
+        }
+        let at = (position - window_start) as usize;
+        let claimed = batch::claimed_batch_size(&window[at..]);
+        let Some(claimed) =
+            claimed.filter(|&c| c >= batch::BATCH_HEADER_BYTES && c as u64 <= remaining)
+        else {
+            return Ok(ScanOutcome {
+                index,
+                stop: Some(ScanStop::TornTail),
+            });
+        };
+        if !in_window(&window, window_start, claimed) {
+            window = read_range(
+                file,
+                path,
+                position,
+                SCAN_CHUNK_BYTES.max(claimed).min(remaining as usize),
+            )
+            .await?;
+            window_start = position;
+        }
+        let at = (position - window_start) as usize;
+        let header = match batch::validate_prefix(&window[at..at + claimed]) {
+            Ok(header) => header,
+            Err(e) => {
+                return Ok(ScanOutcome {
+                    index,
+                    stop: Some(ScanStop::Corrupt(e.to_string())),
+                });
+            }
+        };
+        if header.base_offset < next_offset
+            || header.last_offset() - base_offset > i64::from(u32::MAX >> 1)
+        {
+            return Ok(ScanOutcome {
+                index,
+                stop: Some(ScanStop::OffsetsNotIncreasing),
+            });
+        }
+        index.on_batch(&header, position);
+        next_offset = header.next_offset();
+        position += claimed as u64;
+    }
+}
+
+/// Reads `len` bytes at `position` (copying: used by recovery and by tests, not by fetch).
+pub(crate) async fn read_range(
+    file: &DmaFile,
+    path: &Path,
+    position: u64,
+    len: usize,
+) -> Result<Vec<u8>, IoFailure> {
+    let result = file
+        .read_at(position, len)
+        .await
+        .map_err(io("read", path))?;
+    if result.len() != len {
+        return Err(IoFailure {
+            operation: "read",
+            path: path.to_path_buf(),
+            message: format!("short read at {position}: {} of {len} bytes", result.len()),
+            os_error: None,
+        });
+    }
+    Ok(result.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_round_trip() {
+        let dir = Path::new("/data/t-0");
+        let path = log_path(dir, 42);
+        assert_eq!(path, Path::new("/data/t-0/00000000000000000042.log"));
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap();
+        assert_eq!(parse_log_file_name(name), Some(42));
+        assert_eq!(parse_log_file_name("42.log"), None);
+        assert_eq!(parse_log_file_name("0000000000000000004x.log"), None);
+        assert_eq!(parse_log_file_name("00000000000000000042.index"), None);
+    }
+}

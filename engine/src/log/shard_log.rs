@@ -1,0 +1,798 @@
+//! The storage of one shard: every partition the shard owns, its batch cache, and the
+//! group-commit flusher.
+//!
+//! Owner: exactly one shard (glommio executor); `ShardLog` is `!Send` and lives in an `Rc`.
+//!
+//! Durability contract: under `flush = always` an append's `durable` future resolves only
+//! after an `fdatasync` that covers its bytes completed (and, for a new segment, after its
+//! directory entry was synced). Group commit: appends from all partitions accumulate while a
+//! wave is in flight; the next wave writes each touched segment once and syncs each once,
+//! then completes every waiter it covered.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_channel::oneshot;
+use glommio::io::DmaFile;
+
+use crate::batch;
+use crate::error::{AppendError, IoFailure, StorageError};
+use crate::log::cache::{BatchCache, CacheStats, PartitionId};
+use crate::log::config::{FlushPolicy, LogConfig};
+use crate::log::partition::{
+    self, FileReadPlan, Partition, PartitionOffsets, RecoveryReport, TopicPartition,
+};
+use crate::log::segment::{self, Segment};
+
+/// Settings of a shard's storage.
+#[derive(Debug, Clone)]
+pub struct ShardLogConfig {
+    pub data_dir: PathBuf,
+    /// Memory budget of the batch cache.
+    pub cache_budget_bytes: usize,
+}
+
+/// Counters of the shard's storage, for benchmarks and metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ShardLogStats {
+    pub appends: u64,
+    pub appended_bytes: u64,
+    pub waves: u64,
+    pub writes: u64,
+    pub written_bytes: u64,
+    pub syncs: u64,
+    /// Appends covered by the largest wave so far.
+    pub wave_appends_max: u64,
+    pub cache: CacheStats,
+}
+
+/// A completed append: its offsets, and a future that resolves once it is durable
+/// (already resolved for policies that do not wait for a sync).
+pub struct Appended {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub durable: Durable,
+}
+
+/// Resolves when an append is on stable storage (or failed to get there).
+pub struct Durable(Option<oneshot::Receiver<Result<(), StorageError>>>);
+
+impl Future for Durable {
+    type Output = Result<(), StorageError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.0.as_mut() {
+            None => Poll::Ready(Ok(())),
+            Some(rx) => Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or(Err(StorageError::Stopping))),
+        }
+    }
+}
+
+/// What a read returns: batches straight from the cache, or a byte range of a segment file
+/// (to be sent with splice, never copied into a buffer), or nothing yet.
+pub enum ReadData {
+    Empty,
+    Cached(Vec<Bytes>),
+    File(FileRange),
+}
+
+/// A range of a segment file holding whole batches from the requested one on (possibly
+/// ending inside a batch when `max_bytes` cuts it, as Kafka does).
+pub struct FileRange {
+    pub file: Rc<DmaFile>,
+    pub path: PathBuf,
+    pub position: u64,
+    pub len: u64,
+}
+
+impl FileRange {
+    /// Copies the range into memory (tests and tools; the fetch path splices instead).
+    pub async fn read_to_vec(&self) -> Result<Vec<u8>, IoFailure> {
+        segment::read_range(&self.file, &self.path, self.position, self.len as usize).await
+    }
+}
+
+pub struct ReadResult {
+    pub offsets: PartitionOffsets,
+    pub data: ReadData,
+}
+
+impl ReadResult {
+    /// The bytes of the result, whatever their source (copying file ranges).
+    pub async fn to_vec(&self) -> Result<Vec<u8>, IoFailure> {
+        match &self.data {
+            ReadData::Empty => Ok(Vec::new()),
+            ReadData::Cached(batches) => {
+                Ok(batches.iter().flat_map(|b| b.iter().copied()).collect())
+            }
+            ReadData::File(range) => range.read_to_vec().await,
+        }
+    }
+}
+
+/// A single-waiter wake-up flag (the flusher waits on it).
+#[derive(Default)]
+struct Notify {
+    set: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Notify {
+    fn notify(&self) {
+        self.set.set(true);
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            if self.set.replace(false) {
+                Poll::Ready(())
+            } else {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+struct Inner {
+    partitions: HashMap<TopicPartition, (PartitionId, Partition)>,
+    ids: HashMap<PartitionId, TopicPartition>,
+    next_id: PartitionId,
+    cache: BatchCache,
+    dirty: BTreeSet<TopicPartition>,
+    stopping: bool,
+    stats: ShardLogStats,
+    appends_since_wave: u64,
+}
+
+pub struct ShardLog {
+    config: ShardLogConfig,
+    inner: RefCell<Inner>,
+    flusher_wake: Notify,
+    flusher: RefCell<Option<glommio::task::JoinHandle<()>>>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl ShardLog {
+    /// Opens the shard's storage and starts its flusher. Must run on the owning shard.
+    pub async fn open(config: ShardLogConfig) -> Result<Rc<Self>, StorageError> {
+        crate::device::prepare_data_dir(&config.data_dir).await?;
+        let log = Rc::new(Self {
+            inner: RefCell::new(Inner {
+                partitions: HashMap::new(),
+                ids: HashMap::new(),
+                next_id: 0,
+                cache: BatchCache::new(config.cache_budget_bytes),
+                dirty: BTreeSet::new(),
+                stopping: false,
+                stats: ShardLogStats::default(),
+                appends_since_wave: 0,
+            }),
+            config,
+            flusher_wake: Notify::default(),
+            flusher: RefCell::new(None),
+        });
+        let task = glommio::spawn_local(Rc::clone(&log).flusher_loop()).detach();
+        *log.flusher.borrow_mut() = Some(task);
+        Ok(log)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+
+    /// Opens (recovering) or creates a partition owned by this shard.
+    pub async fn open_partition(
+        &self,
+        name: &TopicPartition,
+        config: LogConfig,
+    ) -> Result<RecoveryReport, StorageError> {
+        validate_config(&config)?;
+        if self.inner.borrow().partitions.contains_key(name) {
+            return Ok(RecoveryReport::default());
+        }
+        let dir = self.config.data_dir.join(name.to_string());
+        let (partition, report) = Partition::open(name.clone(), dir, config, now_ms()).await?;
+        let mut inner = self.inner.borrow_mut();
+        if inner.partitions.contains_key(name) {
+            return Ok(RecoveryReport::default());
+        }
+        let id = inner.next_id;
+        inner.next_id += 1;
+        inner.ids.insert(id, name.clone());
+        inner.partitions.insert(name.clone(), (id, partition));
+        Ok(report)
+    }
+
+    pub fn partitions(&self) -> Vec<TopicPartition> {
+        let mut names: Vec<_> = self.inner.borrow().partitions.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Validates a produced batch, stamps its offsets in place and appends it. The batch's
+    /// bytes become the log's (no copy until the write wave puts them into an aligned buffer).
+    pub fn append(
+        &self,
+        name: &TopicPartition,
+        mut batch: BytesMut,
+        now_ms: i64,
+    ) -> Result<Appended, AppendError> {
+        let mut inner = self.inner.borrow_mut();
+        if inner.stopping {
+            return Err(StorageError::Stopping.into());
+        }
+        let Inner {
+            partitions,
+            cache,
+            stats,
+            ..
+        } = &mut *inner;
+        let (id, partition) = partitions
+            .get_mut(name)
+            .ok_or_else(|| StorageError::UnknownPartition(name.to_string()))?;
+        if let Some(error) = partition.offline_error() {
+            return Err(error.into());
+        }
+        let mut header = batch::validate_produced(&batch, partition.config.max_message_bytes)?;
+        header.base_offset = partition.log_end_offset();
+        header.partition_leader_epoch = partition.leader_epoch;
+        batch::stamp(
+            &mut batch,
+            header.base_offset,
+            header.partition_leader_epoch,
+        );
+        let bytes = batch.freeze();
+        let waiter = partition.append(&header, bytes.clone(), now_ms);
+        cache.insert(*id, header.base_offset, header.last_offset(), bytes);
+        stats.appends += 1;
+        stats.appended_bytes += header.size_bytes as u64;
+        inner.appends_since_wave += 1;
+        inner.dirty.insert(name.clone());
+        drop(inner);
+        self.flusher_wake.notify();
+        Ok(Appended {
+            base_offset: header.base_offset,
+            last_offset: header.last_offset(),
+            durable: Durable(waiter),
+        })
+    }
+
+    pub fn offsets(&self, name: &TopicPartition) -> Result<PartitionOffsets, StorageError> {
+        let inner = self.inner.borrow();
+        let (_, partition) = inner
+            .partitions
+            .get(name)
+            .ok_or_else(|| StorageError::UnknownPartition(name.to_string()))?;
+        Ok(partition.offsets())
+    }
+
+    /// Reads from `offset` up to the high watermark: from the cache when the batch holding
+    /// `offset` is there, else a file range. At least one whole batch when any is visible.
+    pub async fn read(
+        &self,
+        name: &TopicPartition,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<ReadResult, StorageError> {
+        let plan = {
+            let mut inner = self.inner.borrow_mut();
+            let Inner {
+                partitions, cache, ..
+            } = &mut *inner;
+            let (id, partition) = partitions
+                .get(name)
+                .ok_or_else(|| StorageError::UnknownPartition(name.to_string()))?;
+            let offsets = partition.offsets();
+            if offset < offsets.log_start_offset || offset > offsets.log_end_offset {
+                return Err(StorageError::OffsetOutOfRange {
+                    offset,
+                    log_start_offset: offsets.log_start_offset,
+                    log_end_offset: offsets.log_end_offset,
+                });
+            }
+            if offset >= offsets.high_watermark {
+                return Ok(ReadResult {
+                    offsets,
+                    data: ReadData::Empty,
+                });
+            }
+            if let Some(batches) = cache.read(*id, offset, offsets.high_watermark, max_bytes) {
+                return Ok(ReadResult {
+                    offsets,
+                    data: ReadData::Cached(batches),
+                });
+            }
+            match partition.plan_file_read(offset, offsets.high_watermark) {
+                Some(plan) => (offsets, plan),
+                None => {
+                    return Ok(ReadResult {
+                        offsets,
+                        data: ReadData::Empty,
+                    });
+                }
+            }
+        };
+        let (offsets, plan) = plan;
+        let data = match locate_batch(&plan, |h| h.last_offset() >= plan.offset).await? {
+            Some((position, first_batch_bytes)) => {
+                let len = (max_bytes as u64)
+                    .max(first_batch_bytes)
+                    .min(plan.bound_bytes - position);
+                ReadData::File(FileRange {
+                    file: plan.file,
+                    path: plan.path,
+                    position,
+                    len,
+                })
+            }
+            None => ReadData::Empty,
+        };
+        Ok(ReadResult { offsets, data })
+    }
+
+    /// The base offset of the first visible batch whose max timestamp is ≥ `timestamp`
+    /// (ListOffsets by time narrows this to the record inside the batch). None if no batch
+    /// has such a timestamp.
+    pub async fn offset_for_timestamp(
+        &self,
+        name: &TopicPartition,
+        timestamp: i64,
+    ) -> Result<Option<i64>, StorageError> {
+        let plan = {
+            let inner = self.inner.borrow();
+            let (_, partition) = inner
+                .partitions
+                .get(name)
+                .ok_or_else(|| StorageError::UnknownPartition(name.to_string()))?;
+            partition.plan_timestamp_lookup(timestamp)
+        };
+        let Some(plan) = plan else { return Ok(None) };
+        let start = plan.offset;
+        let found = locate_batch(&plan, |h| {
+            h.last_offset() >= start && h.max_timestamp >= timestamp
+        })
+        .await?;
+        match found {
+            None => Ok(None),
+            Some((position, _)) => {
+                let header = read_header(&plan.file, &plan.path, position).await?;
+                Ok(Some(header.base_offset))
+            }
+        }
+    }
+
+    /// Moves the log start offset to `offset` (Kafka DeleteRecords; -1 means the high
+    /// watermark), durably, and deletes the segments wholly below it. Returns the new log
+    /// start offset.
+    pub async fn delete_records(
+        &self,
+        name: &TopicPartition,
+        offset: i64,
+    ) -> Result<i64, StorageError> {
+        let (dir, target, generation) = {
+            let mut inner = self.inner.borrow_mut();
+            let (_, partition) = inner
+                .partitions
+                .get_mut(name)
+                .ok_or_else(|| StorageError::UnknownPartition(name.to_string()))?;
+            let offsets = partition.offsets();
+            let target = if offset == -1 {
+                offsets.high_watermark
+            } else {
+                offset
+            };
+            if target < 0 || target > offsets.high_watermark {
+                return Err(StorageError::OffsetOutOfRange {
+                    offset,
+                    log_start_offset: offsets.log_start_offset,
+                    log_end_offset: offsets.high_watermark,
+                });
+            }
+            if target <= offsets.log_start_offset {
+                return Ok(offsets.log_start_offset);
+            }
+            partition.checkpoint_generation += 1;
+            (
+                partition.dir.clone(),
+                target,
+                partition.checkpoint_generation,
+            )
+        };
+        partition::write_log_start_checkpoint(&dir, target, generation).await?;
+        {
+            let mut inner = self.inner.borrow_mut();
+            let Inner {
+                partitions, cache, ..
+            } = &mut *inner;
+            if let Some((id, partition)) = partitions.get_mut(name) {
+                partition.log_start_offset = partition.log_start_offset.max(target);
+                cache.remove_below(*id, target);
+            }
+        }
+        self.enforce_retention_of(name, now_ms()).await?;
+        Ok(self.offsets(name)?.log_start_offset)
+    }
+
+    /// Applies retention (time, size, log start offset) to every partition; returns the
+    /// number of segments deleted.
+    pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize, StorageError> {
+        let mut deleted = 0;
+        for name in self.partitions() {
+            deleted += self.enforce_retention_of(&name, now_ms).await?;
+        }
+        Ok(deleted)
+    }
+
+    async fn enforce_retention_of(
+        &self,
+        name: &TopicPartition,
+        now_ms: i64,
+    ) -> Result<usize, StorageError> {
+        let (dir, doomed) = {
+            let mut inner = self.inner.borrow_mut();
+            let Inner {
+                partitions, cache, ..
+            } = &mut *inner;
+            let Some((id, partition)) = partitions.get_mut(name) else {
+                return Ok(0);
+            };
+            let doomed: Vec<Segment> = partition.take_expired_segments(now_ms);
+            cache.remove_below(*id, partition.log_start_offset);
+            (partition.dir.clone(), doomed)
+        };
+        for segment in &doomed {
+            tracing::info!(partition = %name, segment = segment.base_offset, "deleting segment (retention)");
+            partition::remove_segment_files(&dir, segment.base_offset).await?;
+        }
+        Ok(doomed.len())
+    }
+
+    pub fn stats(&self) -> ShardLogStats {
+        let inner = self.inner.borrow();
+        ShardLogStats {
+            cache: inner.cache.stats(),
+            ..inner.stats
+        }
+    }
+
+    /// Graceful stop: refuse new appends, write and sync everything, finalize every segment's
+    /// indexes so the next start need not scan, then stop the flusher.
+    pub async fn close(&self) -> Result<(), StorageError> {
+        self.inner.borrow_mut().stopping = true;
+        self.flusher_wake.notify();
+        let task = self.flusher.borrow_mut().take();
+        if let Some(task) = task {
+            task.await;
+        }
+        // Active segments get the same treatment as sealed ones: exact size and indexes.
+        let active: Vec<(
+            PathBuf,
+            Rc<DmaFile>,
+            PathBuf,
+            crate::log::index::SegmentIndex,
+        )> = {
+            let inner = self.inner.borrow();
+            inner
+                .partitions
+                .values()
+                .filter(|(_, p)| p.failed.is_none())
+                .filter_map(|(_, p)| {
+                    let active = p.active();
+                    let clean = !active.needs_sync() && !active.has_pending();
+                    let file = active.file.clone().filter(|_| clean)?;
+                    Some((
+                        p.dir.clone(),
+                        file,
+                        active.path.clone(),
+                        active.index.clone(),
+                    ))
+                })
+                .collect()
+        };
+        for (dir, file, path, index) in active {
+            segment::finalize(&dir, &file, &path, &index).await?;
+        }
+        Ok(())
+    }
+
+    async fn flusher_loop(self: Rc<Self>) {
+        loop {
+            let interval_ms = self.shortest_sync_interval_ms();
+            match interval_ms {
+                Some(ms) => {
+                    let sleep = glommio::timer::sleep(Duration::from_millis(ms));
+                    futures_lite::future::or(self.flusher_wake.wait(), sleep).await;
+                }
+                None => self.flusher_wake.wait().await,
+            }
+            let now = now_ms();
+            let (wave, stopping) = {
+                let mut inner = self.inner.borrow_mut();
+                let mut wave: Vec<TopicPartition> =
+                    std::mem::take(&mut inner.dirty).into_iter().collect();
+                let due: Vec<TopicPartition> = inner
+                    .partitions
+                    .iter()
+                    .filter(|(name, (_, p))| {
+                        !wave.contains(name)
+                            && p.has_unsynced()
+                            && (inner.stopping || matches!(p.config.flush, FlushPolicy::IntervalMs(ms) if now - p.last_sync_ms >= ms as i64))
+                    })
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                wave.extend(due);
+                let appends = std::mem::take(&mut inner.appends_since_wave);
+                inner.stats.wave_appends_max = inner.stats.wave_appends_max.max(appends);
+                (wave, inner.stopping)
+            };
+            if !wave.is_empty() {
+                let flushes = wave.iter().map(|name| self.flush_partition(name, stopping));
+                futures_util::future::join_all(flushes).await;
+                let mut inner = self.inner.borrow_mut();
+                inner.stats.waves += 1;
+                let Inner {
+                    partitions,
+                    ids,
+                    cache,
+                    ..
+                } = &mut *inner;
+                cache.evict(|id, base| {
+                    ids.get(&id)
+                        .and_then(|name| partitions.get(name))
+                        .is_none_or(|(_, p)| base < p.written_end_offset())
+                });
+            }
+            let idle = self.inner.borrow().dirty.is_empty();
+            if stopping && idle {
+                return;
+            }
+            if !idle {
+                self.flusher_wake.notify();
+            }
+        }
+    }
+
+    fn shortest_sync_interval_ms(&self) -> Option<u64> {
+        let inner = self.inner.borrow();
+        inner
+            .partitions
+            .values()
+            .filter_map(|(_, p)| match p.config.flush {
+                FlushPolicy::IntervalMs(ms) if p.has_unsynced() => Some(ms.max(1)),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Writes, syncs and finalizes what one partition has outstanding, segment by segment in
+    /// offset order (so a later segment is never durable before an earlier one).
+    async fn flush_partition(&self, name: &TopicPartition, stopping: bool) {
+        let result = self.flush_partition_inner(name, stopping).await;
+        let mut inner = self.inner.borrow_mut();
+        let Some((_, partition)) = inner.partitions.get_mut(name) else {
+            return;
+        };
+        match result {
+            Ok(()) => partition.complete_waiters(),
+            Err(failure) => partition.fail(&failure),
+        }
+    }
+
+    fn with_segment<T>(
+        &self,
+        name: &TopicPartition,
+        base: i64,
+        f: impl FnOnce(&mut Partition, &mut Segment) -> T,
+    ) -> Option<T> {
+        let mut inner = self.inner.borrow_mut();
+        let (_, partition) = inner.partitions.get_mut(name)?;
+        let mut segment = partition.segments.remove(&base)?;
+        let out = f(partition, &mut segment);
+        partition.segments.insert(base, segment);
+        Some(out)
+    }
+
+    async fn flush_partition_inner(
+        &self,
+        name: &TopicPartition,
+        stopping: bool,
+    ) -> Result<(), IoFailure> {
+        let (dir, bases, policy, preallocate_bytes) = {
+            let inner = self.inner.borrow();
+            let Some((_, partition)) = inner.partitions.get(name) else {
+                return Ok(());
+            };
+            if partition.failed.is_some() {
+                return Ok(());
+            }
+            let bases: Vec<i64> = partition
+                .segments
+                .values()
+                .filter(|s| s.has_pending() || s.needs_sync() || s.ready_to_finalize())
+                .map(|s| s.base_offset)
+                .collect();
+            (
+                partition.dir.clone(),
+                bases,
+                partition.config.flush,
+                partition.config.preallocate_bytes,
+            )
+        };
+        let now = now_ms();
+        for base in bases {
+            // 1. The file exists and its directory entry is durable before any data counts.
+            let missing = self
+                .with_segment(name, base, |_, s| s.file.is_none().then(|| s.path.clone()))
+                .flatten();
+            if let Some(path) = missing {
+                let file = segment::open_segment_file(&path, true).await?;
+                partition::sync_dir(&dir).await?;
+                self.with_segment(name, base, |_, s| s.file = Some(file));
+            }
+            // 2. One aligned write of everything pending (tail block rewritten).
+            let plan = self
+                .with_segment(name, base, |_, s| {
+                    s.file
+                        .as_ref()
+                        .map(|f| f.alignment())
+                        .and_then(|a| s.take_write_plan(a, preallocate_bytes))
+                })
+                .flatten();
+            if let Some(mut plan) = plan {
+                segment::execute_write(&mut plan).await?;
+                let (bytes, next, tail) = (
+                    plan.written_bytes_after,
+                    plan.next_offset_after,
+                    plan.tail_after,
+                );
+                self.with_segment(name, base, |_, s| s.complete_write(bytes, next, tail));
+                let mut inner = self.inner.borrow_mut();
+                inner.stats.writes += 1;
+                inner.stats.written_bytes += plan.buffer_len as u64;
+            }
+            // 3. One fdatasync, when the policy (or a seal, or the stop) asks for it.
+            let to_sync = self
+                .with_segment(name, base, |p, s| {
+                    let due = match policy {
+                        FlushPolicy::Always => true,
+                        FlushPolicy::IntervalMs(ms) => now - p.last_sync_ms >= ms as i64,
+                        FlushPolicy::None => false,
+                    };
+                    (s.needs_sync() && (due || s.sealed || stopping))
+                        .then(|| (s.file.clone(), s.written_bytes, s.written_next_offset))
+                })
+                .flatten();
+            if let Some((Some(file), bytes, next)) = to_sync {
+                segment::sync_file(&file, &segment::log_path(&dir, base)).await?;
+                self.with_segment(name, base, |p, s| {
+                    s.complete_sync(bytes, next);
+                    p.last_sync_ms = now;
+                });
+                self.inner.borrow_mut().stats.syncs += 1;
+            }
+            // 4. A sealed segment, now complete on disk, gets its exact size and indexes.
+            let finalize = self
+                .with_segment(name, base, |_, s| {
+                    s.ready_to_finalize()
+                        .then(|| (s.file.clone(), s.index.clone()))
+                })
+                .flatten();
+            if let Some((Some(file), index)) = finalize {
+                segment::finalize(&dir, &file, &segment::log_path(&dir, base), &index).await?;
+                self.with_segment(name, base, |_, s| s.finalized = true);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn validate_config(config: &LogConfig) -> Result<(), StorageError> {
+    let invalid = |what: &str| Err(StorageError::InvalidConfig(what.to_string()));
+    if config.segment_bytes < 14 || config.segment_bytes > i32::MAX as u64 {
+        return invalid("segment.bytes must be between 14 and 2147483647");
+    }
+    if config.max_message_bytes as u64 > config.segment_bytes.max(1 << 20) * 2 {
+        return invalid("max.message.bytes is far larger than segment.bytes");
+    }
+    if config.segment_ms == 0 {
+        return invalid("segment.ms must be positive");
+    }
+    Ok(())
+}
+
+async fn read_header(
+    file: &DmaFile,
+    path: &Path,
+    position: u64,
+) -> Result<batch::BatchHeader, IoFailure> {
+    let bytes = segment::read_range(file, path, position, batch::BATCH_HEADER_BYTES).await?;
+    header_fields(&bytes).ok_or_else(|| IoFailure {
+        operation: "read",
+        path: path.to_path_buf(),
+        message: format!("no batch header at {position}"),
+        os_error: None,
+    })
+}
+
+/// Parses the header fields of a stored batch without re-checking its CRC (it was checked
+/// at intake and at recovery).
+fn header_fields(bytes: &[u8]) -> Option<batch::BatchHeader> {
+    let size = batch::claimed_batch_size(bytes)?;
+    if bytes.len() < batch::BATCH_HEADER_BYTES || size < batch::BATCH_HEADER_BYTES {
+        return None;
+    }
+    let i32_at =
+        |at: usize| i32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let i64_at = |at: usize| {
+        let mut raw = [0u8; 8];
+        raw.copy_from_slice(&bytes[at..at + 8]);
+        i64::from_be_bytes(raw)
+    };
+    Some(batch::BatchHeader {
+        base_offset: i64_at(0),
+        size_bytes: size,
+        partition_leader_epoch: i32_at(12),
+        attributes: i16::from_be_bytes([bytes[21], bytes[22]]),
+        last_offset_delta: i32_at(23),
+        base_timestamp: i64_at(27),
+        max_timestamp: i64_at(35),
+        producer_id: i64_at(43),
+        producer_epoch: i16::from_be_bytes([bytes[51], bytes[52]]),
+        base_sequence: i32_at(53),
+        record_count: i32_at(57),
+    })
+}
+
+const HEADER_WINDOW_BYTES: usize = 16 << 10;
+
+/// Walks batch headers from the plan's scan position to the first batch matching `wanted`.
+/// Returns its position and size.
+async fn locate_batch(
+    plan: &FileReadPlan,
+    wanted: impl Fn(&batch::BatchHeader) -> bool,
+) -> Result<Option<(u64, u64)>, IoFailure> {
+    let mut position = plan.scan_from;
+    while position < plan.bound_bytes {
+        let window_len = HEADER_WINDOW_BYTES.min((plan.bound_bytes - position) as usize);
+        let window = segment::read_range(&plan.file, &plan.path, position, window_len).await?;
+        let mut at = 0usize;
+        while at + batch::BATCH_HEADER_BYTES <= window.len() {
+            let Some(header) = header_fields(&window[at..]) else {
+                return Err(IoFailure {
+                    operation: "read",
+                    path: plan.path.clone(),
+                    message: format!("bad batch header at {}", position + at as u64),
+                    os_error: None,
+                });
+            };
+            if wanted(&header) {
+                return Ok(Some((position + at as u64, header.size_bytes as u64)));
+            }
+            at += header.size_bytes;
+        }
+        if at == 0 && window.len() < batch::BATCH_HEADER_BYTES {
+            break;
+        }
+        position += at as u64;
+    }
+    Ok(None)
+}

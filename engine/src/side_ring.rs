@@ -1,0 +1,459 @@
+//! A per-shard side io_uring ring for what glommio 0.9 has no public API for: awaiting a
+//! socket's writability (POLL_ADD) and splicing a file range into a socket through a pipe
+//! (SPLICE file → pipe → socket), so old log data goes out without entering user space.
+//!
+//! Owner: one shard (`!Send`). Bridge into glommio: the ring signals completions on an
+//! eventfd registered with it; while operations are in flight, one pump task waits for that
+//! eventfd on glommio's blocking-thread pool (a `read(2)` there, never on the reactor), then
+//! reaps the completion queue on the shard and wakes the waiting futures. With nothing in
+//! flight the pump is idle and no thread waits.
+//!
+//! Contract for callers: the fds passed in must stay open until the future completes.
+//! Dropping a pending operation's future submits a cancel for it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::rc::{Rc, Weak};
+use std::task::{Context, Poll, Waker};
+
+use io_uring::{IoUring, opcode, squeue, types};
+
+#[derive(Default)]
+struct Slot {
+    result: Option<i32>,
+    waker: Option<Waker>,
+}
+
+pub struct SideRing {
+    ring: RefCell<IoUring>,
+    eventfd: OwnedFd,
+    slots: RefCell<HashMap<u64, Slot>>,
+    next_id: Cell<u64>,
+    pump_running: Cell<bool>,
+    this: Weak<SideRing>,
+}
+
+/// user_data of cancel requests, whose completions nobody awaits.
+const CANCEL_USER_DATA: u64 = 0;
+const PIPE_BYTES: usize = 1 << 20;
+
+impl SideRing {
+    pub fn new(entries: u32) -> io::Result<Rc<Self>> {
+        let ring = IoUring::new(entries)?;
+        // SAFETY: eventfd returns a new fd that nothing else owns, or -1.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh, valid fd owned by no one else.
+        let eventfd = unsafe { OwnedFd::from_raw_fd(raw) };
+        ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
+        Ok(Rc::new_cyclic(|this| Self {
+            ring: RefCell::new(ring),
+            eventfd,
+            slots: RefCell::new(HashMap::new()),
+            next_id: Cell::new(CANCEL_USER_DATA + 1),
+            pump_running: Cell::new(false),
+            this: this.clone(),
+        }))
+    }
+
+    /// Operations submitted and not yet completed.
+    pub fn in_flight(&self) -> usize {
+        self.slots.borrow().len()
+    }
+
+    fn push(&self, entry: &squeue::Entry) -> io::Result<()> {
+        let mut ring = self.ring.borrow_mut();
+        // SAFETY: every entry we build references only fds (no buffers), which the caller
+        // keeps open until completion (module contract).
+        let pushed = unsafe { ring.submission().push(entry) };
+        if pushed.is_err() {
+            ring.submit()?;
+            // SAFETY: as above.
+            unsafe { ring.submission().push(entry) }
+                .map_err(|_| io::Error::other("side ring submission queue full"))?;
+        }
+        ring.submit()?;
+        Ok(())
+    }
+
+    fn submit(&self, entry: squeue::Entry) -> io::Result<Operation> {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        self.push(&entry.user_data(id))?;
+        self.slots.borrow_mut().insert(id, Slot::default());
+        self.ensure_pump();
+        Ok(Operation {
+            ring: self.this.clone(),
+            id,
+            done: false,
+        })
+    }
+
+    fn ensure_pump(&self) {
+        if self.pump_running.replace(true) {
+            return;
+        }
+        let this = self.this.clone();
+        glommio::spawn_local(async move {
+            pump(this).await;
+        })
+        .detach();
+    }
+
+    /// Moves every available completion into its slot and wakes its waiter.
+    fn reap(&self) {
+        let mut ring = self.ring.borrow_mut();
+        let mut slots = self.slots.borrow_mut();
+        for cqe in ring.completion() {
+            if let Some(slot) = slots.get_mut(&cqe.user_data()) {
+                slot.result = Some(cqe.result());
+                if let Some(waker) = slot.waker.take() {
+                    waker.wake();
+                }
+            }
+        }
+    }
+
+    /// Resolves once `fd` is writable (or has an error or hang-up pending).
+    pub async fn writable(&self, fd: RawFd) -> io::Result<()> {
+        let entry = opcode::PollAdd::new(types::Fd(fd), libc::POLLOUT as u32).build();
+        let revents = self.submit(entry)?.await?;
+        if revents & i32::from(libc::POLLERR | libc::POLLHUP) != 0
+            && revents & i32::from(libc::POLLOUT) == 0
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "socket closed while waiting to write",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn splice(
+        &self,
+        fd_in: RawFd,
+        off_in: i64,
+        fd_out: RawFd,
+        len: u32,
+    ) -> io::Result<usize> {
+        let entry =
+            opcode::Splice::new(types::Fd(fd_in), off_in, types::Fd(fd_out), -1, len).build();
+        self.submit(entry)?.await.map(|n| n as usize)
+    }
+
+    /// Sends `len` bytes of `file_fd` from `offset` to the (non-blocking) socket `socket_fd`
+    /// without copying them through user space. Returns when all were handed to the socket.
+    pub async fn splice_to_socket(
+        &self,
+        file_fd: RawFd,
+        offset: u64,
+        len: u64,
+        socket_fd: RawFd,
+    ) -> io::Result<u64> {
+        let pipe = Pipe::new()?;
+        let mut sent = 0u64;
+        while sent < len {
+            let chunk = (len - sent).min(pipe.capacity as u64) as u32;
+            let filled = self
+                .splice(
+                    file_fd,
+                    (offset + sent) as i64,
+                    pipe.write.as_raw_fd(),
+                    chunk,
+                )
+                .await?;
+            if filled == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file ended before the spliced range",
+                ));
+            }
+            let mut in_pipe = filled;
+            while in_pipe > 0 {
+                match self
+                    .splice(pipe.read.as_raw_fd(), -1, socket_fd, in_pipe as u32)
+                    .await
+                {
+                    Ok(0) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::WriteZero,
+                            "socket accepted no bytes",
+                        ));
+                    }
+                    Ok(n) => in_pipe -= n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.writable(socket_fd).await?
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            sent += filled as u64;
+        }
+        Ok(sent)
+    }
+}
+
+impl Drop for SideRing {
+    fn drop(&mut self) {
+        // Release a pump blocked on the eventfd.
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes from a valid u64 to our own eventfd.
+        unsafe { libc::write(self.eventfd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+}
+
+/// Waits for completions while operations are in flight, on glommio's blocking pool.
+async fn pump(ring: Weak<SideRing>) {
+    loop {
+        let Some(strong) = ring.upgrade() else { return };
+        strong.reap();
+        if strong.slots.borrow().values().all(|s| s.result.is_some()) {
+            strong.pump_running.set(false);
+            return;
+        }
+        let fd = strong.eventfd.as_raw_fd();
+        drop(strong);
+        let read = glommio::executor()
+            .spawn_blocking(move || {
+                let mut counter = 0u64;
+                // SAFETY: reading 8 bytes into a valid u64 from an eventfd the ring owns; the
+                // ring's Drop writes to it first, so the fd outlives this read.
+                unsafe { libc::read(fd, (&mut counter as *mut u64).cast(), 8) }
+            })
+            .await;
+        if read < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::Interrupted {
+                tracing::error!(%error, "side ring eventfd read failed");
+                return;
+            }
+        }
+    }
+}
+
+/// One submitted operation; resolves to the kernel's result (≥ 0) or its error.
+struct Operation {
+    ring: Weak<SideRing>,
+    id: u64,
+    done: bool,
+}
+
+impl Future for Operation {
+    type Output = io::Result<i32>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(ring) = self.ring.upgrade() else {
+            return Poll::Ready(Err(io::Error::other("side ring closed")));
+        };
+        ring.reap();
+        let mut slots = ring.slots.borrow_mut();
+        let Some(slot) = slots.get_mut(&self.id) else {
+            return Poll::Ready(Err(io::Error::other("side ring lost an operation")));
+        };
+        match slot.result {
+            Some(result) => {
+                slots.remove(&self.id);
+                drop(slots);
+                self.done = true;
+                Poll::Ready(if result < 0 {
+                    Err(io::Error::from_raw_os_error(-result))
+                } else {
+                    Ok(result)
+                })
+            }
+            None => {
+                slot.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for Operation {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if let Some(ring) = self.ring.upgrade() {
+            ring.slots.borrow_mut().remove(&self.id);
+            let cancel = opcode::AsyncCancel::new(self.id)
+                .build()
+                .user_data(CANCEL_USER_DATA);
+            if let Err(error) = ring.push(&cancel) {
+                tracing::warn!(%error, "could not cancel a side ring operation");
+            }
+        }
+    }
+}
+
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    capacity: usize,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Self> {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: pipe2 fills two new fds into a valid 2-element array.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: both fds are fresh and owned only here.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // A larger pipe means fewer round trips; the default (64 KiB) is kept if refused.
+        // SAFETY: fcntl on a valid fd.
+        let capacity = unsafe {
+            libc::fcntl(
+                write.as_raw_fd(),
+                libc::F_SETPIPE_SZ,
+                PIPE_BYTES as libc::c_int,
+            )
+        };
+        let capacity = if capacity > 0 {
+            capacity as usize
+        } else {
+            64 << 10
+        };
+        Ok(Self {
+            read,
+            write,
+            capacity,
+        })
+    }
+}
+
+/// Sets O_NONBLOCK on a socket (accepted sockets are blocking; splice to them must not be).
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a caller-provided fd; failures are reported by return value.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Duration;
+
+    fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .make()
+            .unwrap()
+            .run(f)
+    }
+
+    fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (server, client)
+    }
+
+    #[test]
+    fn splice_sends_the_exact_file_range_to_a_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let content: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &content).unwrap();
+        let (server, mut client) = socket_pair();
+        set_nonblocking(server.as_raw_fd()).unwrap();
+        let (offset, len) = (12_345u64, 2_500_000u64);
+        let reader = std::thread::spawn(move || {
+            client
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+            let mut received = vec![0u8; len as usize];
+            client.read_exact(&mut received).unwrap();
+            received
+        });
+        let file = std::fs::File::open(&path).unwrap();
+        let sent = run(async {
+            let ring = SideRing::new(64).unwrap();
+            let sent = ring
+                .splice_to_socket(file.as_raw_fd(), offset, len, server.as_raw_fd())
+                .await
+                .unwrap();
+            assert_eq!(ring.in_flight(), 0);
+            sent
+        });
+        assert_eq!(sent, len);
+        let received = reader.join().unwrap();
+        assert!(
+            received == content[offset as usize..(offset + len) as usize],
+            "spliced bytes differ"
+        );
+    }
+
+    #[test]
+    fn writable_waits_until_the_peer_drains_a_full_socket() {
+        let (server, mut client) = socket_pair();
+        set_nonblocking(server.as_raw_fd()).unwrap();
+        let mut writer = &server;
+        let chunk = vec![1u8; 64 << 10];
+        let mut filled = 0usize;
+        loop {
+            match writer.write(&chunk) {
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let drained = Rc::new(Cell::new(false));
+        let drainer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            let mut sink = vec![0u8; filled];
+            client.read_exact(&mut sink).unwrap();
+            client
+        });
+        run(async {
+            let ring = SideRing::new(8).unwrap();
+            let flag = drained.clone();
+            let started = std::time::Instant::now();
+            let wait = ring.writable(server.as_raw_fd());
+            let bounded = glommio::timer::timeout(Duration::from_secs(20), async {
+                wait.await.map_err(|e| glommio::GlommioError::IoError(e))
+            });
+            bounded.await.unwrap();
+            flag.set(true);
+            assert!(
+                started.elapsed() >= Duration::from_millis(150),
+                "writable before the peer read"
+            );
+        });
+        assert!(drained.get());
+        drainer.join().unwrap();
+    }
+
+    #[test]
+    fn a_dropped_wait_is_cancelled() {
+        let (server, _client) = socket_pair();
+        run(async {
+            let ring = SideRing::new(8).unwrap();
+            // Readability never comes: the peer sends nothing. Poll once, then drop.
+            let entry =
+                opcode::PollAdd::new(types::Fd(server.as_raw_fd()), libc::POLLIN as u32).build();
+            let op = ring.submit(entry).unwrap();
+            let raced = glommio::timer::timeout(Duration::from_millis(50), async {
+                op.await.map_err(glommio::GlommioError::IoError)
+            })
+            .await;
+            assert!(raced.is_err());
+            assert_eq!(ring.in_flight(), 0);
+        });
+    }
+}

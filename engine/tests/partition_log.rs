@@ -1,0 +1,374 @@
+//! The partition log through its public API: append, read, roll, retention, restart.
+
+mod common;
+
+use common::*;
+use corelog_engine::batch::BatchError;
+use corelog_engine::error::kafka_error;
+use corelog_engine::log::{FlushPolicy, LogConfig, ReadData, TopicPartition};
+use corelog_engine::{AppendError, StorageError};
+
+#[test]
+fn appends_get_consecutive_offsets_and_read_back_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let log = open_log(dir.path(), 64 << 20).await;
+        log.open_partition(&tp(), default_config()).await.unwrap();
+        let mut expected = Vec::new();
+        for seed in 0..20 {
+            let appended = log.append(&tp(), batch_for(seed, 5, 100), 1_000).unwrap();
+            assert_eq!(appended.base_offset, seed as i64 * 5);
+            assert_eq!(appended.last_offset, seed as i64 * 5 + 4);
+            appended.durable.await.unwrap();
+            let mut stamped = batch_for(seed, 5, 100).to_vec();
+            corelog_engine::batch::stamp(&mut stamped, appended.base_offset, 0);
+            expected.push((appended.base_offset, stamped));
+        }
+        let offsets = log.offsets(&tp()).unwrap();
+        assert_eq!(
+            (
+                offsets.log_start_offset,
+                offsets.high_watermark,
+                offsets.log_end_offset
+            ),
+            (0, 100, 100)
+        );
+        assert_eq!(read_all(&log, &tp(), 0).await, expected);
+        assert_eq!(read_all(&log, &tp(), 52).await, expected[10..].to_vec());
+        let stats = log.stats();
+        assert!(stats.syncs >= 1 && stats.syncs <= 20, "{stats:?}");
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn durable_resolves_only_after_an_fdatasync_covers_the_append() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let log = open_log(dir.path(), 64 << 20).await;
+        log.open_partition(&tp(), default_config()).await.unwrap();
+        let syncs_before = log.stats().syncs;
+        let appended = log.append(&tp(), batch_for(1, 1, 10), 0).unwrap();
+        // Not yet visible: nothing is synced until the flusher's wave runs.
+        assert_eq!(log.offsets(&tp()).unwrap().high_watermark, 0);
+        appended.durable.await.unwrap();
+        assert!(log.stats().syncs > syncs_before);
+        assert_eq!(log.offsets(&tp()).unwrap().high_watermark, 1);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn group_commit_covers_many_partitions_with_few_waves() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let log = open_log(dir.path(), 64 << 20).await;
+        let names: Vec<TopicPartition> = (0..20).map(|p| TopicPartition::new("many", p)).collect();
+        for name in &names {
+            log.open_partition(name, default_config()).await.unwrap();
+        }
+        let mut waits = Vec::new();
+        for round in 0..5 {
+            for name in &names {
+                waits.push(
+                    log.append(name, batch_for(round, 2, 64), 0)
+                        .unwrap()
+                        .durable,
+                );
+            }
+        }
+        for wait in waits {
+            wait.await.unwrap();
+        }
+        let stats = log.stats();
+        assert_eq!(stats.appends, 100);
+        assert!(
+            stats.waves < 10,
+            "100 appends queued at once took {} waves",
+            stats.waves
+        );
+        assert!(stats.wave_appends_max >= 50, "{stats:?}");
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn bad_batches_are_refused_with_kafka_codes_and_leave_the_log_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let log = open_log(dir.path(), 1 << 20).await;
+        let config = LogConfig {
+            max_message_bytes: 2000,
+            ..default_config()
+        };
+        log.open_partition(&tp(), config).await.unwrap();
+        let mut corrupt = batch_for(1, 2, 50);
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 0xff;
+        let err = log.append(&tp(), corrupt, 0).err().unwrap();
+        assert!(matches!(
+            err,
+            AppendError::Batch(BatchError::CrcMismatch { .. })
+        ));
+        assert_eq!(err.kafka_error_code(), 2);
+        let err = log.append(&tp(), batch_for(1, 10, 500), 0).err().unwrap();
+        assert_eq!(err.kafka_error_code(), 10);
+        let err = log
+            .append(&TopicPartition::new("nope", 0), batch_for(1, 1, 1), 0)
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.kafka_error_code(),
+            kafka_error::UNKNOWN_TOPIC_OR_PARTITION
+        );
+        assert_eq!(log.offsets(&tp()).unwrap().log_end_offset, 0);
+        let appended = log.append(&tp(), batch_for(2, 1, 10), 0).unwrap();
+        assert_eq!(appended.base_offset, 0);
+        appended.durable.await.unwrap();
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn reads_come_from_files_when_the_cache_holds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let log = open_log(dir.path(), 0).await;
+        log.open_partition(&tp(), small_segments()).await.unwrap();
+        let mut last = None;
+        for seed in 0..60 {
+            last = Some(
+                log.append(&tp(), batch_for(seed, 3, 200), 0)
+                    .unwrap()
+                    .durable,
+            );
+        }
+        last.unwrap().await.unwrap();
+        let result = log.read(&tp(), 100, 4096).await.unwrap();
+        assert!(
+            matches!(result.data, ReadData::File(_)),
+            "expected a file range"
+        );
+        let batches = read_all(&log, &tp(), 0).await;
+        assert_eq!(batches.len(), 60);
+        assert!(
+            segment_files(dir.path(), &tp(), "log").len() > 3,
+            "small segments must roll"
+        );
+        let out_of_range = log.read(&tp(), 181, 100).await.err().unwrap();
+        assert!(matches!(
+            out_of_range,
+            StorageError::OffsetOutOfRange { .. }
+        ));
+        assert_eq!(out_of_range.kafka_error_code(), 1);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn first_batch_is_returned_whole_even_when_larger_than_max_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let log = open_log(dir.path(), 0).await;
+        log.open_partition(&tp(), default_config()).await.unwrap();
+        let size = batch_for(0, 10, 500).len();
+        log.append(&tp(), batch_for(0, 10, 500), 0)
+            .unwrap()
+            .durable
+            .await
+            .unwrap();
+        let result = log.read(&tp(), 3, 10).await.unwrap();
+        assert_eq!(result.to_vec().await.unwrap().len(), size);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn data_topics_and_log_start_survive_a_clean_restart_without_rescanning() {
+    let dir = tempfile::tempdir().unwrap();
+    let written = run(async {
+        let log = open_log(dir.path(), 1 << 20).await;
+        log.open_partition(&tp(), small_segments()).await.unwrap();
+        let mut last = None;
+        for seed in 0..40 {
+            last = Some(
+                log.append(&tp(), batch_for(seed, 2, 300), 0)
+                    .unwrap()
+                    .durable,
+            );
+        }
+        last.unwrap().await.unwrap();
+        assert_eq!(log.delete_records(&tp(), 31).await.unwrap(), 31);
+        let all = read_all(&log, &tp(), 31).await;
+        log.close().await.unwrap();
+        all
+    });
+    run(async {
+        let log = open_log(dir.path(), 1 << 20).await;
+        let report = log.open_partition(&tp(), small_segments()).await.unwrap();
+        assert_eq!(
+            report.segments_scanned, 0,
+            "clean stop leaves valid indexes: {report:?}"
+        );
+        assert!(report.segments_trusted > 0);
+        let offsets = log.offsets(&tp()).unwrap();
+        assert_eq!((offsets.log_start_offset, offsets.log_end_offset), (31, 80));
+        assert_eq!(read_all(&log, &tp(), 31).await, written);
+        assert!(matches!(
+            log.read(&tp(), 10, 100).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+        // and appends continue where the log ended
+        let appended = log.append(&tp(), batch_for(99, 1, 10), 0).unwrap();
+        assert_eq!(appended.base_offset, 80);
+        appended.durable.await.unwrap();
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn retention_by_bytes_and_time_deletes_whole_closed_segments_only() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let log = open_log(dir.path(), 1 << 20).await;
+        let config = LogConfig {
+            retention_bytes: Some(20 << 10),
+            retention_ms: None,
+            ..small_segments()
+        };
+        log.open_partition(&tp(), config).await.unwrap();
+        let by_time = TopicPartition::new("old", 0);
+        let config = LogConfig {
+            retention_ms: Some(60_000),
+            ..small_segments()
+        };
+        log.open_partition(&by_time, config).await.unwrap();
+        let mut waits = Vec::new();
+        for seed in 0..100 {
+            waits.push(
+                log.append(&tp(), batch_for(seed, 2, 400), 0)
+                    .unwrap()
+                    .durable,
+            );
+            // timestamps are 1000 + seed ms: all far older than a minute before "now" below
+            waits.push(
+                log.append(&by_time, batch_for(seed, 2, 400), 0)
+                    .unwrap()
+                    .durable,
+            );
+        }
+        for wait in waits {
+            wait.await.unwrap();
+        }
+        let segments_before = segment_files(dir.path(), &tp(), "log").len();
+        let deleted = log.enforce_retention(10_000_000).await.unwrap();
+        assert!(deleted > 0);
+        let kept = segment_files(dir.path(), &tp(), "log");
+        assert!(kept.len() < segments_before);
+        let size: u64 = kept
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .sum();
+        assert!(
+            size >= 20 << 10,
+            "retention.bytes keeps at least the limit: {size}"
+        );
+        let offsets = log.offsets(&tp()).unwrap();
+        assert!(offsets.log_start_offset > 0);
+        assert_eq!(offsets.log_end_offset, 200);
+        let visible = read_all(&log, &tp(), offsets.log_start_offset).await;
+        assert_eq!(visible.first().map(|b| b.0), Some(offsets.log_start_offset));
+        // time retention keeps only the active segment
+        assert_eq!(segment_files(dir.path(), &by_time, "log").len(), 1);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn none_and_interval_policies_acknowledge_at_once_and_still_persist() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = [
+        TopicPartition::new("none", 0),
+        TopicPartition::new("interval", 0),
+    ];
+    run(async {
+        let log = open_log(dir.path(), 1 << 20).await;
+        log.open_partition(
+            &names[0],
+            LogConfig {
+                flush: FlushPolicy::None,
+                ..default_config()
+            },
+        )
+        .await
+        .unwrap();
+        log.open_partition(
+            &names[1],
+            LogConfig {
+                flush: FlushPolicy::IntervalMs(20),
+                ..default_config()
+            },
+        )
+        .await
+        .unwrap();
+        for name in &names {
+            for seed in 0..10 {
+                let appended = log.append(name, batch_for(seed, 1, 10), 0).unwrap();
+                // no sync awaited: resolves immediately
+                futures_lite::future::block_on(futures_lite::future::poll_once(appended.durable))
+                    .expect("resolved at once")
+                    .unwrap();
+            }
+            assert_eq!(log.offsets(name).unwrap().high_watermark, 10);
+        }
+        glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(
+            log.offsets(&names[1]).unwrap().durable_end_offset,
+            10,
+            "interval policy syncs by itself"
+        );
+        log.close().await.unwrap();
+    });
+    run(async {
+        let log = open_log(dir.path(), 1 << 20).await;
+        for name in &names {
+            log.open_partition(name, default_config()).await.unwrap();
+            assert_eq!(read_all(&log, name, 0).await.len(), 10);
+        }
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn offset_for_timestamp_finds_the_first_batch_at_or_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let log = open_log(dir.path(), 0).await;
+        log.open_partition(&tp(), small_segments()).await.unwrap();
+        let mut last = None;
+        for seed in 0..50 {
+            // batch_for stamps timestamp 1000 + seed; 3 records per batch
+            last = Some(
+                log.append(&tp(), batch_for(seed, 3, 200), 0)
+                    .unwrap()
+                    .durable,
+            );
+        }
+        last.unwrap().await.unwrap();
+        assert_eq!(log.offset_for_timestamp(&tp(), 0).await.unwrap(), Some(0));
+        assert_eq!(
+            log.offset_for_timestamp(&tp(), 1000).await.unwrap(),
+            Some(0)
+        );
+        assert_eq!(
+            log.offset_for_timestamp(&tp(), 1017).await.unwrap(),
+            Some(51)
+        );
+        assert_eq!(
+            log.offset_for_timestamp(&tp(), 1049).await.unwrap(),
+            Some(147)
+        );
+        assert_eq!(log.offset_for_timestamp(&tp(), 1050).await.unwrap(), None);
+        log.close().await.unwrap();
+    });
+}
