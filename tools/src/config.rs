@@ -1,0 +1,288 @@
+//! Broker configuration: defaults, a TOML file, `CORELOG_*` environment variables and
+//! command-line flags. Precedence, highest first: flag, environment variable, file, default.
+//! An invalid value stops start-up with a message naming the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use corelog_engine::log::{FlushPolicy, LogConfig};
+use serde::Deserialize;
+
+/// The `[log]` table: defaults for every partition's storage.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    pub segment_bytes: Option<u64>,
+    pub segment_ms: Option<u64>,
+    pub index_interval_bytes: Option<u64>,
+    /// -1 keeps data forever, as in Kafka.
+    pub retention_ms: Option<i64>,
+    pub retention_bytes: Option<i64>,
+    pub max_message_bytes: Option<usize>,
+    /// `always`, `none` or `interval:<ms>`.
+    pub flush: Option<String>,
+    pub retention_check_interval_ms: Option<u64>,
+}
+
+/// The config file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub node_id: Option<i32>,
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub cores: Option<usize>,
+    pub cache_budget_bytes_per_shard: Option<usize>,
+    pub channel_capacity: Option<usize>,
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+/// Values given on the command line or in the environment (clap merges those two).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub cores: Option<usize>,
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub node_id: i32,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// None = every CPU this process may run on.
+    pub cores: Option<usize>,
+    pub cache_budget_bytes_per_shard: usize,
+    pub channel_capacity: usize,
+    pub log: LogConfig,
+    pub retention_check_interval_ms: u64,
+    /// Where the settings came from, for the start-up log.
+    pub source: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+pub const DEFAULT_DATA_DIR: &str = "./corelog-data";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9092";
+
+impl BrokerConfig {
+    pub fn load(overrides: &Overrides) -> Result<Self, ConfigError> {
+        let file = match &overrides.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let source = match &overrides.config {
+            Some(path) => format!("file {} + environment + flags", path.display()),
+            None => "defaults + environment + flags".to_string(),
+        };
+        Self::resolve(file, overrides, source)
+    }
+
+    pub fn resolve(
+        file: FileConfig,
+        overrides: &Overrides,
+        source: String,
+    ) -> Result<Self, ConfigError> {
+        let listen_text = overrides
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen: SocketAddr = listen_text
+            .parse()
+            .map_err(|e| invalid("listen", format!("{listen_text:?} is not HOST:PORT ({e})")))?;
+        let cores = overrides.cores.or(file.cores);
+        if cores == Some(0) {
+            return Err(invalid("cores", "must be at least 1"));
+        }
+        let data_dir = overrides
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        if data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        let cache = file.cache_budget_bytes_per_shard.unwrap_or(256 << 20);
+        let channel_capacity = file.channel_capacity.unwrap_or(1024);
+        if channel_capacity == 0 {
+            return Err(invalid("channel_capacity", "must be at least 1"));
+        }
+        let log = log_config(&file.log)?;
+        let retention_check_interval_ms = file.log.retention_check_interval_ms.unwrap_or(300_000);
+        if retention_check_interval_ms == 0 {
+            return Err(invalid(
+                "log.retention_check_interval_ms",
+                "must be positive",
+            ));
+        }
+        Ok(Self {
+            node_id: file.node_id.unwrap_or(0),
+            data_dir,
+            listen,
+            cores,
+            cache_budget_bytes_per_shard: cache,
+            channel_capacity,
+            log,
+            retention_check_interval_ms,
+            source,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string().trim().to_string(),
+    })
+}
+
+fn log_config(section: &LogSection) -> Result<LogConfig, ConfigError> {
+    let defaults = LogConfig::default();
+    let segment_bytes = section.segment_bytes.unwrap_or(defaults.segment_bytes);
+    if !(14..=i32::MAX as u64).contains(&segment_bytes) {
+        return Err(invalid(
+            "log.segment_bytes",
+            "must be between 14 and 2147483647",
+        ));
+    }
+    let segment_ms = section.segment_ms.unwrap_or(defaults.segment_ms);
+    if segment_ms == 0 {
+        return Err(invalid("log.segment_ms", "must be positive"));
+    }
+    let optional_limit = |value: Option<i64>, default: Option<u64>, key: &'static str| match value {
+        None => Ok(default),
+        Some(-1) => Ok(None),
+        Some(v) if v >= 0 => Ok(Some(v as u64)),
+        Some(v) => Err(invalid(
+            key,
+            format!("{v} is neither -1 nor a non-negative number"),
+        )),
+    };
+    let flush = match &section.flush {
+        None => defaults.flush,
+        Some(text) => FlushPolicy::parse(text).ok_or_else(|| {
+            invalid(
+                "log.flush",
+                format!("{text:?}: expected always, none or interval:<ms>"),
+            )
+        })?,
+    };
+    let max_message_bytes = section
+        .max_message_bytes
+        .unwrap_or(defaults.max_message_bytes);
+    if max_message_bytes < 61 {
+        return Err(invalid(
+            "log.max_message_bytes",
+            "must hold at least one batch header (61 bytes)",
+        ));
+    }
+    Ok(LogConfig {
+        segment_bytes,
+        segment_ms,
+        index_interval_bytes: section
+            .index_interval_bytes
+            .unwrap_or(defaults.index_interval_bytes),
+        retention_ms: optional_limit(
+            section.retention_ms,
+            defaults.retention_ms,
+            "log.retention_ms",
+        )?,
+        retention_bytes: optional_limit(
+            section.retention_bytes,
+            defaults.retention_bytes,
+            "log.retention_bytes",
+        )?,
+        max_message_bytes,
+        flush,
+        preallocate_bytes: defaults.preallocate_bytes.min(segment_bytes),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(toml_text: &str, overrides: Overrides) -> Result<BrokerConfig, ConfigError> {
+        let file: FileConfig = toml::from_str(toml_text).map_err(|e| ConfigError::Parse {
+            path: "test.toml".into(),
+            message: e.to_string(),
+        })?;
+        BrokerConfig::resolve(file, &overrides, "test".into())
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let config = resolve("", Overrides::default()).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("./corelog-data"));
+        assert_eq!(config.listen.to_string(), "127.0.0.1:9092");
+        assert_eq!(config.cores, None);
+        assert_eq!(config.log.flush, FlushPolicy::Always);
+    }
+
+    #[test]
+    fn flags_and_environment_beat_the_file() {
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:1234".into()),
+            cores: Some(1),
+            ..Overrides::default()
+        };
+        let config = resolve(
+            "listen = \"0.0.0.0:9\"\ncores = 2\ndata_dir = \"/x\"",
+            overrides,
+        )
+        .unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:1234");
+        assert_eq!(config.cores, Some(1));
+        assert_eq!(config.data_dir, PathBuf::from("/x"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = resolve("[log]\nflush = \"sometimes\"", Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("log.flush"), "{err}");
+        let err = resolve("listen = \"nowhere\"", Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("`listen`"), "{err}");
+        let err = resolve("[log]\nretention_ms = -5", Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("log.retention_ms"), "{err}");
+        let err = resolve("segment_bytes = 5", Overrides::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("segment_bytes"),
+            "unknown keys are named: {err}"
+        );
+        let err = resolve("cores = 0", Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("`cores`"), "{err}");
+    }
+
+    #[test]
+    fn minus_one_means_unlimited_retention() {
+        let config = resolve(
+            "[log]\nretention_ms = -1\nretention_bytes = 1000",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(config.log.retention_ms, None);
+        assert_eq!(config.log.retention_bytes, Some(1000));
+    }
+}
