@@ -1,0 +1,52 @@
+//! Every benchmark scenario in tiny mode, so that the benches cannot rot.
+
+use corelog_benches::*;
+use corelog_engine::log::FlushPolicy;
+
+#[test]
+fn device_bandwidth_is_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    let bw = on_shard(device_write_bandwidth(dir.path(), 8 << 20, 1 << 20, 8));
+    assert!(bw > 1e6, "implausible device bandwidth {bw}");
+}
+
+#[test]
+fn append_scenarios_run_under_every_policy() {
+    for (partitions, batch_bytes, policy, rate) in [
+        (1, 1 << 20, FlushPolicy::Always, None),
+        (1, 16 << 10, FlushPolicy::None, None),
+        (10, 16 << 10, FlushPolicy::Always, None),
+        (10, 16 << 10, FlushPolicy::Always, Some(20e6)),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let scenario = AppendScenario {
+            partitions,
+            batch_bytes,
+            policy,
+            total_bytes: 4 << 20,
+            in_flight_per_partition: 4,
+            rate_bytes_per_sec: rate,
+        };
+        let report = on_shard(append_scenario(dir.path(), &scenario));
+        assert!(report.appends >= partitions as u64);
+        assert!(report.bytes_per_sec() > 0.0);
+        assert!(report.latency_us_p99 >= report.latency_us_p50);
+        if policy == FlushPolicy::Always {
+            assert!(report.syncs > 0);
+        }
+    }
+}
+
+#[test]
+fn read_scenarios_read_everything() {
+    for from_cache in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let rate = on_shard(read_scenario(dir.path(), 4 << 20, 256 << 10, from_cache));
+        assert!(rate > 0.0);
+    }
+}
+
+#[test]
+fn the_hardware_report_names_the_cpu() {
+    assert!(hardware_report(std::path::Path::new("/tmp")).contains("CPU:"));
+}
