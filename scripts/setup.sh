@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the system packages corelog's build and tests need (Debian/Ubuntu, as root or
+# with sudo). Safe to run again: it installs only what is missing.
+#   cmake, libcurl4-openssl-dev  build librdkafka for the `rdkafka` real-client tests
+#   git, pkg-config, build-essential
+#   kcat, python3-pip            command-line and Python Kafka clients used by .ci/run
+set -euo pipefail
+
+packages=(cmake libcurl4-openssl-dev git pkg-config build-essential kcat python3-pip)
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "setup: installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+else
+  echo "setup: system packages already installed"
+fi
+
+command -v cargo >/dev/null || { echo "setup: cargo not found: install Rust (rustup) first" >&2; exit 1; }
+echo "setup: done"
