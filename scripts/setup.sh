@@ -3,10 +3,9 @@
 # with sudo). Safe to run again: it installs only what is missing.
 #   cmake, libcurl4-openssl-dev  build librdkafka for the `rdkafka` real-client tests
 #   git, pkg-config, build-essential
-#   kcat, python3-pip            command-line and Python Kafka clients used by .ci/run
 set -euo pipefail
 
-packages=(cmake libcurl4-openssl-dev git pkg-config build-essential kcat python3-pip)
+packages=(cmake libcurl4-openssl-dev git pkg-config build-essential)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

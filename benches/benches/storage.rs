@@ -1,6 +1,8 @@
 //! Criterion micro-benchmarks of the storage engine: batch intake (validation + stamping)
 //! and one-shard append throughput. `storage-bench` produces the report with device ratios.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark harness: failures abort the run
+
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;

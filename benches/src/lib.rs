@@ -4,6 +4,9 @@
 //! Every scenario runs on one glommio executor (one shard) against a real data dir, and the
 //! device limit it is compared with is measured in the same run by [`device_write_bandwidth`].
 
+// A benchmark harness: any failure aborts the measurement, which is what `expect` does.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -175,9 +178,10 @@ pub async fn append_scenario(dir: &Path, scenario: &AppendScenario) -> AppendRep
     for task in in_flight {
         task.await;
     }
-    let elapsed = started.elapsed();
     let stats = log.stats();
+    // The clean stop writes and syncs whatever is left (everything, for `none`): it counts.
     log.close().await.expect("close");
+    let elapsed = started.elapsed();
     let histogram = histogram.borrow();
     AppendReport {
         partitions: scenario.partitions,

@@ -1,4 +1,5 @@
 //! Every benchmark scenario in tiny mode, so that the benches cannot rot.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
 use corelog_benches::*;
 use corelog_engine::log::FlushPolicy;

@@ -426,7 +426,7 @@ mod tests {
             let started = std::time::Instant::now();
             let wait = ring.writable(server.as_raw_fd());
             let bounded = glommio::timer::timeout(Duration::from_secs(20), async {
-                wait.await.map_err(|e| glommio::GlommioError::IoError(e))
+                wait.await.map_err(glommio::GlommioError::IoError)
             });
             bounded.await.unwrap();
             flag.set(true);

@@ -4,6 +4,7 @@
 //!
 //! A "crash" ends the executor without closing the log (no final flush, no index files for
 //! the active segment); the test then damages the files the way a power loss could.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Property test: random append / roll / retain / delete-records / restart (clean or crash)
 //! sequences, checked after every step against an in-memory model of the log.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
 mod common;
 
@@ -77,6 +78,7 @@ fn check(ops: Vec<Op>, config: LogConfig) -> Result<(), TestCaseError> {
                         model.log_start = start;
                     }
                     Op::Retain => {
+                        log.settle().await;
                         log.enforce_retention(0).await.unwrap();
                         let start = log.offsets(&tp()).unwrap().log_start_offset;
                         prop_assert!(start >= model.log_start);

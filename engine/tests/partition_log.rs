@@ -1,4 +1,5 @@
 //! The partition log through its public API: append, read, roll, retention, restart.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
 mod common;
 
@@ -260,6 +261,7 @@ fn retention_by_bytes_and_time_deletes_whole_closed_segments_only() {
         for wait in waits {
             wait.await.unwrap();
         }
+        log.settle().await;
         let segments_before = segment_files(dir.path(), &tp(), "log").len();
         let deleted = log.enforce_retention(10_000_000).await.unwrap();
         assert!(deleted > 0);
@@ -369,6 +371,46 @@ fn offset_for_timestamp_finds_the_first_batch_at_or_after_it() {
             Some(147)
         );
         assert_eq!(log.offset_for_timestamp(&tp(), 1050).await.unwrap(), None);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn segments_roll_by_age_as_well_as_by_size() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let log = open_log(dir.path(), 1 << 20).await;
+        let config = LogConfig {
+            segment_ms: 1000,
+            ..default_config()
+        };
+        log.open_partition(&tp(), config).await.unwrap();
+        // append times (ms): 0, 500 → one segment; 1000 → the segment is a second old: roll
+        for (seed, now) in [(0, 0), (1, 500), (2, 1000), (3, 1500), (4, 2100)] {
+            log.append(&tp(), batch_for(seed, 1, 10), now)
+                .unwrap()
+                .durable
+                .await
+                .unwrap();
+        }
+        log.settle().await;
+        let bases: Vec<String> = segment_files(dir.path(), &tp(), "log")
+            .iter()
+            .map(|p| {
+                p.file_stem()
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .trim_start_matches('0')
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            bases,
+            vec!["", "2", "4"],
+            "segments start at offsets 0, 2 and 4"
+        );
+        assert_eq!(read_all(&log, &tp(), 0).await.len(), 5);
         log.close().await.unwrap();
     });
 }

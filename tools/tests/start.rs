@@ -1,4 +1,5 @@
 //! `corelog start` end to end: the real binary on a temp data dir, stopped by signals.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

@@ -4,6 +4,8 @@
 //!
 //! Usage: storage-bench [DATA_DIR] [--repeat N] [--quick]
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark harness: failures abort the run
+
 use std::path::PathBuf;
 
 use corelog_benches::{

@@ -238,10 +238,7 @@ impl Partition {
     pub fn take_expired_segments(&mut self, now_ms: i64) -> Vec<Segment> {
         let mut doomed = Vec::new();
         let mut total = self.size_bytes();
-        loop {
-            let Some(oldest) = self.segments.values().next() else {
-                break;
-            };
+        while let Some(oldest) = self.segments.values().next() {
             if !oldest.finalized || self.segments.len() == 1 {
                 break;
             }

@@ -75,6 +75,8 @@ pub(crate) struct Segment {
     allocated_bytes: u64,
     pub sealed: bool,
     pub finalized: bool,
+    /// An fdatasync of this file is running (at most one at a time).
+    pub sync_in_flight: bool,
     /// When the first batch was appended (for `segment.ms`), None when empty.
     pub first_append_ms: Option<i64>,
 }
@@ -96,6 +98,7 @@ impl Segment {
             allocated_bytes: 0,
             sealed: false,
             finalized: false,
+            sync_in_flight: false,
             first_append_ms: None,
         }
     }
@@ -123,6 +126,7 @@ impl Segment {
             allocated_bytes: summary.size_bytes,
             sealed: false,
             finalized: false,
+            sync_in_flight: false,
             first_append_ms: (summary.size_bytes > 0).then_some(now_ms),
             index,
         }

@@ -156,6 +156,7 @@ struct Inner {
     stopping: bool,
     stats: ShardLogStats,
     appends_since_wave: u64,
+    syncs_in_flight: usize,
 }
 
 pub struct ShardLog {
@@ -185,6 +186,7 @@ impl ShardLog {
                 stopping: false,
                 stats: ShardLogStats::default(),
                 appends_since_wave: 0,
+                syncs_in_flight: 0,
             }),
             config,
             flusher_wake: Notify::default(),
@@ -466,6 +468,30 @@ impl ShardLog {
         Ok(doomed.len())
     }
 
+    /// Waits until the flusher has nothing outstanding: everything written, synced where the
+    /// policy syncs, and every rolled segment finalized (retention only deletes those).
+    pub async fn settle(&self) {
+        loop {
+            let busy = {
+                let inner = self.inner.borrow();
+                !inner.dirty.is_empty()
+                    || inner.syncs_in_flight > 0
+                    || inner.partitions.values().any(|(_, p)| {
+                        p.failed.is_none()
+                            && p.segments.values().any(|s| {
+                                s.has_pending()
+                                    || s.ready_to_finalize()
+                                    || (s.needs_sync() && p.config.flush == FlushPolicy::Always)
+                            })
+                    })
+            };
+            if !busy {
+                return;
+            }
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     pub fn stats(&self) -> ShardLogStats {
         let inner = self.inner.borrow();
         ShardLogStats {
@@ -545,7 +571,8 @@ impl ShardLog {
                 (wave, inner.stopping)
             };
             if !wave.is_empty() {
-                let flushes = wave.iter().map(|name| self.flush_partition(name, stopping));
+                let this = &self;
+                let flushes = wave.iter().map(|name| this.flush_partition(name, stopping));
                 futures_util::future::join_all(flushes).await;
                 let mut inner = self.inner.borrow_mut();
                 inner.stats.waves += 1;
@@ -562,7 +589,7 @@ impl ShardLog {
                 });
             }
             let idle = self.inner.borrow().dirty.is_empty();
-            if stopping && idle {
+            if stopping && idle && self.inner.borrow().syncs_in_flight == 0 {
                 return;
             }
             if !idle {
@@ -585,7 +612,7 @@ impl ShardLog {
 
     /// Writes, syncs and finalizes what one partition has outstanding, segment by segment in
     /// offset order (so a later segment is never durable before an earlier one).
-    async fn flush_partition(&self, name: &TopicPartition, stopping: bool) {
+    async fn flush_partition(self: &Rc<Self>, name: &TopicPartition, stopping: bool) {
         let result = self.flush_partition_inner(name, stopping).await;
         let mut inner = self.inner.borrow_mut();
         let Some((_, partition)) = inner.partitions.get_mut(name) else {
@@ -612,7 +639,7 @@ impl ShardLog {
     }
 
     async fn flush_partition_inner(
-        &self,
+        self: &Rc<Self>,
         name: &TopicPartition,
         stopping: bool,
     ) -> Result<(), IoFailure> {
@@ -669,25 +696,27 @@ impl ShardLog {
                 inner.stats.writes += 1;
                 inner.stats.written_bytes += plan.buffer_len as u64;
             }
-            // 3. One fdatasync, when the policy (or a seal, or the stop) asks for it.
-            let to_sync = self
+            // 3. One fdatasync per file, when the policy (or a seal, or the stop) asks for it.
+            // It runs beside the next waves' writes: a sync covers what was written before it
+            // started, and rewriting the tail block during it leaves the synced prefix intact.
+            let start_sync = self
                 .with_segment(name, base, |p, s| {
                     let due = match policy {
                         FlushPolicy::Always => true,
                         FlushPolicy::IntervalMs(ms) => now - p.last_sync_ms >= ms as i64,
                         FlushPolicy::None => false,
                     };
-                    (s.needs_sync() && (due || s.sealed || stopping))
-                        .then(|| (s.file.clone(), s.written_bytes, s.written_next_offset))
+                    let start =
+                        s.needs_sync() && !s.sync_in_flight && (due || s.sealed || stopping);
+                    s.sync_in_flight |= start;
+                    start
                 })
-                .flatten();
-            if let Some((Some(file), bytes, next)) = to_sync {
-                segment::sync_file(&file, &segment::log_path(&dir, base)).await?;
-                self.with_segment(name, base, |p, s| {
-                    s.complete_sync(bytes, next);
-                    p.last_sync_ms = now;
-                });
-                self.inner.borrow_mut().stats.syncs += 1;
+                .unwrap_or(false);
+            if start_sync {
+                self.inner.borrow_mut().syncs_in_flight += 1;
+                let (this, name, dir) = (Rc::clone(self), name.clone(), dir.clone());
+                glommio::spawn_local(async move { this.sync_segment(name, base, dir).await })
+                    .detach();
             }
             // 4. A sealed segment, now complete on disk, gets its exact size and indexes.
             let finalize = self
@@ -702,6 +731,50 @@ impl ShardLog {
             }
         }
         Ok(())
+    }
+}
+
+impl ShardLog {
+    /// One fdatasync of a segment file; then completes the appends it made durable and hands
+    /// what is left (more written bytes, a seal to finalize) back to the flusher.
+    async fn sync_segment(self: Rc<Self>, name: TopicPartition, base: i64, dir: PathBuf) {
+        let captured = self
+            .with_segment(&name, base, |_, s| {
+                (s.file.clone(), s.written_bytes, s.written_next_offset)
+            })
+            .and_then(|(file, bytes, next)| file.map(|f| (f, bytes, next)));
+        let result = match &captured {
+            Some((file, _, _)) => segment::sync_file(file, &segment::log_path(&dir, base)).await,
+            None => Ok(()),
+        };
+        let now = now_ms();
+        let mut follow_up = false;
+        self.with_segment(&name, base, |p, s| {
+            s.sync_in_flight = false;
+            match &result {
+                Ok(()) => {
+                    if let Some((_, bytes, next)) = captured {
+                        s.complete_sync(bytes, next);
+                        p.last_sync_ms = now;
+                    }
+                }
+                Err(failure) => p.fail(failure),
+            }
+            follow_up = s.needs_sync() || s.ready_to_finalize();
+        });
+        let mut inner = self.inner.borrow_mut();
+        inner.syncs_in_flight -= 1;
+        if result.is_ok() {
+            inner.stats.syncs += 1;
+        }
+        if let Some((_, partition)) = inner.partitions.get_mut(&name) {
+            partition.complete_waiters();
+        }
+        if follow_up {
+            inner.dirty.insert(name);
+        }
+        drop(inner);
+        self.flusher_wake.notify();
     }
 }
 

@@ -1,4 +1,5 @@
 //! Helpers shared by the engine's integration tests.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
