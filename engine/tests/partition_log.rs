@@ -414,3 +414,47 @@ fn segments_roll_by_age_as_well_as_by_size() {
         log.close().await.unwrap();
     });
 }
+
+#[test]
+fn file_ranges_splice_to_a_socket_byte_for_byte() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    corelog_engine::side_ring::set_nonblocking(server.as_raw_fd()).unwrap();
+    let (expected, sent) = run(async {
+        let log = open_log(dir.path(), 0).await;
+        log.open_partition(&tp(), small_segments()).await.unwrap();
+        let mut last = None;
+        for seed in 0..10 {
+            last = Some(
+                log.append(&tp(), batch_for(seed, 4, 300), 0)
+                    .unwrap()
+                    .durable,
+            );
+        }
+        last.unwrap().await.unwrap();
+        let result = log.read(&tp(), 0, 1 << 20).await.unwrap();
+        let ReadData::File(range) = &result.data else {
+            panic!("expected a file range")
+        };
+        let expected = range.read_to_vec().await.unwrap();
+        let ring = corelog_engine::side_ring::SideRing::new(32).unwrap();
+        let sent = range
+            .splice_to_socket(&ring, server.as_raw_fd())
+            .await
+            .unwrap();
+        log.close().await.unwrap();
+        (expected, sent)
+    });
+    assert_eq!(sent as usize, expected.len());
+    client
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut received = vec![0u8; expected.len()];
+    client.read_exact(&mut received).unwrap();
+    assert_eq!(received, expected);
+    corelog_engine::batch::validate_prefix(&received).expect("a whole valid batch arrives first");
+}

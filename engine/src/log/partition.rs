@@ -271,6 +271,7 @@ impl Partition {
     pub fn plan_file_read(&self, offset: i64, high_watermark: i64) -> Option<FileReadPlan> {
         let (_, segment) = self.segments.range(..=offset).next_back()?;
         let file = segment.file.clone()?;
+        let splice_reader = segment.splice_reader.clone()?;
         let bound_bytes = if high_watermark >= segment.next_offset() {
             segment.written_bytes
         } else {
@@ -279,6 +280,7 @@ impl Partition {
         let (_, position) = segment.index.lookup_offset(offset);
         (position < bound_bytes).then(|| FileReadPlan {
             file,
+            splice_reader,
             path: segment.path.clone(),
             scan_from: position,
             bound_bytes,
@@ -386,7 +388,8 @@ impl Partition {
             }
             expected_next = Some(index.summary().next_offset);
             let tail = read_tail(&file, &path, valid_bytes).await?;
-            let mut segment = Segment::recovered(file, path, index, tail, now_ms);
+            let reader = segment::open_splice_reader(&path)?;
+            let mut segment = Segment::recovered(file, reader, path, index, tail, now_ms);
             segment.sealed = !(is_last || stopped);
             if segment.sealed {
                 segment.finalized = true;
@@ -435,6 +438,7 @@ fn unreachable_no_segment(name: &TopicPartition) -> ! {
 /// A file read to resolve: scan batch headers from `scan_from` for the batch holding `offset`.
 pub(crate) struct FileReadPlan {
     pub file: Rc<DmaFile>,
+    pub splice_reader: Rc<std::fs::File>,
     pub path: PathBuf,
     pub scan_from: u64,
     pub bound_bytes: u64,

@@ -64,6 +64,10 @@ pub(crate) struct Segment {
     pub path: PathBuf,
     /// None until the flusher creates the file for the first write.
     pub file: Option<Rc<DmaFile>>,
+    /// A buffered read-only descriptor of the same file, for splice: splice needs no block
+    /// alignment there, while the O_DIRECT descriptor rejects unaligned offsets. O_DIRECT
+    /// writes invalidate the page cache over what they write, so this never reads stale bytes.
+    pub splice_reader: Option<Rc<std::fs::File>>,
     pub index: SegmentIndex,
     /// Batches appended but not yet handed to a write, with their next offsets.
     pending: VecDeque<(Bytes, i64)>,
@@ -88,6 +92,7 @@ impl Segment {
             base_offset,
             path: log_path(dir, base_offset),
             file: None,
+            splice_reader: None,
             index: SegmentIndex::new(base_offset, index_interval_bytes),
             pending: VecDeque::new(),
             written_bytes: 0,
@@ -107,6 +112,7 @@ impl Segment {
     /// bytes of the partial last block.
     pub fn recovered(
         file: Rc<DmaFile>,
+        splice_reader: Rc<std::fs::File>,
         path: PathBuf,
         index: SegmentIndex,
         tail: Vec<u8>,
@@ -117,6 +123,7 @@ impl Segment {
             base_offset: index.base_offset(),
             path,
             file: Some(file),
+            splice_reader: Some(splice_reader),
             pending: VecDeque::new(),
             written_bytes: summary.size_bytes,
             written_next_offset: summary.next_offset,
@@ -254,6 +261,13 @@ pub(crate) async fn open_segment_file(path: &Path, create: bool) -> Result<Rc<Dm
         .await
         .map(Rc::new)
         .map_err(io("open", path))
+}
+
+/// Opens the buffered read-only descriptor used for splicing (see `Segment::splice_reader`).
+pub(crate) fn open_splice_reader(path: &Path) -> Result<Rc<std::fs::File>, IoFailure> {
+    std::fs::File::open(path)
+        .map(Rc::new)
+        .map_err(|e| IoFailure::new("open for splice", path, e))
 }
 
 /// Performs a write plan: fallocate if needed, then one aligned O_DIRECT write.

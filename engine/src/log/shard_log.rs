@@ -89,12 +89,30 @@ pub enum ReadData {
 /// ending inside a batch when `max_bytes` cuts it, as Kafka does).
 pub struct FileRange {
     pub file: Rc<DmaFile>,
+    splice_reader: Rc<std::fs::File>,
     pub path: PathBuf,
     pub position: u64,
     pub len: u64,
 }
 
 impl FileRange {
+    /// Sends the range to a non-blocking socket with splice on the shard's side ring: the
+    /// bytes never enter user space. Returns the bytes sent (all of them, or an error).
+    pub async fn splice_to_socket(
+        &self,
+        ring: &crate::side_ring::SideRing,
+        socket_fd: std::os::fd::RawFd,
+    ) -> std::io::Result<u64> {
+        use std::os::fd::AsRawFd;
+        ring.splice_to_socket(
+            self.splice_reader.as_raw_fd(),
+            self.position,
+            self.len,
+            socket_fd,
+        )
+        .await
+    }
+
     /// Copies the range into memory (tests and tools; the fetch path splices instead).
     pub async fn read_to_vec(&self) -> Result<Vec<u8>, IoFailure> {
         segment::read_range(&self.file, &self.path, self.position, self.len as usize).await
@@ -341,6 +359,7 @@ impl ShardLog {
                     .min(plan.bound_bytes - position);
                 ReadData::File(FileRange {
                     file: plan.file,
+                    splice_reader: plan.splice_reader,
                     path: plan.path,
                     position,
                     len,
@@ -672,8 +691,12 @@ impl ShardLog {
                 .flatten();
             if let Some(path) = missing {
                 let file = segment::open_segment_file(&path, true).await?;
+                let reader = segment::open_splice_reader(&path)?;
                 partition::sync_dir(&dir).await?;
-                self.with_segment(name, base, |_, s| s.file = Some(file));
+                self.with_segment(name, base, |_, s| {
+                    s.file = Some(file);
+                    s.splice_reader = Some(reader);
+                });
             }
             // 2. One aligned write of everything pending (tail block rewritten).
             let plan = self
