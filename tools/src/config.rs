@@ -34,6 +34,11 @@ pub struct FileConfig {
     pub cores: Option<usize>,
     pub cache_budget_bytes_per_shard: Option<usize>,
     pub channel_capacity: Option<usize>,
+    /// `socket.request.max.bytes`: largest request frame.
+    pub socket_request_max_bytes: Option<usize>,
+    /// `connections.max.idle.ms`.
+    pub connections_max_idle_ms: Option<u64>,
+    pub max_connections_per_shard: Option<usize>,
     #[serde(default)]
     pub log: LogSection,
 }
@@ -56,6 +61,9 @@ pub struct BrokerConfig {
     pub cores: Option<usize>,
     pub cache_budget_bytes_per_shard: usize,
     pub channel_capacity: usize,
+    pub socket_request_max_bytes: usize,
+    pub connections_max_idle_ms: u64,
+    pub max_connections_per_shard: usize,
     pub log: LogConfig,
     pub retention_check_interval_ms: u64,
     /// Where the settings came from, for the start-up log.
@@ -125,6 +133,21 @@ impl BrokerConfig {
         if channel_capacity == 0 {
             return Err(invalid("channel_capacity", "must be at least 1"));
         }
+        let socket_request_max_bytes = file.socket_request_max_bytes.unwrap_or(100 << 20);
+        if !(1024..=i32::MAX as usize).contains(&socket_request_max_bytes) {
+            return Err(invalid(
+                "socket_request_max_bytes",
+                "must be between 1024 and 2147483647",
+            ));
+        }
+        let connections_max_idle_ms = file.connections_max_idle_ms.unwrap_or(600_000);
+        if connections_max_idle_ms == 0 {
+            return Err(invalid("connections_max_idle_ms", "must be positive"));
+        }
+        let max_connections_per_shard = file.max_connections_per_shard.unwrap_or(10_000);
+        if max_connections_per_shard == 0 {
+            return Err(invalid("max_connections_per_shard", "must be at least 1"));
+        }
         let log = log_config(&file.log)?;
         let retention_check_interval_ms = file.log.retention_check_interval_ms.unwrap_or(300_000);
         if retention_check_interval_ms == 0 {
@@ -140,6 +163,9 @@ impl BrokerConfig {
             cores,
             cache_budget_bytes_per_shard: cache,
             channel_capacity,
+            socket_request_max_bytes,
+            connections_max_idle_ms,
+            max_connections_per_shard,
             log,
             retention_check_interval_ms,
             source,

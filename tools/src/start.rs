@@ -16,6 +16,10 @@ use corelog_engine::log::{ShardLog, ShardLogConfig, TopicPartition};
 use corelog_engine::runtime::{self, PlacementTable, Runtime, RuntimeConfig, ShardContext};
 use nix::sys::signal::{SigSet, Signal};
 
+use std::sync::OnceLock;
+
+use corelog_net::{ConnectionLimits, Listener};
+
 use crate::config::{BrokerConfig, ConfigError, Overrides};
 
 pub const EXIT_USAGE: u8 = 2;
@@ -166,6 +170,7 @@ fn start(config: BrokerConfig) -> Result<(), String> {
         .map_err(|e| format!("cannot block signals: {e}"))?;
 
     let (events_tx, events_rx) = mpsc::channel::<ShardEvent>();
+    let listen_address: Arc<OnceLock<std::net::SocketAddr>> = Arc::new(OnceLock::new());
     let runtime_config = RuntimeConfig {
         shards,
         cpus: Some(cpus),
@@ -173,9 +178,14 @@ fn start(config: BrokerConfig) -> Result<(), String> {
         ..RuntimeConfig::default()
     };
     let shard_config = Arc::new(config.clone());
+    let bound = Arc::clone(&listen_address);
     let runtime = Runtime::start(&runtime_config, Arc::clone(&placement), move |ctx| {
-        let (config, events) = (Arc::clone(&shard_config), events_tx.clone());
-        shard_main(ctx, config, events)
+        let (config, events, bound) = (
+            Arc::clone(&shard_config),
+            events_tx.clone(),
+            Arc::clone(&bound),
+        );
+        shard_main(ctx, config, events, bound)
     })
     .map_err(|e| e.to_string())?;
 
@@ -192,10 +202,11 @@ fn start(config: BrokerConfig) -> Result<(), String> {
             Err(_) => return Err("shards did not become ready".into()),
         }
     }
+    let listen = listen_address.get().copied().unwrap_or(config.listen);
     tracing::info!(
-        listen = %config.listen,
+        %listen,
         partitions = partitions.len(),
-        "corelog ready (the Kafka listener arrives with the wire protocol; storage engine running)"
+        "corelog ready (Kafka listener: ApiVersions only until the wire protocol lands)"
     );
 
     let signal = signals
@@ -229,6 +240,7 @@ async fn shard_main(
     ctx: ShardContext<ShardRequest, ShardResponse>,
     config: Arc<BrokerConfig>,
     events: mpsc::Sender<ShardEvent>,
+    bound: Arc<OnceLock<std::net::SocketAddr>>,
 ) -> Result<(), String> {
     let shard = ctx.id;
     let fail = |reason: String| {
@@ -282,6 +294,33 @@ async fn shard_main(
             return fail(format!("shard {peer} unreachable: {error}"));
         }
     }
+    // Shard 0 binds first (resolving port 0); the others join the same port (SO_REUSEPORT).
+    let address = if shard == 0 {
+        config.listen
+    } else {
+        loop {
+            if let Some(address) = bound.get() {
+                break *address;
+            }
+            glommio::timer::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    let limits = ConnectionLimits {
+        max_frame_bytes: config.socket_request_max_bytes,
+        idle_timeout: Duration::from_millis(config.connections_max_idle_ms),
+    };
+    let listener = match Listener::bind(address, limits, config.max_connections_per_shard) {
+        Ok(listener) => listener,
+        Err(error) => return fail(format!("cannot listen on {address}: {error}")),
+    };
+    if shard == 0 {
+        match listener.local_addr() {
+            Ok(actual) => {
+                let _ = bound.set(actual);
+            }
+            Err(error) => return fail(format!("cannot read the listener address: {error}")),
+        }
+    }
     let _ = events.send(ShardEvent::Ready {
         shard,
         partitions: owned.len(),
@@ -301,7 +340,7 @@ async fn shard_main(
     })
     .detach();
 
-    ctx.stopped().await;
+    listener.run(ctx.stopped()).await;
     retention.cancel();
     if let Err(error) = log.close().await {
         return fail(format!("clean stop failed: {error}"));

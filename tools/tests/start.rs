@@ -222,3 +222,43 @@ fn an_unusable_data_dir_is_a_fail_stop_with_a_clear_message() {
         "the message names the path: {output}"
     );
 }
+
+#[test]
+fn the_kafka_port_answers_api_versions_on_every_shard() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path(), &["--cores", "2"]);
+    let ready = broker.wait_for("corelog ready");
+    let address = ready
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("listen="))
+        .expect("the ready line names the listener")
+        .to_string();
+    assert!(!address.ends_with(":0"), "port 0 must be resolved: {ready}");
+    // Many connections, so that both shards' listeners (SO_REUSEPORT) get some.
+    for correlation_id in 0..20i32 {
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        // ApiVersions v0: size, api key 18, version 0, correlation id, null client id.
+        let mut request = 10i32.to_be_bytes().to_vec();
+        request.extend_from_slice(&[0, 18, 0, 0]);
+        request.extend_from_slice(&correlation_id.to_be_bytes());
+        request.extend_from_slice(&[0xff, 0xff]);
+        stream.write_all(&request).unwrap();
+        let mut size = [0u8; 4];
+        stream.read_exact(&mut size).unwrap();
+        let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
+        stream.read_exact(&mut body).unwrap();
+        assert_eq!(
+            &body[0..4],
+            &correlation_id.to_be_bytes(),
+            "correlation id echoed"
+        );
+        assert_eq!(&body[4..6], &[0, 0], "error code NONE");
+    }
+    broker.signal(libc::SIGTERM);
+    let (code, output) = broker.wait_exit();
+    assert_eq!(code, Some(0), "{output}");
+}

@@ -1,0 +1,147 @@
+//! One client connection: read a frame, decode its header, dispatch to the API's handler,
+//! write the response; responses go back in request order. Any framing or decoding failure
+//! closes this connection only (as Kafka does for requests it cannot parse); the shard keeps
+//! serving everyone else.
+//!
+//! Runs on the shard that accepted the connection.
+
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable};
+
+use crate::api;
+use crate::frame::{self, FrameError};
+use crate::handlers::api_versions;
+
+/// The limits of one connection (Kafka's names in brackets).
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// Largest request frame accepted [`socket.request.max.bytes`, 100 MiB].
+    pub max_frame_bytes: usize,
+    /// A connection silent this long is closed [`connections.max.idle.ms`, 10 min].
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 100 << 20,
+            idle_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Why a connection was closed by the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("request of {0} bytes is shorter than a request header")]
+    ShortHeader(usize),
+    #[error("unknown API key {0}")]
+    UnknownApiKey(i16),
+    #[error("unsupported {key:?} version {version}")]
+    UnsupportedVersion { key: ApiKey, version: i16 },
+    #[error("malformed {key:?} v{version} request: {message}")]
+    Malformed {
+        key: ApiKey,
+        version: i16,
+        message: String,
+    },
+    #[error("idle for longer than {0:?}")]
+    Idle(Duration),
+    #[error("write failed: {0}")]
+    Write(std::io::Error),
+}
+
+/// Serves requests on `stream` until the peer closes it (Ok) or the broker must (Err).
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    limits: &ConnectionLimits,
+) -> Result<(), ConnectionError> {
+    loop {
+        let read = frame::read_frame(stream, limits.max_frame_bytes);
+        let frame =
+            match glommio::timer::timeout(limits.idle_timeout, async { Ok(read.await) }).await {
+                Ok(result) => result?,
+                Err(_) => return Err(ConnectionError::Idle(limits.idle_timeout)),
+            };
+        let Some(frame) = frame else { return Ok(()) };
+        let response = handle(frame.freeze())?;
+        stream
+            .write_all(&response)
+            .await
+            .map_err(ConnectionError::Write)?;
+    }
+}
+
+/// Decodes one request frame and returns the response frame (size prefix included).
+pub fn handle(mut frame: Bytes) -> Result<BytesMut, ConnectionError> {
+    if frame.len() < 8 {
+        return Err(ConnectionError::ShortHeader(frame.len()));
+    }
+    let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let key = ApiKey::try_from(raw_key).map_err(|()| ConnectionError::UnknownApiKey(raw_key))?;
+    let Some(supported) = api::supported(key) else {
+        return Err(ConnectionError::UnsupportedVersion { key, version });
+    };
+    if !(supported.min_version..=supported.max_version).contains(&version) {
+        if key == ApiKey::ApiVersions {
+            // KIP-511: answer in v0 (which every client can read) with the supported ranges.
+            return encode_response(correlation_id, 0, 0, &api_versions::unsupported_version());
+        }
+        return Err(ConnectionError::UnsupportedVersion { key, version });
+    }
+    let malformed = |message: String| ConnectionError::Malformed {
+        key,
+        version,
+        message,
+    };
+    RequestHeader::decode(&mut frame, key.request_header_version(version))
+        .map_err(|e| malformed(e.to_string()))?;
+    match key {
+        ApiKey::ApiVersions => {
+            ApiVersionsRequest::decode(&mut frame, version)
+                .map_err(|e| malformed(e.to_string()))?;
+            if frame.has_remaining() {
+                return Err(malformed(format!("{} trailing bytes", frame.remaining())));
+            }
+            encode_response(
+                correlation_id,
+                key.response_header_version(version),
+                version,
+                &api_versions::handle(),
+            )
+        }
+        _ => Err(ConnectionError::UnsupportedVersion { key, version }),
+    }
+}
+
+fn encode_response<T: Encodable>(
+    correlation_id: i32,
+    header_version: i16,
+    version: i16,
+    body: &T,
+) -> Result<BytesMut, ConnectionError> {
+    let mut out = BytesMut::with_capacity(64);
+    out.extend_from_slice(&[0; 4]);
+    ResponseHeader::default()
+        .with_correlation_id(correlation_id)
+        .encode(&mut out, header_version)
+        .map_err(encode_error)?;
+    body.encode(&mut out, version).map_err(encode_error)?;
+    let size = (out.len() - 4) as i32;
+    out[0..4].copy_from_slice(&size.to_be_bytes());
+    Ok(out)
+}
+
+fn encode_error(error: impl std::fmt::Display) -> ConnectionError {
+    ConnectionError::Write(std::io::Error::other(format!(
+        "encoding the response failed: {error}"
+    )))
+}

@@ -1,0 +1,98 @@
+//! The Kafka listener of one shard. Every shard binds the same address with SO_REUSEPORT
+//! (glommio sets it), so the kernel spreads connections across shards; each connection then
+//! lives on the shard that accepted it.
+//!
+//! Limit: `max_connections` per shard; a connection beyond it is accepted and closed at once
+//! (the client sees a clean close and retries elsewhere or later).
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use glommio::net::TcpListener;
+
+use crate::connection::{self, ConnectionLimits};
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerStats {
+    pub accepted: u64,
+    pub refused_over_limit: u64,
+    pub closed_by_broker: u64,
+    pub active: usize,
+}
+
+pub struct Listener {
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    max_connections: usize,
+    stats: Rc<Cell<ListenerStats>>,
+}
+
+impl Listener {
+    /// Binds `address` on the calling shard.
+    pub fn bind(
+        address: SocketAddr,
+        limits: ConnectionLimits,
+        max_connections: usize,
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(address).map_err(std::io::Error::from)?;
+        Ok(Self {
+            listener,
+            limits,
+            max_connections,
+            stats: Rc::new(Cell::new(ListenerStats::default())),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr().map_err(std::io::Error::from)
+    }
+
+    pub fn stats(&self) -> ListenerStats {
+        self.stats.get()
+    }
+
+    fn update(stats: &Cell<ListenerStats>, f: impl FnOnce(&mut ListenerStats)) {
+        let mut current = stats.get();
+        f(&mut current);
+        stats.set(current);
+    }
+
+    /// Accepts connections until `stop` resolves; each runs as its own task.
+    pub async fn run(&self, stop: impl std::future::Future<Output = ()>) {
+        let accept_loop = async {
+            loop {
+                let stream = match self.listener.accept().await {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                if self.stats.get().active >= self.max_connections {
+                    Self::update(&self.stats, |s| s.refused_over_limit += 1);
+                    drop(stream);
+                    continue;
+                }
+                Self::update(&self.stats, |s| {
+                    s.accepted += 1;
+                    s.active += 1;
+                });
+                let (stats, limits) = (Rc::clone(&self.stats), self.limits.clone());
+                glommio::spawn_local(async move {
+                    let peer = stream.peer_addr().ok();
+                    let mut stream = stream;
+                    let _ = stream.set_nodelay(true);
+                    if let Err(error) = connection::serve(&mut stream, &limits).await {
+                        tracing::debug!(?peer, %error, "closing connection");
+                        Self::update(&stats, |s| s.closed_by_broker += 1);
+                    }
+                    Self::update(&stats, |s| s.active -= 1);
+                })
+                .detach();
+            }
+        };
+        futures_lite::future::or(accept_loop, stop).await;
+    }
+}
