@@ -120,12 +120,9 @@ pub struct AppendScenario {
 /// Appends `total_bytes` across partitions on one shard; every append is awaited to
 /// durability (whatever the policy promises). Runs inside a shard.
 pub async fn append_scenario(dir: &Path, scenario: &AppendScenario) -> AppendReport {
-    let log = ShardLog::open(ShardLogConfig {
-        data_dir: dir.to_path_buf(),
-        cache_budget_bytes: 64 << 20,
-    })
-    .await
-    .expect("open shard log");
+    let log = ShardLog::open(ShardLogConfig::new(dir.to_path_buf(), 64 << 20))
+        .await
+        .expect("open shard log");
     let config = LogConfig {
         flush: scenario.policy,
         retention_ms: None,
@@ -211,12 +208,9 @@ pub async fn read_scenario(
     } else {
         0
     };
-    let log = ShardLog::open(ShardLogConfig {
-        data_dir: dir.to_path_buf(),
-        cache_budget_bytes,
-    })
-    .await
-    .expect("open shard log");
+    let log = ShardLog::open(ShardLogConfig::new(dir.to_path_buf(), cache_budget_bytes))
+        .await
+        .expect("open shard log");
     let name = TopicPartition::new("read", 0);
     log.open_partition(
         &name,

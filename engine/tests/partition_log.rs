@@ -287,7 +287,7 @@ fn retention_by_bytes_and_time_deletes_whole_closed_segments_only() {
 }
 
 #[test]
-fn none_and_interval_policies_acknowledge_at_once_and_still_persist() {
+fn none_and_interval_policies_acknowledge_once_written_and_still_persist() {
     let dir = tempfile::tempdir().unwrap();
     let names = [
         TopicPartition::new("none", 0),
@@ -307,27 +307,35 @@ fn none_and_interval_policies_acknowledge_at_once_and_still_persist() {
         log.open_partition(
             &names[1],
             LogConfig {
-                flush: FlushPolicy::IntervalMs(20),
+                flush: FlushPolicy::IntervalMs(200),
                 ..default_config()
             },
         )
         .await
         .unwrap();
         for name in &names {
+            let mut last = None;
             for seed in 0..10 {
-                let appended = log.append(name, batch_for(seed, 1, 10), 0).unwrap();
-                // no sync awaited: resolves immediately
-                futures_lite::future::block_on(futures_lite::future::poll_once(appended.durable))
-                    .expect("resolved at once")
-                    .unwrap();
+                last = Some(log.append(name, batch_for(seed, 1, 10), 0).unwrap().durable);
             }
+            // Visible at once (from the cache), acknowledged once written, not yet synced.
             assert_eq!(log.offsets(name).unwrap().high_watermark, 10);
+            last.unwrap().await.unwrap();
+            assert!(
+                log.offsets(name).unwrap().durable_end_offset < 10,
+                "{name}: synced before its interval"
+            );
         }
-        glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(log.stats().syncs, 0, "nothing asked for a sync yet");
+        glommio::timer::sleep(std::time::Duration::from_millis(400)).await;
         assert_eq!(
             log.offsets(&names[1]).unwrap().durable_end_offset,
             10,
             "interval policy syncs by itself"
+        );
+        assert!(
+            log.offsets(&names[0]).unwrap().durable_end_offset < 10,
+            "none never syncs by itself"
         );
         log.close().await.unwrap();
     });
@@ -457,4 +465,58 @@ fn file_ranges_splice_to_a_socket_byte_for_byte() {
     client.read_exact(&mut received).unwrap();
     assert_eq!(received, expected);
     corelog_engine::batch::validate_prefix(&received).expect("a whole valid batch arrives first");
+}
+
+#[test]
+fn deleting_a_partition_removes_its_files_and_fails_its_waiters() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let log = open_log(dir.path(), 1 << 20).await;
+        log.open_partition(&tp(), default_config()).await.unwrap();
+        log.append(&tp(), batch_for(1, 1, 10), 0)
+            .unwrap()
+            .durable
+            .await
+            .unwrap();
+        let pending = log.append(&tp(), batch_for(2, 1, 10), 0).unwrap();
+        log.delete_partition(&tp()).await.unwrap();
+        // The append either became durable before the delete or fails: it never hangs.
+        let _ = pending.durable.await;
+        assert!(!dir.path().join(tp().to_string()).exists());
+        assert!(matches!(
+            log.offsets(&tp()),
+            Err(StorageError::UnknownPartition(_))
+        ));
+        // a new partition of the same name starts empty
+        log.open_partition(&tp(), default_config()).await.unwrap();
+        assert_eq!(log.offsets(&tp()).unwrap().log_end_offset, 0);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_backlog_larger_than_one_write_is_written_in_several() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let log = open_log(dir.path(), 0).await;
+        let config = LogConfig {
+            max_message_bytes: 20 << 20,
+            ..default_config()
+        };
+        log.open_partition(&tp(), config).await.unwrap();
+        // Three ~15 MiB batches queued at once exceed the 32 MiB write cap.
+        let waits: Vec<_> = (0..3)
+            .map(|seed| {
+                log.append(&tp(), batch_for(seed, 15_000, 1000), 0)
+                    .unwrap()
+                    .durable
+            })
+            .collect();
+        for wait in waits {
+            wait.await.unwrap();
+        }
+        assert!(log.stats().writes >= 2, "{:?}", log.stats());
+        assert_eq!(read_all(&log, &tp(), 0).await.len(), 3);
+        log.close().await.unwrap();
+    });
 }

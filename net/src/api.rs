@@ -12,11 +12,28 @@ pub struct SupportedApi {
 }
 
 /// Everything the broker implements today.
-pub const SUPPORTED: &[SupportedApi] = &[SupportedApi {
-    key: ApiKey::ApiVersions,
-    min_version: 0,
-    max_version: 4,
-}];
+pub const SUPPORTED: &[SupportedApi] = &[
+    SupportedApi {
+        key: ApiKey::ApiVersions,
+        min_version: 0,
+        max_version: 4,
+    },
+    SupportedApi {
+        key: ApiKey::Metadata,
+        min_version: 0,
+        max_version: 13,
+    },
+    SupportedApi {
+        key: ApiKey::CreateTopics,
+        min_version: 2,
+        max_version: 7,
+    },
+    SupportedApi {
+        key: ApiKey::DeleteTopics,
+        min_version: 1,
+        max_version: 6,
+    },
+];
 
 pub fn supported(key: ApiKey) -> Option<SupportedApi> {
     SUPPORTED.iter().copied().find(|api| api.key == key)

@@ -7,14 +7,20 @@
 
 use std::time::Duration;
 
+use std::future::Future;
+
 use bytes::{Buf, Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteTopicsRequest, MetadataRequest,
+    RequestHeader, ResponseHeader,
+};
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 use crate::api;
+use crate::broker::ShardBroker;
 use crate::frame::{self, FrameError};
-use crate::handlers::api_versions;
+use crate::handlers::{api_versions, create_topics, delete_topics, metadata};
 
 /// The limits of one connection (Kafka's names in brackets).
 #[derive(Debug, Clone)]
@@ -61,6 +67,7 @@ pub enum ConnectionError {
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     limits: &ConnectionLimits,
+    broker: &ShardBroker,
 ) -> Result<(), ConnectionError> {
     loop {
         let read = frame::read_frame(stream, limits.max_frame_bytes);
@@ -70,7 +77,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 Err(_) => return Err(ConnectionError::Idle(limits.idle_timeout)),
             };
         let Some(frame) = frame else { return Ok(()) };
-        let response = handle(frame.freeze())?;
+        let response = handle(frame.freeze(), broker).await?;
         stream
             .write_all(&response)
             .await
@@ -79,7 +86,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Decodes one request frame and returns the response frame (size prefix included).
-pub fn handle(mut frame: Bytes) -> Result<BytesMut, ConnectionError> {
+pub async fn handle(mut frame: Bytes, broker: &ShardBroker) -> Result<BytesMut, ConnectionError> {
     if frame.len() < 8 {
         return Err(ConnectionError::ShortHeader(frame.len()));
     }
@@ -97,28 +104,78 @@ pub fn handle(mut frame: Bytes) -> Result<BytesMut, ConnectionError> {
         }
         return Err(ConnectionError::UnsupportedVersion { key, version });
     }
-    let malformed = |message: String| ConnectionError::Malformed {
+    RequestHeader::decode(&mut frame, key.request_header_version(version)).map_err(|e| {
+        ConnectionError::Malformed {
+            key,
+            version,
+            message: e.to_string(),
+        }
+    })?;
+    let call = Call {
+        frame,
         key,
         version,
-        message,
+        correlation_id,
     };
-    RequestHeader::decode(&mut frame, key.request_header_version(version))
-        .map_err(|e| malformed(e.to_string()))?;
     match key {
         ApiKey::ApiVersions => {
-            ApiVersionsRequest::decode(&mut frame, version)
-                .map_err(|e| malformed(e.to_string()))?;
-            if frame.has_remaining() {
-                return Err(malformed(format!("{} trailing bytes", frame.remaining())));
-            }
-            encode_response(
-                correlation_id,
-                key.response_header_version(version),
-                version,
-                &api_versions::handle(),
-            )
+            call.respond(|_: ApiVersionsRequest| async { api_versions::handle() })
+                .await
+        }
+        ApiKey::Metadata => {
+            call.respond(|r: MetadataRequest| metadata::handle(broker, r, version))
+                .await
+        }
+        ApiKey::CreateTopics => {
+            call.respond(|r: CreateTopicsRequest| create_topics::handle(broker, r, version))
+                .await
+        }
+        ApiKey::DeleteTopics => {
+            call.respond(|r: DeleteTopicsRequest| delete_topics::handle(broker, r, version))
+                .await
         }
         _ => Err(ConnectionError::UnsupportedVersion { key, version }),
+    }
+}
+
+/// One decoded request header and the body bytes after it.
+struct Call {
+    frame: Bytes,
+    key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+}
+
+impl Call {
+    /// Decodes the body as `Req` (all of it), runs the handler, encodes its response.
+    async fn respond<Req, Resp, F, Fut>(mut self, handler: F) -> Result<BytesMut, ConnectionError>
+    where
+        Req: Decodable,
+        Resp: Encodable,
+        F: FnOnce(Req) -> Fut,
+        Fut: Future<Output = Resp>,
+    {
+        let (key, version) = (self.key, self.version);
+        let malformed = |message: String| ConnectionError::Malformed {
+            key,
+            version,
+            message,
+        };
+        let request =
+            Req::decode(&mut self.frame, version).map_err(|e| malformed(e.to_string()))?;
+        if self.frame.has_remaining() {
+            return Err(malformed(format!(
+                "{} trailing bytes",
+                self.frame.remaining()
+            )));
+        }
+        let response = handler(request).await;
+        encode_response(
+            self.correlation_id,
+            key.response_header_version(version),
+            version,
+            &response,
+        )
     }
 }
 

@@ -11,6 +11,7 @@ use std::rc::Rc;
 
 use glommio::net::TcpListener;
 
+use crate::broker::ShardBroker;
 use crate::connection::{self, ConnectionLimits};
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +60,7 @@ impl Listener {
     }
 
     /// Accepts connections until `stop` resolves; each runs as its own task.
-    pub async fn run(&self, stop: impl std::future::Future<Output = ()>) {
+    pub async fn run(&self, broker: Rc<ShardBroker>, stop: impl std::future::Future<Output = ()>) {
         let accept_loop = async {
             loop {
                 let stream = match self.listener.accept().await {
@@ -79,12 +80,16 @@ impl Listener {
                     s.accepted += 1;
                     s.active += 1;
                 });
-                let (stats, limits) = (Rc::clone(&self.stats), self.limits.clone());
+                let (stats, limits, broker) = (
+                    Rc::clone(&self.stats),
+                    self.limits.clone(),
+                    Rc::clone(&broker),
+                );
                 glommio::spawn_local(async move {
                     let peer = stream.peer_addr().ok();
                     let mut stream = stream;
                     let _ = stream.set_nodelay(true);
-                    if let Err(error) = connection::serve(&mut stream, &limits).await {
+                    if let Err(error) = connection::serve(&mut stream, &limits, &broker).await {
                         tracing::debug!(?peer, %error, "closing connection");
                         Self::update(&stats, |s| s.closed_by_broker += 1);
                     }

@@ -3,131 +3,38 @@
 //! offending connection.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+mod common;
+
+use std::io::Write;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use corelog_net::{ConnectionLimits, Listener};
-use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
-};
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-
-struct Broker {
-    address: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Broker {
-    fn start(limits: ConnectionLimits, max_connections: usize) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let flag = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-                .make()
-                .unwrap();
-            executor.run(async move {
-                let listener =
-                    Listener::bind("127.0.0.1:0".parse().unwrap(), limits, max_connections)
-                        .unwrap();
-                tx.send(listener.local_addr().unwrap()).unwrap();
-                listener
-                    .run(async {
-                        while !flag.load(Ordering::Acquire) {
-                            glommio::timer::sleep(Duration::from_millis(10)).await;
-                        }
-                    })
-                    .await;
-            });
-        });
-        let address = rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        Self {
-            address,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn connect(&self) -> TcpStream {
-        let stream = TcpStream::connect(self.address).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        stream
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.take() {
-            thread.join().unwrap();
-        }
-    }
-}
+use bytes::Bytes;
+use common::{Broker, Options, decode_response, is_closed, read_frame};
+use corelog_net::ConnectionLimits;
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse};
+use kafka_protocol::protocol::StrBytes;
 
 fn api_versions_request(version: i16, correlation_id: i32) -> Vec<u8> {
-    let key = ApiKey::ApiVersions;
-    let mut body = BytesMut::new();
-    RequestHeader::default()
-        .with_request_api_key(key as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(correlation_id)
-        .with_client_id(Some(StrBytes::from_static_str("test")))
-        .encode(&mut body, key.request_header_version(version))
-        .unwrap();
     let mut request = ApiVersionsRequest::default();
     if version >= 3 {
         request = request
             .with_client_software_name(StrBytes::from_static_str("corelog-test"))
             .with_client_software_version(StrBytes::from_static_str("1.0"));
     }
-    request.encode(&mut body, version).unwrap();
-    let mut frame = (body.len() as i32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&body);
-    frame
+    common::request_frame(ApiKey::ApiVersions, version, correlation_id, &request)
 }
 
-fn read_response(stream: &mut TcpStream) -> Bytes {
-    let mut size = [0u8; 4];
-    stream.read_exact(&mut size).unwrap();
-    let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
-    stream.read_exact(&mut body).unwrap();
-    Bytes::from(body)
+fn read_response(stream: &mut std::net::TcpStream) -> Bytes {
+    read_frame(stream)
 }
 
-fn decode_api_versions(mut body: Bytes, version: i16) -> (i32, ApiVersionsResponse) {
-    let header = ResponseHeader::decode(
-        &mut body,
-        ApiKey::ApiVersions.response_header_version(version),
-    )
-    .unwrap();
-    let response = ApiVersionsResponse::decode(&mut body, version).unwrap();
-    assert!(body.is_empty(), "trailing bytes in the response");
-    (header.correlation_id, response)
-}
-
-/// True once the broker closed the connection (EOF, or a reset when it left data unread).
-fn is_closed(stream: &mut TcpStream) -> bool {
-    let mut byte = [0u8; 1];
-    match stream.read(&mut byte) {
-        Ok(0) => true,
-        Err(e) => matches!(
-            e.kind(),
-            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
-        ),
-        Ok(_) => false,
-    }
+fn decode_api_versions(body: Bytes, version: i16) -> (i32, ApiVersionsResponse) {
+    decode_response(body, ApiKey::ApiVersions, version)
 }
 
 #[test]
 fn api_versions_answers_every_version_and_advertises_itself() {
-    let broker = Broker::start(ConnectionLimits::default(), 100);
+    let broker = Broker::start(Options::default());
     let mut stream = broker.connect();
     for version in 0..=4 {
         stream
@@ -147,7 +54,7 @@ fn api_versions_answers_every_version_and_advertises_itself() {
 
 #[test]
 fn an_unknown_api_versions_version_gets_the_kip_511_fallback() {
-    let broker = Broker::start(ConnectionLimits::default(), 100);
+    let broker = Broker::start(Options::default());
     let mut stream = broker.connect();
     // A future client sends v9 with a header and body we cannot parse.
     let mut frame = api_versions_request(4, 7);
@@ -164,7 +71,7 @@ fn an_unknown_api_versions_version_gets_the_kip_511_fallback() {
 
 #[test]
 fn pipelined_requests_are_answered_in_order() {
-    let broker = Broker::start(ConnectionLimits::default(), 100);
+    let broker = Broker::start(Options::default());
     let mut stream = broker.connect();
     let mut burst = Vec::new();
     for id in 0..50 {
@@ -181,13 +88,13 @@ fn pipelined_requests_are_answered_in_order() {
 
 #[test]
 fn hostile_input_closes_only_that_connection() {
-    let broker = Broker::start(
-        ConnectionLimits {
+    let broker = Broker::start(Options {
+        limits: ConnectionLimits {
             max_frame_bytes: 1 << 20,
             ..ConnectionLimits::default()
         },
-        100,
-    );
+        ..Options::default()
+    });
     let mut healthy = broker.connect();
     let hostile_inputs: Vec<Vec<u8>> = vec![
         i32::MAX.to_be_bytes().to_vec(), // claims 2 GiB
@@ -229,7 +136,11 @@ fn connections_beyond_the_limit_are_closed_and_idle_ones_time_out() {
         idle_timeout: Duration::from_millis(300),
         ..ConnectionLimits::default()
     };
-    let broker = Broker::start(limits, 2);
+    let broker = Broker::start(Options {
+        limits,
+        max_connections_per_shard: 2,
+        ..Options::default()
+    });
     let mut first = broker.connect();
     let _second = broker.connect();
     first.write_all(&api_versions_request(3, 1)).unwrap();

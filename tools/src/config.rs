@@ -31,7 +31,13 @@ pub struct FileConfig {
     pub node_id: Option<i32>,
     pub data_dir: Option<PathBuf>,
     pub listen: Option<String>,
+    /// Address given to clients in Metadata (`advertised.listeners`); default: the listener.
+    pub advertised_listen: Option<String>,
     pub cores: Option<usize>,
+    /// `num.partitions` of auto-created topics.
+    pub num_partitions: Option<i32>,
+    /// `auto.create.topics.enable`.
+    pub auto_create_topics_enable: Option<bool>,
     pub cache_budget_bytes_per_shard: Option<usize>,
     pub channel_capacity: Option<usize>,
     /// `socket.request.max.bytes`: largest request frame.
@@ -57,6 +63,9 @@ pub struct BrokerConfig {
     pub node_id: i32,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    pub advertised_listen: Option<SocketAddr>,
+    pub num_partitions: i32,
+    pub auto_create_topics_enable: bool,
     /// None = every CPU this process may run on.
     pub cores: Option<usize>,
     pub cache_budget_bytes_per_shard: usize,
@@ -116,6 +125,19 @@ impl BrokerConfig {
         let listen: SocketAddr = listen_text
             .parse()
             .map_err(|e| invalid("listen", format!("{listen_text:?} is not HOST:PORT ({e})")))?;
+        let advertised_listen = match &file.advertised_listen {
+            None => None,
+            Some(text) => Some(text.parse().map_err(|e| {
+                invalid(
+                    "advertised_listen",
+                    format!("{text:?} is not HOST:PORT ({e})"),
+                )
+            })?),
+        };
+        let num_partitions = file.num_partitions.unwrap_or(1);
+        if num_partitions < 1 {
+            return Err(invalid("num_partitions", "must be at least 1"));
+        }
         let cores = overrides.cores.or(file.cores);
         if cores == Some(0) {
             return Err(invalid("cores", "must be at least 1"));
@@ -160,6 +182,9 @@ impl BrokerConfig {
             node_id: file.node_id.unwrap_or(0),
             data_dir,
             listen,
+            advertised_listen,
+            num_partitions,
+            auto_create_topics_enable: file.auto_create_topics_enable.unwrap_or(true),
             cores,
             cache_budget_bytes_per_shard: cache,
             channel_capacity,

@@ -54,6 +54,11 @@ enum Command {
         #[arg(long, env = "CORELOG_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Probe the machine, measure the data dir's device, check and apply kernel tuning.
+    Hardware {
+        #[command(subcommand)]
+        command: corelog_hardware::cli::HardwareCommand,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -88,5 +93,6 @@ fn main() -> ExitCode {
             cores,
             config,
         }),
+        Command::Hardware { command } => corelog_hardware::cli::run(command),
     }
 }

@@ -8,38 +8,20 @@
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use corelog_engine::log::{ShardLog, ShardLogConfig, TopicPartition};
-use corelog_engine::runtime::{self, PlacementTable, Runtime, RuntimeConfig, ShardContext};
+use corelog_engine::log::WriteShape;
+use corelog_engine::runtime::{self, PlacementTable, Runtime, RuntimeConfig};
+use corelog_hardware::iotune::IoProfile;
+use corelog_net::ConnectionLimits;
+use corelog_net::server::{self, ServerConfig, ShardEvent};
 use nix::sys::signal::{SigSet, Signal};
-
-use std::sync::OnceLock;
-
-use corelog_net::{ConnectionLimits, Listener};
 
 use crate::config::{BrokerConfig, ConfigError, Overrides};
 
 pub const EXIT_USAGE: u8 = 2;
-
-/// Messages between shards. The Kafka shim (issue 3) adds partition requests here.
-#[derive(Debug)]
-pub enum ShardRequest {
-    Ping,
-}
-
-#[derive(Debug)]
-pub enum ShardResponse {
-    Pong,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 /// CPUs this process may run on (its affinity mask), ascending.
 fn allowed_cpus() -> Vec<usize> {
@@ -87,34 +69,6 @@ impl DataDirLock {
     }
 }
 
-/// Partition directories found in the data dir.
-fn discover_partitions(data_dir: &Path) -> Result<Vec<TopicPartition>, String> {
-    let entries = std::fs::read_dir(data_dir)
-        .map_err(|e| format!("cannot list data dir {}: {e}", data_dir.display()))?;
-    let mut found = Vec::new();
-    for entry in entries {
-        let entry =
-            entry.map_err(|e| format!("cannot list data dir {}: {e}", data_dir.display()))?;
-        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-        if let (true, Some(name)) = (
-            is_dir,
-            entry
-                .file_name()
-                .to_str()
-                .and_then(TopicPartition::from_dir_name),
-        ) {
-            found.push(name);
-        }
-    }
-    found.sort();
-    Ok(found)
-}
-
-enum ShardEvent {
-    Ready { shard: usize, partitions: usize },
-    Failed { shard: usize, reason: String },
-}
-
 pub fn run(overrides: &Overrides) -> ExitCode {
     let config = match BrokerConfig::load(overrides) {
         Ok(config) => config,
@@ -131,21 +85,77 @@ fn usage_error(error: &ConfigError) -> ExitCode {
     ExitCode::from(EXIT_USAGE)
 }
 
-fn start(config: BrokerConfig) -> Result<(), String> {
+/// The shard CPUs: the hardware plan's, restricted to this process's affinity mask.
+fn plan_cpus(config: &BrokerConfig) -> Vec<usize> {
     let allowed = allowed_cpus();
+    let planned = match corelog_hardware::probe::probe(
+        Path::new("/"),
+        std::slice::from_ref(&config.data_dir),
+    ) {
+        Ok(machine) => {
+            let plan = corelog_hardware::plan::plan_shards(&machine, config.cores);
+            for line in plan.to_string().lines() {
+                tracing::info!("{line}");
+            }
+            plan.shard_cpus
+                .into_iter()
+                .filter(|cpu| allowed.contains(cpu))
+                .collect()
+        }
+        Err(error) => {
+            tracing::warn!(%error, "hardware probe failed: one shard per allowed CPU");
+            Vec::new()
+        }
+    };
+    if !planned.is_empty() {
+        return planned;
+    }
     let shards = config
         .cores
         .unwrap_or(allowed.len())
-        .min(allowed.len().max(1))
-        .max(1);
-    if config.cores.is_some_and(|c| c > allowed.len()) {
-        tracing::warn!(
-            requested = config.cores,
-            available = allowed.len(),
-            "fewer CPUs than requested cores: using {shards}"
-        );
+        .clamp(1, allowed.len().max(1));
+    allowed.into_iter().take(shards).collect()
+}
+
+/// How flush waves cut their writes: from `DATA_DIR/io-profile.json` (written by
+/// `corelog hardware iotune`) when present — chunks of the device's knee block size, its knee
+/// queue depth in flight — else 1 MiB chunks, 16 in flight.
+fn write_shape(config: &BrokerConfig) -> WriteShape {
+    let path = IoProfile::default_path(&config.data_dir);
+    match IoProfile::load(&path) {
+        Ok(Some(profile)) => {
+            let chunk_bytes = (profile.knee_block_size_bytes as usize).clamp(64 << 10, 4 << 20);
+            let queue_depth = (profile.knee_queue_depth as usize).clamp(1, 64);
+            tracing::info!(
+                profile = %path.display(),
+                write_mb_per_sec = profile.write_bandwidth_bytes_per_sec / 1_000_000,
+                fdatasync_p99_us = profile.fdatasync_latency_us.p99,
+                chunk_bytes,
+                queue_depth,
+                "I/O profile loaded"
+            );
+            WriteShape {
+                chunk_bytes,
+                queue_depth,
+                ..WriteShape::default()
+            }
+        }
+        Ok(None) => {
+            tracing::info!("no I/O profile (run `corelog hardware iotune`): default write shape");
+            WriteShape::default()
+        }
+        Err(error) => {
+            tracing::warn!(%error, "unreadable I/O profile: default write shape");
+            WriteShape::default()
+        }
     }
-    let cpus: Vec<usize> = allowed.iter().copied().take(shards).collect();
+}
+
+fn start(config: BrokerConfig) -> Result<(), String> {
+    // The lock creates the data dir, which the hardware probe then maps to its device.
+    let _lock = DataDirLock::acquire(&config.data_dir)?;
+    let cpus = plan_cpus(&config);
+    let shards = cpus.len();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         config = %config.source,
@@ -154,12 +164,9 @@ fn start(config: BrokerConfig) -> Result<(), String> {
         "starting corelog"
     );
     tracing::info!(shards, cpus = ?cpus, cache_budget_bytes_per_shard = config.cache_budget_bytes_per_shard, "shard plan");
-    let _lock = DataDirLock::acquire(&config.data_dir)?;
-    let partitions = discover_partitions(&config.data_dir)?;
     let placement = PlacementTable::new(shards);
-    for partition in &partitions {
-        placement.assign(partition);
-    }
+    let registry = server::prepare(&config.data_dir, &placement)?;
+    let topics = registry.snapshot().len();
 
     // Signals are blocked before any thread starts, so only this thread receives them.
     let mut signals = SigSet::empty();
@@ -170,30 +177,52 @@ fn start(config: BrokerConfig) -> Result<(), String> {
         .map_err(|e| format!("cannot block signals: {e}"))?;
 
     let (events_tx, events_rx) = mpsc::channel::<ShardEvent>();
-    let listen_address: Arc<OnceLock<std::net::SocketAddr>> = Arc::new(OnceLock::new());
     let runtime_config = RuntimeConfig {
         shards,
         cpus: Some(cpus),
         channel_capacity: config.channel_capacity,
         ..RuntimeConfig::default()
     };
-    let shard_config = Arc::new(config.clone());
-    let bound = Arc::clone(&listen_address);
+    let server_config = Arc::new(ServerConfig {
+        node_id: config.node_id,
+        data_dir: config.data_dir.clone(),
+        listen: config.listen,
+        advertised: config.advertised_listen,
+        cache_budget_bytes_per_shard: config.cache_budget_bytes_per_shard,
+        write_shape: write_shape(&config),
+        limits: ConnectionLimits {
+            max_frame_bytes: config.socket_request_max_bytes,
+            idle_timeout: Duration::from_millis(config.connections_max_idle_ms),
+        },
+        max_connections_per_shard: config.max_connections_per_shard,
+        default_log: config.log.clone(),
+        num_partitions: config.num_partitions,
+        auto_create_topics: config.auto_create_topics_enable,
+        retention_check_interval: Duration::from_millis(config.retention_check_interval_ms),
+    });
+    let bound = Arc::new(OnceLock::new());
     let runtime = Runtime::start(&runtime_config, Arc::clone(&placement), move |ctx| {
-        let (config, events, bound) = (
-            Arc::clone(&shard_config),
-            events_tx.clone(),
+        server::run_shard(
+            ctx,
+            Arc::clone(&server_config),
+            Arc::clone(&registry),
             Arc::clone(&bound),
-        );
-        shard_main(ctx, config, events, bound)
+            events_tx.clone(),
+        )
     })
     .map_err(|e| e.to_string())?;
 
     let mut ready = 0;
+    let mut listen = config.listen;
     while ready < shards {
         match events_rx.recv_timeout(Duration::from_secs(600)) {
-            Ok(ShardEvent::Ready { shard, partitions }) => {
+            Ok(ShardEvent::Ready {
+                shard,
+                partitions,
+                listen: bound,
+            }) => {
                 tracing::info!(shard, partitions, "shard ready");
+                listen = bound;
                 ready += 1;
             }
             Ok(ShardEvent::Failed { shard, reason }) => {
@@ -202,12 +231,7 @@ fn start(config: BrokerConfig) -> Result<(), String> {
             Err(_) => return Err("shards did not become ready".into()),
         }
     }
-    let listen = listen_address.get().copied().unwrap_or(config.listen);
-    tracing::info!(
-        %listen,
-        partitions = partitions.len(),
-        "corelog ready (Kafka listener: ApiVersions only until the wire protocol lands)"
-    );
+    tracing::info!(%listen, topics, "corelog ready");
 
     let signal = signals
         .wait()
@@ -231,126 +255,5 @@ fn start(config: BrokerConfig) -> Result<(), String> {
         }
     }
     tracing::info!("stopped cleanly");
-    Ok(())
-}
-
-/// One shard: open its storage and partitions, serve peers, enforce retention, and on stop
-/// flush and close everything.
-async fn shard_main(
-    ctx: ShardContext<ShardRequest, ShardResponse>,
-    config: Arc<BrokerConfig>,
-    events: mpsc::Sender<ShardEvent>,
-    bound: Arc<OnceLock<std::net::SocketAddr>>,
-) -> Result<(), String> {
-    let shard = ctx.id;
-    let fail = |reason: String| {
-        let _ = events.send(ShardEvent::Failed {
-            shard,
-            reason: reason.clone(),
-        });
-        Err(reason)
-    };
-    let log = match ShardLog::open(ShardLogConfig {
-        data_dir: config.data_dir.clone(),
-        cache_budget_bytes: config.cache_budget_bytes_per_shard,
-    })
-    .await
-    {
-        Ok(log) => log,
-        Err(error) => return fail(error.to_string()),
-    };
-    let owned: Vec<TopicPartition> = {
-        let table = ctx.placement.table();
-        let mut all = discover_partitions(&config.data_dir).unwrap_or_default();
-        all.retain(|p| table.lookup(p) == Some(shard));
-        all
-    };
-    for partition in &owned {
-        match log.open_partition(partition, config.log.clone()).await {
-            Ok(report) => {
-                let offsets = log.offsets(partition).map_err(|e| e.to_string())?;
-                tracing::info!(
-                    shard,
-                    %partition,
-                    log_start_offset = offsets.log_start_offset,
-                    log_end_offset = offsets.log_end_offset,
-                    segments_trusted = report.segments_trusted,
-                    segments_scanned = report.segments_scanned,
-                    bytes_truncated = report.bytes_truncated,
-                    "partition recovered"
-                );
-            }
-            Err(error) => return fail(format!("partition {partition}: {error}")),
-        }
-    }
-    ctx.serve(|request| async move {
-        match request {
-            ShardRequest::Ping => ShardResponse::Pong,
-        }
-    });
-    // Every shard can reach every other one before we report ready.
-    for peer in 0..ctx.shard_count {
-        if let Err(error) = ctx.call(peer, ShardRequest::Ping).await {
-            return fail(format!("shard {peer} unreachable: {error}"));
-        }
-    }
-    // Shard 0 binds first (resolving port 0); the others join the same port (SO_REUSEPORT).
-    let address = if shard == 0 {
-        config.listen
-    } else {
-        loop {
-            if let Some(address) = bound.get() {
-                break *address;
-            }
-            glommio::timer::sleep(Duration::from_millis(2)).await;
-        }
-    };
-    let limits = ConnectionLimits {
-        max_frame_bytes: config.socket_request_max_bytes,
-        idle_timeout: Duration::from_millis(config.connections_max_idle_ms),
-    };
-    let listener = match Listener::bind(address, limits, config.max_connections_per_shard) {
-        Ok(listener) => listener,
-        Err(error) => return fail(format!("cannot listen on {address}: {error}")),
-    };
-    if shard == 0 {
-        match listener.local_addr() {
-            Ok(actual) => {
-                let _ = bound.set(actual);
-            }
-            Err(error) => return fail(format!("cannot read the listener address: {error}")),
-        }
-    }
-    let _ = events.send(ShardEvent::Ready {
-        shard,
-        partitions: owned.len(),
-    });
-
-    let retention_log = std::rc::Rc::clone(&log);
-    let interval = Duration::from_millis(config.retention_check_interval_ms);
-    let retention = glommio::spawn_local(async move {
-        loop {
-            glommio::timer::sleep(interval).await;
-            match retention_log.enforce_retention(now_ms()).await {
-                Ok(0) => {}
-                Ok(deleted) => tracing::info!(shard, deleted, "retention deleted segments"),
-                Err(error) => tracing::error!(shard, %error, "retention failed"),
-            }
-        }
-    })
-    .detach();
-
-    listener.run(ctx.stopped()).await;
-    retention.cancel();
-    if let Err(error) = log.close().await {
-        return fail(format!("clean stop failed: {error}"));
-    }
-    let stats = log.stats();
-    tracing::info!(
-        shard,
-        appends = stats.appends,
-        syncs = stats.syncs,
-        "shard stopped"
-    );
     Ok(())
 }

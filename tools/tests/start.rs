@@ -129,14 +129,21 @@ fn starts_and_stops_cleanly_on_sigterm_and_sigint() {
 #[test]
 fn recovers_partitions_after_a_crash_and_leaves_them_clean_on_stop() {
     let dir = tempfile::tempdir().unwrap();
+    // The topic exists in the registry (partition directories of unknown topics are removed).
+    let registry = corelog_net::registry::Registry::open(dir.path()).unwrap();
+    let mut topics = corelog_net::registry::TopicMap::new();
+    topics.insert(
+        "events".into(),
+        corelog_net::registry::new_topic("events", 1, Default::default()),
+    );
+    registry.store(topics).unwrap();
+    // A leftover of a deleted topic, which the start must remove.
+    std::fs::create_dir_all(dir.path().join("gone-0")).unwrap();
     // Write 30 acknowledged batches, then "crash" (no clean close).
     run(async {
-        let log = ShardLog::open(ShardLogConfig {
-            data_dir: dir.path().to_path_buf(),
-            cache_budget_bytes: 0,
-        })
-        .await
-        .unwrap();
+        let log = ShardLog::open(ShardLogConfig::new(dir.path().to_path_buf(), 0))
+            .await
+            .unwrap();
         log.open_partition(&events(), LogConfig::default())
             .await
             .unwrap();
@@ -163,14 +170,15 @@ fn recovers_partitions_after_a_crash_and_leaves_them_clean_on_stop() {
     broker.signal(libc::SIGTERM);
     let (code, output) = broker.wait_exit();
     assert_eq!(code, Some(0), "{output}");
+    assert!(
+        !dir.path().join("gone-0").exists(),
+        "files of an unknown topic must be removed"
+    );
     // The clean stop left valid indexes: the next open trusts them.
     run(async {
-        let log = ShardLog::open(ShardLogConfig {
-            data_dir: dir.path().to_path_buf(),
-            cache_budget_bytes: 0,
-        })
-        .await
-        .unwrap();
+        let log = ShardLog::open(ShardLogConfig::new(dir.path().to_path_buf(), 0))
+            .await
+            .unwrap();
         let report = log
             .open_partition(&events(), LogConfig::default())
             .await

@@ -172,13 +172,14 @@ impl Partition {
         }
     }
 
-    /// Records a stamped batch. Returns a durability waiter under `flush = always`.
+    /// Records a stamped batch. Returns the waiter of its acknowledgement: after the covering
+    /// fdatasync under `flush = always`, after the covering write otherwise.
     pub fn append(
         &mut self,
         header: &BatchHeader,
         bytes: Bytes,
         now_ms: i64,
-    ) -> Option<oneshot::Receiver<Result<(), StorageError>>> {
+    ) -> oneshot::Receiver<Result<(), StorageError>> {
         assert_eq!(
             header.base_offset,
             self.log_end_offset(),
@@ -186,20 +187,22 @@ impl Partition {
         );
         self.roll_if_needed(header, now_ms);
         self.active_mut().append(header, bytes, now_ms);
-        self.config.flush.acknowledges_after_sync().then(|| {
-            let (tx, rx) = oneshot::channel();
-            self.waiters.push_back((header.next_offset(), tx));
-            rx
-        })
+        let (tx, rx) = oneshot::channel();
+        self.waiters.push_back((header.next_offset(), tx));
+        rx
     }
 
-    /// Completes every append now durable.
+    /// Completes every append now acknowledged by the policy (synced, or written).
     pub fn complete_waiters(&mut self) {
-        let durable = self.durable_end_offset();
+        let done = if self.config.flush.acknowledges_after_sync() {
+            self.durable_end_offset()
+        } else {
+            self.written_end_offset()
+        };
         while self
             .waiters
             .front()
-            .is_some_and(|(needed, _)| *needed <= durable)
+            .is_some_and(|(needed, _)| *needed <= done)
         {
             if let Some((_, tx)) = self.waiters.pop_front() {
                 let _ = tx.send(Ok(()));
@@ -217,6 +220,13 @@ impl Partition {
                 partition: self.name.to_string(),
                 cause: cause.to_string(),
             }));
+        }
+    }
+
+    /// Fails every waiting append with `error` (the partition is being deleted).
+    pub fn abandon(&mut self, error: &StorageError) {
+        for (_, tx) in self.waiters.drain(..) {
+            let _ = tx.send(Err(error.clone()));
         }
     }
 

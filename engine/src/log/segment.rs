@@ -43,13 +43,33 @@ pub(crate) fn parse_log_file_name(name: &str) -> Option<i64> {
 }
 
 /// A write the flusher is to perform, taken from the segment's pending batches.
+/// How a flush wave cuts its writes: sized from the device's I/O profile when there is one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteShape {
+    /// Largest write of one segment in one wave; a larger backlog goes out over several waves.
+    pub write_bytes_max: usize,
+    /// Size of each O_DIRECT write the plan is cut into (the device's knee block size).
+    pub chunk_bytes: usize,
+    /// Chunk writes in flight at once (the device's knee queue depth).
+    pub queue_depth: usize,
+}
+
+impl Default for WriteShape {
+    fn default() -> Self {
+        Self {
+            write_bytes_max: 32 << 20,
+            chunk_bytes: 1 << 20,
+            queue_depth: 16,
+        }
+    }
+}
+
 pub(crate) struct WritePlan {
     pub file: Rc<DmaFile>,
     pub path: PathBuf,
-    /// Aligned file position of the buffer.
-    pub position: u64,
-    /// Tail block + pending batches + zero padding to the alignment; taken by the write.
-    pub buffer: Option<glommio::io::DmaBuffer>,
+    /// Tail block + pending batches + zero padding to the alignment, cut into aligned chunks
+    /// (file position, buffer) written concurrently; taken by the write.
+    pub chunks: Vec<(u64, glommio::io::DmaBuffer)>,
     pub buffer_len: usize,
     /// `written_bytes` and the partition offset covered once the write completes.
     pub written_bytes_after: u64,
@@ -164,8 +184,15 @@ impl Segment {
         self.first_append_ms.get_or_insert(now_ms);
     }
 
-    /// Takes every pending batch into one aligned write that also rewrites the tail block.
-    pub fn take_write_plan(&mut self, alignment: u64, preallocate_bytes: u64) -> Option<WritePlan> {
+    /// Takes pending batches (up to `write_bytes_max`, at least one) into one aligned write
+    /// that also rewrites the tail block.
+    pub fn take_write_plan(
+        &mut self,
+        alignment: u64,
+        preallocate_bytes: u64,
+        shape: &WriteShape,
+    ) -> Option<WritePlan> {
+        let write_bytes_max = shape.write_bytes_max;
         let file = self.file.clone()?;
         if self.pending.is_empty() {
             return None;
@@ -177,23 +204,52 @@ impl Segment {
             self.written_bytes - position,
             "tail block out of step"
         );
-        let pending_bytes: usize = self.pending.iter().map(|(b, _)| b.len()).sum();
+        let mut pending_bytes = 0usize;
+        let mut batches = 0usize;
+        for (bytes, _) in &self.pending {
+            if batches > 0 && pending_bytes + bytes.len() > write_bytes_max {
+                break;
+            }
+            pending_bytes += bytes.len();
+            batches += 1;
+        }
         let data_len = self.tail.len() + pending_bytes;
         let buffer_len = data_len.div_ceil(alignment) * alignment;
-        // The one copy of the write path: O_DIRECT needs aligned memory.
-        let mut dma = file.alloc_dma_buffer(buffer_len);
-        let buffer = dma.as_bytes_mut();
-        buffer[..self.tail.len()].copy_from_slice(&self.tail);
-        let mut at = self.tail.len();
+        // The one copy of the write path: O_DIRECT needs aligned memory. Chunks are written
+        // concurrently (the device reaches its bandwidth with several writes in flight).
+        let chunk_bytes = (shape.chunk_bytes.max(alignment) / alignment) * alignment;
+        let mut chunks: Vec<(u64, glommio::io::DmaBuffer)> =
+            Vec::with_capacity(buffer_len.div_ceil(chunk_bytes));
+        let mut chunk_start = 0usize;
+        while chunk_start < buffer_len {
+            let len = chunk_bytes.min(buffer_len - chunk_start);
+            chunks.push((position + chunk_start as u64, file.alloc_dma_buffer(len)));
+            chunk_start += len;
+        }
+        let mut at = 0usize;
+        let mut copy_in = |bytes: &[u8]| {
+            let mut from = 0usize;
+            while from < bytes.len() {
+                let (chunk, inner) = (at / chunk_bytes, at % chunk_bytes);
+                let target = chunks[chunk].1.as_bytes_mut();
+                let n = (target.len() - inner).min(bytes.len() - from);
+                target[inner..inner + n].copy_from_slice(&bytes[from..from + n]);
+                from += n;
+                at += n;
+            }
+        };
+        copy_in(&self.tail);
         let mut next_offset_after = self.written_next_offset;
-        for (bytes, next_offset) in self.pending.drain(..) {
-            buffer[at..at + bytes.len()].copy_from_slice(&bytes);
-            at += bytes.len();
+        for (bytes, next_offset) in self.pending.drain(..batches) {
+            copy_in(&bytes);
             next_offset_after = next_offset;
         }
-        buffer[data_len..].fill(0);
+        copy_in(&vec![0u8; buffer_len - data_len]);
         let tail_start = data_len / alignment * alignment;
-        let tail_after = buffer[tail_start..data_len].to_vec();
+        let mut tail_after = Vec::with_capacity(data_len - tail_start);
+        for absolute in tail_start..data_len {
+            tail_after.push(chunks[absolute / chunk_bytes].1.as_bytes()[absolute % chunk_bytes]);
+        }
         let end = position + buffer_len as u64;
         let preallocate_to = (end > self.allocated_bytes).then(|| {
             let target = (end + preallocate_bytes).div_ceil(alignment as u64) * alignment as u64;
@@ -203,8 +259,7 @@ impl Segment {
         Some(WritePlan {
             file,
             path: self.path.clone(),
-            position,
-            buffer: Some(dma),
+            chunks,
             buffer_len,
             written_bytes_after: position + data_len as u64,
             next_offset_after,
@@ -270,33 +325,46 @@ pub(crate) fn open_splice_reader(path: &Path) -> Result<Rc<std::fs::File>, IoFai
         .map_err(|e| IoFailure::new("open for splice", path, e))
 }
 
-/// Performs a write plan: fallocate if needed, then one aligned O_DIRECT write.
-pub(crate) async fn execute_write(plan: &mut WritePlan) -> Result<(), IoFailure> {
+/// Performs a write plan: fallocate if needed, then its aligned O_DIRECT chunk writes,
+/// `queue_depth` at a time. The plan counts as written only when every chunk is.
+pub(crate) async fn execute_write(
+    plan: &mut WritePlan,
+    queue_depth: usize,
+) -> Result<(), IoFailure> {
     if let Some(size) = plan.preallocate_to {
         plan.file
             .pre_allocate(size, true)
             .await
             .map_err(io("fallocate", &plan.path))?;
     }
-    let expected = plan.buffer_len;
-    let buffer = plan.buffer.take().ok_or_else(|| IoFailure {
-        operation: "write",
-        path: plan.path.clone(),
-        message: "write plan executed twice".into(),
-        os_error: None,
-    })?;
-    let written = plan
-        .file
-        .write_at(buffer, plan.position)
-        .await
-        .map_err(io("write", &plan.path))?;
-    if written != expected {
-        return Err(IoFailure {
-            operation: "write",
-            path: plan.path.clone(),
-            message: format!("short write: {written} of {expected} bytes"),
-            os_error: None,
+    let mut chunks = std::mem::take(&mut plan.chunks);
+    while !chunks.is_empty() {
+        let rest = chunks.split_off(queue_depth.max(1).min(chunks.len()));
+        let writes = chunks.into_iter().map(|(position, buffer)| {
+            let (file, path) = (&plan.file, &plan.path);
+            async move {
+                let expected = buffer.len();
+                let written = file
+                    .write_at(buffer, position)
+                    .await
+                    .map_err(io("write", path))?;
+                if written != expected {
+                    return Err(IoFailure {
+                        operation: "write",
+                        path: path.clone(),
+                        message: format!(
+                            "short write at {position}: {written} of {expected} bytes"
+                        ),
+                        os_error: None,
+                    });
+                }
+                Ok(())
+            }
         });
+        for result in futures_util::future::join_all(writes).await {
+            result?;
+        }
+        chunks = rest;
     }
     Ok(())
 }

@@ -29,7 +29,12 @@ use crate::log::config::{FlushPolicy, LogConfig};
 use crate::log::partition::{
     self, FileReadPlan, Partition, PartitionOffsets, RecoveryReport, TopicPartition,
 };
-use crate::log::segment::{self, Segment};
+use crate::log::segment::{self, Segment, WriteShape};
+use crate::side_ring::SideRing;
+
+/// Most fdatasyncs a shard runs at once (io-wq workers of its side ring). Measured on ext4:
+/// 100 files synced by 32 workers take about half the time they take with 8.
+const SYNC_WORKERS_MAX: u32 = 32;
 
 /// Settings of a shard's storage.
 #[derive(Debug, Clone)]
@@ -37,6 +42,18 @@ pub struct ShardLogConfig {
     pub data_dir: PathBuf,
     /// Memory budget of the batch cache.
     pub cache_budget_bytes: usize,
+    /// How flush waves cut their writes.
+    pub write_shape: WriteShape,
+}
+
+impl ShardLogConfig {
+    pub fn new(data_dir: impl Into<PathBuf>, cache_budget_bytes: usize) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            cache_budget_bytes,
+            write_shape: WriteShape::default(),
+        }
+    }
 }
 
 /// Counters of the shard's storage, for benchmarks and metrics.
@@ -53,8 +70,9 @@ pub struct ShardLogStats {
     pub cache: CacheStats,
 }
 
-/// A completed append: its offsets, and a future that resolves once it is durable
-/// (already resolved for policies that do not wait for a sync).
+/// A completed append: its offsets, and a future that resolves once the append is
+/// acknowledged by its partition's policy: synced (`always`), or written to the device
+/// (`interval`, `none`: never before the bytes left memory, which bounds what is pending).
 pub struct Appended {
     pub base_offset: i64,
     pub last_offset: i64,
@@ -179,6 +197,9 @@ struct Inner {
 
 pub struct ShardLog {
     config: ShardLogConfig,
+    /// fdatasync goes through the side ring, whose io-wq may run more syncs at once than
+    /// glommio's ring (bounded to 4 workers per CPU).
+    side_ring: Rc<SideRing>,
     inner: RefCell<Inner>,
     flusher_wake: Notify,
     flusher: RefCell<Option<glommio::task::JoinHandle<()>>>,
@@ -194,7 +215,15 @@ impl ShardLog {
     /// Opens the shard's storage and starts its flusher. Must run on the owning shard.
     pub async fn open(config: ShardLogConfig) -> Result<Rc<Self>, StorageError> {
         crate::device::prepare_data_dir(&config.data_dir).await?;
+        let side_ring = SideRing::with_sync_workers(256, SYNC_WORKERS_MAX).map_err(|e| {
+            StorageError::Io(IoFailure::new(
+                "create io_uring side ring",
+                &config.data_dir,
+                e,
+            ))
+        })?;
         let log = Rc::new(Self {
+            side_ring,
             inner: RefCell::new(Inner {
                 partitions: HashMap::new(),
                 ids: HashMap::new(),
@@ -240,6 +269,32 @@ impl ShardLog {
         inner.ids.insert(id, name.clone());
         inner.partitions.insert(name.clone(), (id, partition));
         Ok(report)
+    }
+
+    /// Removes a partition and all its files (DeleteTopics). Appends still waiting for
+    /// durability fail with UNKNOWN_TOPIC_OR_PARTITION; reads in progress keep their open
+    /// files. Removing a partition that is not open still removes its directory.
+    pub async fn delete_partition(&self, name: &TopicPartition) -> Result<(), StorageError> {
+        {
+            let mut inner = self.inner.borrow_mut();
+            if let Some((id, mut partition)) = inner.partitions.remove(name) {
+                inner.ids.remove(&id);
+                inner.cache.remove_partition(id);
+                inner.dirty.remove(name);
+                partition.abandon(&StorageError::UnknownPartition(name.to_string()));
+            }
+        }
+        let dir = self.config.data_dir.join(name.to_string());
+        let owned = dir.clone();
+        let removed = glommio::executor()
+            .spawn_blocking(move || match std::fs::remove_dir_all(&owned) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            })
+            .await;
+        removed.map_err(|e| IoFailure::new("remove partition", &dir, e))?;
+        partition::sync_dir(&self.config.data_dir).await?;
+        Ok(())
     }
 
     pub fn partitions(&self) -> Vec<TopicPartition> {
@@ -292,7 +347,7 @@ impl ShardLog {
         Ok(Appended {
             base_offset: header.base_offset,
             last_offset: header.last_offset(),
-            durable: Durable(waiter),
+            durable: Durable(Some(waiter)),
         })
     }
 
@@ -638,7 +693,13 @@ impl ShardLog {
             return;
         };
         match result {
-            Ok(()) => partition.complete_waiters(),
+            Ok(()) => {
+                partition.complete_waiters();
+                // A wave writes at most `write_bytes_max` per segment: the rest goes in the next.
+                if partition.segments.values().any(Segment::has_pending) {
+                    inner.dirty.insert(name.clone());
+                }
+            }
             Err(failure) => partition.fail(&failure),
         }
     }
@@ -662,6 +723,7 @@ impl ShardLog {
         name: &TopicPartition,
         stopping: bool,
     ) -> Result<(), IoFailure> {
+        let shape = self.config.write_shape;
         let (dir, bases, policy, preallocate_bytes) = {
             let inner = self.inner.borrow();
             let Some((_, partition)) = inner.partitions.get(name) else {
@@ -704,11 +766,11 @@ impl ShardLog {
                     s.file
                         .as_ref()
                         .map(|f| f.alignment())
-                        .and_then(|a| s.take_write_plan(a, preallocate_bytes))
+                        .and_then(|a| s.take_write_plan(a, preallocate_bytes, &shape))
                 })
                 .flatten();
             if let Some(mut plan) = plan {
-                segment::execute_write(&mut plan).await?;
+                segment::execute_write(&mut plan, shape.queue_depth).await?;
                 let (bytes, next, tail) = (
                     plan.written_bytes_after,
                     plan.next_offset_after,
@@ -767,7 +829,13 @@ impl ShardLog {
             })
             .and_then(|(file, bytes, next)| file.map(|f| (f, bytes, next)));
         let result = match &captured {
-            Some((file, _, _)) => segment::sync_file(file, &segment::log_path(&dir, base)).await,
+            Some((file, _, _)) => {
+                use std::os::fd::AsRawFd;
+                self.side_ring
+                    .fdatasync(file.as_raw_fd())
+                    .await
+                    .map_err(|e| IoFailure::new("fdatasync", &segment::log_path(&dir, base), e))
+            }
             None => Ok(()),
         };
         let now = now_ms();

@@ -21,12 +21,9 @@ pub fn tp() -> TopicPartition {
 }
 
 pub async fn open_log(dir: &Path, cache_budget_bytes: usize) -> Rc<ShardLog> {
-    ShardLog::open(ShardLogConfig {
-        data_dir: dir.to_path_buf(),
-        cache_budget_bytes,
-    })
-    .await
-    .expect("open shard log")
+    ShardLog::open(ShardLogConfig::new(dir.to_path_buf(), cache_budget_bytes))
+        .await
+        .expect("open shard log")
 }
 
 pub fn small_segments() -> LogConfig {

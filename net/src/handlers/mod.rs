@@ -2,3 +2,6 @@
 //! body; the connection layer owns framing, headers and ordering.
 
 pub mod api_versions;
+pub mod create_topics;
+pub mod delete_topics;
+pub mod metadata;

@@ -1,0 +1,440 @@
+//! The broker as one shard sees it: the shard's storage, the topic registry, the other
+//! shards, and the controller operations (topic creation and deletion) that shard 0 performs
+//! for everyone.
+//!
+//! Owner: one `ShardBroker` per shard, in an `Rc`. Partition work for a partition owned by
+//! another shard travels as a [`ShardRequest`] to that shard.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use corelog_engine::log::{LogConfig, ShardLog, TopicPartition};
+use corelog_engine::runtime::{ShardContext, ShardId};
+
+use crate::registry::{self, Registry, TopicRecord};
+
+/// The controller shard: it serialises every metadata change.
+pub const CONTROLLER_SHARD: ShardId = 0;
+
+/// Kafka error codes used by the control-plane handlers.
+pub mod error_code {
+    pub const NONE: i16 = 0;
+    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
+    pub const TOPIC_ALREADY_EXISTS: i16 = 36;
+    pub const INVALID_PARTITIONS: i16 = 37;
+    pub const INVALID_REPLICATION_FACTOR: i16 = 38;
+    pub const INVALID_REQUEST: i16 = 42;
+    pub const INVALID_CONFIG: i16 = 40;
+    pub const KAFKA_STORAGE_ERROR: i16 = 56;
+}
+
+/// Broker-wide settings the handlers need.
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    pub node_id: i32,
+    /// The address clients are told to connect to (Metadata brokers list).
+    pub advertised: SocketAddr,
+    pub default_log: LogConfig,
+    /// `num.partitions` for auto-created topics.
+    pub num_partitions: i32,
+    /// `auto.create.topics.enable`.
+    pub auto_create_topics: bool,
+}
+
+/// A topic to create, as requested.
+#[derive(Debug, Clone)]
+pub struct TopicSpec {
+    pub name: String,
+    /// -1: the broker default.
+    pub partitions: i32,
+    /// -1: the broker default (1).
+    pub replication_factor: i16,
+    pub configs: BTreeMap<String, String>,
+    pub has_assignments: bool,
+}
+
+/// The outcome for one topic of a create or delete.
+#[derive(Debug, Clone)]
+pub struct TopicOutcome {
+    pub name: String,
+    pub error_code: i16,
+    pub message: Option<String>,
+    pub record: Option<TopicRecord>,
+}
+
+impl TopicOutcome {
+    fn error(name: &str, error_code: i16, message: impl Into<String>) -> Self {
+        Self {
+            name: name.to_string(),
+            error_code,
+            message: Some(message.into()),
+            record: None,
+        }
+    }
+}
+
+/// Messages between shards.
+#[derive(Debug)]
+pub enum ShardRequest {
+    Ping,
+    /// Open (recover) a partition on its owner; `fresh` first removes leftovers of a topic
+    /// that was deleted before a crash.
+    OpenPartition {
+        partition: TopicPartition,
+        config: LogConfig,
+        fresh: bool,
+    },
+    DeletePartition {
+        partition: TopicPartition,
+    },
+    /// To the controller shard.
+    CreateTopics {
+        topics: Vec<TopicSpec>,
+        validate_only: bool,
+    },
+    /// To the controller shard.
+    DeleteTopics {
+        names: Vec<String>,
+    },
+}
+
+#[derive(Debug)]
+pub enum ShardResponse {
+    Pong,
+    Done(Result<(), String>),
+    Topics(Vec<TopicOutcome>),
+}
+
+pub struct ShardBroker {
+    pub ctx: ShardContext<ShardRequest, ShardResponse>,
+    pub log: Rc<ShardLog>,
+    pub registry: Arc<Registry>,
+    pub settings: Arc<BrokerSettings>,
+    controller_lock: glommio::sync::Semaphore,
+}
+
+impl ShardBroker {
+    /// Builds the shard's broker and starts serving requests from other shards.
+    pub fn start(
+        ctx: ShardContext<ShardRequest, ShardResponse>,
+        log: Rc<ShardLog>,
+        registry: Arc<Registry>,
+        settings: Arc<BrokerSettings>,
+    ) -> Rc<Self> {
+        let broker = Rc::new(Self {
+            ctx,
+            log,
+            registry,
+            settings,
+            controller_lock: glommio::sync::Semaphore::new(1),
+        });
+        let handler = Rc::clone(&broker);
+        broker
+            .ctx
+            .serve(move |request| Rc::clone(&handler).on_shard_request(request));
+        broker
+    }
+
+    pub fn shard_id(&self) -> ShardId {
+        self.ctx.id
+    }
+
+    /// The owner shard of a partition, if the partition exists.
+    pub fn owner(&self, partition: &TopicPartition) -> Option<ShardId> {
+        self.ctx.placement.owner(partition)
+    }
+
+    async fn on_shard_request(self: Rc<Self>, request: ShardRequest) -> ShardResponse {
+        match request {
+            ShardRequest::Ping => ShardResponse::Pong,
+            ShardRequest::OpenPartition {
+                partition,
+                config,
+                fresh,
+            } => {
+                let result = async {
+                    if fresh {
+                        self.log
+                            .delete_partition(&partition)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                    self.log
+                        .open_partition(&partition, config)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+                .await;
+                ShardResponse::Done(result)
+            }
+            ShardRequest::DeletePartition { partition } => ShardResponse::Done(
+                self.log
+                    .delete_partition(&partition)
+                    .await
+                    .map_err(|e| e.to_string()),
+            ),
+            ShardRequest::CreateTopics {
+                topics,
+                validate_only,
+            } => ShardResponse::Topics(self.controller_create_topics(topics, validate_only).await),
+            ShardRequest::DeleteTopics { names } => {
+                ShardResponse::Topics(self.controller_delete_topics(names).await)
+            }
+        }
+    }
+
+    /// Creates topics through the controller shard.
+    pub async fn create_topics(
+        &self,
+        topics: Vec<TopicSpec>,
+        validate_only: bool,
+    ) -> Vec<TopicOutcome> {
+        let names: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
+        match self
+            .ctx
+            .call(
+                CONTROLLER_SHARD,
+                ShardRequest::CreateTopics {
+                    topics,
+                    validate_only,
+                },
+            )
+            .await
+        {
+            Ok(ShardResponse::Topics(outcomes)) => outcomes,
+            other => unavailable(&names, &format!("controller unavailable: {other:?}")),
+        }
+    }
+
+    /// Deletes topics through the controller shard.
+    pub async fn delete_topics(&self, names: Vec<String>) -> Vec<TopicOutcome> {
+        match self
+            .ctx
+            .call(
+                CONTROLLER_SHARD,
+                ShardRequest::DeleteTopics {
+                    names: names.clone(),
+                },
+            )
+            .await
+        {
+            Ok(ShardResponse::Topics(outcomes)) => outcomes,
+            other => unavailable(&names, &format!("controller unavailable: {other:?}")),
+        }
+    }
+
+    fn validate(
+        &self,
+        spec: &TopicSpec,
+        existing: &registry::TopicMap,
+    ) -> Result<(i32, LogConfig), (i16, String)> {
+        let name = spec.name.as_str();
+        if !registry::valid_topic_name(name) {
+            return Err((
+                error_code::INVALID_TOPIC_EXCEPTION,
+                format!("invalid topic name {name:?}"),
+            ));
+        }
+        if existing.contains_key(name) {
+            return Err((
+                error_code::TOPIC_ALREADY_EXISTS,
+                format!("topic {name} already exists"),
+            ));
+        }
+        if spec.has_assignments {
+            return Err((
+                error_code::INVALID_REQUEST,
+                "manual replica assignments are not supported".into(),
+            ));
+        }
+        let partitions = if spec.partitions == -1 {
+            self.settings.num_partitions
+        } else {
+            spec.partitions
+        };
+        if partitions <= 0 {
+            return Err((
+                error_code::INVALID_PARTITIONS,
+                "number of partitions must be at least 1".into(),
+            ));
+        }
+        if !(spec.replication_factor == -1 || spec.replication_factor == 1) {
+            return Err((
+                error_code::INVALID_REPLICATION_FACTOR,
+                format!(
+                    "replication factor {} is larger than the 1 available broker",
+                    spec.replication_factor
+                ),
+            ));
+        }
+        let config = registry::log_config(&self.settings.default_log, &spec.configs)
+            .map_err(|message| (error_code::INVALID_CONFIG, message))?;
+        Ok((partitions, config))
+    }
+
+    async fn controller_create_topics(
+        &self,
+        specs: Vec<TopicSpec>,
+        validate_only: bool,
+    ) -> Vec<TopicOutcome> {
+        let Ok(_permit) = self.controller_lock.acquire_permit(1).await else {
+            return unavailable(
+                &specs.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+                "controller stopping",
+            );
+        };
+        let mut topics = (*self.registry.snapshot()).clone();
+        let mut outcomes = Vec::with_capacity(specs.len());
+        let mut created = Vec::new();
+        for spec in specs {
+            let (partitions, config) = match self.validate(&spec, &topics) {
+                Ok(valid) => valid,
+                Err((code, message)) => {
+                    outcomes.push(TopicOutcome::error(&spec.name, code, message));
+                    continue;
+                }
+            };
+            let record = registry::new_topic(&spec.name, partitions, spec.configs.clone());
+            if !validate_only {
+                if let Err(message) = self.open_partitions(&record, &config).await {
+                    outcomes.push(TopicOutcome::error(
+                        &spec.name,
+                        error_code::KAFKA_STORAGE_ERROR,
+                        message,
+                    ));
+                    continue;
+                }
+                topics.insert(spec.name.clone(), record.clone());
+                created.push(spec.name.clone());
+            }
+            outcomes.push(TopicOutcome {
+                name: spec.name,
+                error_code: error_code::NONE,
+                message: None,
+                record: Some(record),
+            });
+        }
+        if !created.is_empty() {
+            let registry = Arc::clone(&self.registry);
+            let stored = glommio::executor()
+                .spawn_blocking(move || registry.store(topics))
+                .await;
+            if let Err(message) = stored {
+                tracing::error!(%message, "cannot persist the topic registry");
+                for outcome in outcomes.iter_mut().filter(|o| created.contains(&o.name)) {
+                    *outcome = TopicOutcome::error(
+                        &outcome.name,
+                        error_code::KAFKA_STORAGE_ERROR,
+                        message.clone(),
+                    );
+                }
+            } else {
+                tracing::info!(topics = ?created, "created topics");
+            }
+        }
+        outcomes
+    }
+
+    async fn open_partitions(
+        &self,
+        record: &TopicRecord,
+        config: &LogConfig,
+    ) -> Result<(), String> {
+        let table = self.ctx.placement.table();
+        for index in 0..record.partitions {
+            let partition = TopicPartition::new(record.name.clone(), index);
+            let owner = table.assign(&partition);
+            let request = ShardRequest::OpenPartition {
+                partition: partition.clone(),
+                config: config.clone(),
+                fresh: true,
+            };
+            match self.ctx.call(owner, request).await {
+                Ok(ShardResponse::Done(Ok(()))) => {}
+                Ok(ShardResponse::Done(Err(message))) => {
+                    return Err(format!("partition {partition}: {message}"));
+                }
+                other => {
+                    return Err(format!(
+                        "partition {partition}: shard {owner} answered {other:?}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn controller_delete_topics(&self, names: Vec<String>) -> Vec<TopicOutcome> {
+        let Ok(_permit) = self.controller_lock.acquire_permit(1).await else {
+            return unavailable(&names, "controller stopping");
+        };
+        let mut topics = (*self.registry.snapshot()).clone();
+        let mut outcomes = Vec::new();
+        let mut removed = Vec::new();
+        for name in names {
+            match topics.remove(&name) {
+                Some(record) => {
+                    removed.push(record.clone());
+                    outcomes.push(TopicOutcome {
+                        name,
+                        error_code: error_code::NONE,
+                        message: None,
+                        record: Some(record),
+                    });
+                }
+                None => outcomes.push(TopicOutcome::error(
+                    &name,
+                    error_code::UNKNOWN_TOPIC_OR_PARTITION,
+                    format!("unknown topic {name}"),
+                )),
+            }
+        }
+        if removed.is_empty() {
+            return outcomes;
+        }
+        // The registry is the truth: once the topic is gone from it, leftover partition
+        // directories are removed (now, or at the next start after a crash).
+        let registry = Arc::clone(&self.registry);
+        if let Err(message) = glommio::executor()
+            .spawn_blocking(move || registry.store(topics))
+            .await
+        {
+            return unavailable(
+                &removed.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
+                &message,
+            );
+        }
+        for record in &removed {
+            for index in 0..record.partitions {
+                let partition = TopicPartition::new(record.name.clone(), index);
+                if let Some(owner) = self.owner(&partition) {
+                    let outcome = self
+                        .ctx
+                        .call(
+                            owner,
+                            ShardRequest::DeletePartition {
+                                partition: partition.clone(),
+                            },
+                        )
+                        .await;
+                    if !matches!(outcome, Ok(ShardResponse::Done(Ok(())))) {
+                        tracing::warn!(%partition, ?outcome, "partition files not removed; they go at the next start");
+                    }
+                }
+            }
+        }
+        tracing::info!(topics = ?removed.iter().map(|r| &r.name).collect::<Vec<_>>(), "deleted topics");
+        outcomes
+    }
+}
+
+fn unavailable(names: &[String], message: &str) -> Vec<TopicOutcome> {
+    names
+        .iter()
+        .map(|n| TopicOutcome::error(n, error_code::KAFKA_STORAGE_ERROR, message))
+        .collect()
+}

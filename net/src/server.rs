@@ -1,0 +1,224 @@
+//! One shard of a running broker, start to stop: storage, partitions, the shard's broker,
+//! its Kafka listener, retention, and the graceful stop. The `corelog` binary and the
+//! end-to-end tests run exactly this.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::{Arc, OnceLock, mpsc};
+use std::time::Duration;
+
+use corelog_engine::log::{LogConfig, ShardLog, ShardLogConfig, TopicPartition, WriteShape};
+use corelog_engine::runtime::{PlacementTable, ShardContext};
+
+use crate::broker::{BrokerSettings, ShardBroker, ShardRequest, ShardResponse};
+use crate::connection::ConnectionLimits;
+use crate::listener::Listener;
+use crate::registry::{self, Registry};
+
+/// Everything a shard needs to run, shared by all shards.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub node_id: i32,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Address given to clients; None = the bound listener address.
+    pub advertised: Option<SocketAddr>,
+    pub cache_budget_bytes_per_shard: usize,
+    /// How flush waves cut their writes (from the device's I/O profile when there is one).
+    pub write_shape: WriteShape,
+    pub limits: ConnectionLimits,
+    pub max_connections_per_shard: usize,
+    pub default_log: LogConfig,
+    pub num_partitions: i32,
+    pub auto_create_topics: bool,
+    pub retention_check_interval: Duration,
+}
+
+/// What shards report to the process that started them.
+#[derive(Debug)]
+pub enum ShardEvent {
+    Ready {
+        shard: usize,
+        partitions: usize,
+        listen: SocketAddr,
+    },
+    Failed {
+        shard: usize,
+        reason: String,
+    },
+}
+
+/// Start-up work done once, before the shards: load the registry, remove partition
+/// directories of topics no longer in it (a delete interrupted by a crash), and assign every
+/// partition to a shard.
+pub fn prepare(data_dir: &Path, placement: &PlacementTable) -> Result<Arc<Registry>, String> {
+    let registry = Registry::open(data_dir)?;
+    let topics = registry.snapshot();
+    let entries = std::fs::read_dir(data_dir)
+        .map_err(|e| format!("cannot list data dir {}: {e}", data_dir.display()))?;
+    for entry in entries.flatten() {
+        let Some(partition) = entry
+            .file_name()
+            .to_str()
+            .and_then(TopicPartition::from_dir_name)
+        else {
+            continue;
+        };
+        let known = topics
+            .get(&partition.topic)
+            .is_some_and(|t| partition.partition < t.partitions);
+        if !known && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            tracing::warn!(%partition, "removing the files of a deleted topic");
+            std::fs::remove_dir_all(entry.path())
+                .map_err(|e| format!("cannot remove {}: {e}", entry.path().display()))?;
+        }
+    }
+    for topic in topics.values() {
+        for index in 0..topic.partitions {
+            placement.assign(&TopicPartition::new(topic.name.clone(), index));
+        }
+    }
+    Ok(registry)
+}
+
+/// Runs one shard until the runtime stops it.
+pub async fn run_shard(
+    ctx: ShardContext<ShardRequest, ShardResponse>,
+    config: Arc<ServerConfig>,
+    registry: Arc<Registry>,
+    bound: Arc<OnceLock<SocketAddr>>,
+    events: mpsc::Sender<ShardEvent>,
+) -> Result<(), String> {
+    let shard = ctx.id;
+    let fail = |reason: String| {
+        let _ = events.send(ShardEvent::Failed {
+            shard,
+            reason: reason.clone(),
+        });
+        Err(reason)
+    };
+    let log = match ShardLog::open(ShardLogConfig {
+        write_shape: config.write_shape,
+        ..ShardLogConfig::new(config.data_dir.clone(), config.cache_budget_bytes_per_shard)
+    })
+    .await
+    {
+        Ok(log) => log,
+        Err(error) => return fail(error.to_string()),
+    };
+    let owned: Vec<(TopicPartition, LogConfig)> = {
+        let table = ctx.placement.table();
+        let mut owned = Vec::new();
+        for topic in registry.snapshot().values() {
+            let topic_config = match registry::log_config(&config.default_log, &topic.configs) {
+                Ok(c) => c,
+                Err(message) => return fail(format!("topic {}: {message}", topic.name)),
+            };
+            for index in 0..topic.partitions {
+                let partition = TopicPartition::new(topic.name.clone(), index);
+                if table.lookup(&partition) == Some(shard) {
+                    owned.push((partition, topic_config.clone()));
+                }
+            }
+        }
+        owned
+    };
+    for (partition, partition_config) in &owned {
+        match log
+            .open_partition(partition, partition_config.clone())
+            .await
+        {
+            Ok(report) => {
+                let offsets = log.offsets(partition).map_err(|e| e.to_string())?;
+                tracing::info!(
+                    shard,
+                    %partition,
+                    log_start_offset = offsets.log_start_offset,
+                    log_end_offset = offsets.log_end_offset,
+                    segments_trusted = report.segments_trusted,
+                    segments_scanned = report.segments_scanned,
+                    bytes_truncated = report.bytes_truncated,
+                    "partition recovered"
+                );
+            }
+            Err(error) => return fail(format!("partition {partition}: {error}")),
+        }
+    }
+
+    // Shard 0 binds first (resolving port 0); the others join its port (SO_REUSEPORT).
+    let address = if shard == 0 {
+        config.listen
+    } else {
+        loop {
+            if let Some(address) = bound.get() {
+                break *address;
+            }
+            glommio::timer::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    let listener = match Listener::bind(
+        address,
+        config.limits.clone(),
+        config.max_connections_per_shard,
+    ) {
+        Ok(listener) => listener,
+        Err(error) => return fail(format!("cannot listen on {address}: {error}")),
+    };
+    let actual = match listener.local_addr() {
+        Ok(actual) => actual,
+        Err(error) => return fail(format!("cannot read the listener address: {error}")),
+    };
+    if shard == 0 {
+        let _ = bound.set(actual);
+    }
+    let settings = Arc::new(BrokerSettings {
+        node_id: config.node_id,
+        advertised: config.advertised.unwrap_or(actual),
+        default_log: config.default_log.clone(),
+        num_partitions: config.num_partitions,
+        auto_create_topics: config.auto_create_topics,
+    });
+    let broker = ShardBroker::start(ctx, Rc::clone(&log), registry, settings);
+    for peer in 0..broker.ctx.shard_count {
+        if let Err(error) = broker.ctx.call(peer, ShardRequest::Ping).await {
+            return fail(format!("shard {peer} unreachable: {error}"));
+        }
+    }
+    let _ = events.send(ShardEvent::Ready {
+        shard,
+        partitions: owned.len(),
+        listen: actual,
+    });
+
+    let retention_log = Rc::clone(&log);
+    let interval = config.retention_check_interval;
+    let retention = glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(interval).await;
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            match retention_log.enforce_retention(now_ms).await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(shard, deleted, "retention deleted segments"),
+                Err(error) => tracing::error!(shard, %error, "retention failed"),
+            }
+        }
+    })
+    .detach();
+
+    listener.run(Rc::clone(&broker), broker.ctx.stopped()).await;
+    retention.cancel();
+    if let Err(error) = log.close().await {
+        return fail(format!("clean stop failed: {error}"));
+    }
+    let stats = log.stats();
+    tracing::info!(
+        shard,
+        appends = stats.appends,
+        syncs = stats.syncs,
+        "shard stopped"
+    );
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! A real broker (the same shard code as `corelog start`) on an ephemeral port and a temp
+//! data dir, and a minimal Kafka client built on `kafka-protocol`.
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)] // test code
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, OnceLock, mpsc};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use corelog_engine::log::LogConfig;
+use corelog_engine::runtime::{PlacementTable, Runtime, RuntimeConfig};
+use corelog_net::ConnectionLimits;
+use corelog_net::server::{self, ServerConfig, ShardEvent};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+pub struct Broker {
+    pub address: SocketAddr,
+    runtime: Option<Runtime<Result<(), String>>>,
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Options {
+    pub shards: usize,
+    pub limits: ConnectionLimits,
+    pub max_connections_per_shard: usize,
+    pub auto_create_topics: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            shards: 1,
+            limits: ConnectionLimits::default(),
+            max_connections_per_shard: 1000,
+            auto_create_topics: true,
+        }
+    }
+}
+
+impl Broker {
+    pub fn start(options: Options) -> Self {
+        Self::start_in(tempfile::tempdir().unwrap(), options)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, options: Options) -> Self {
+        let placement = PlacementTable::new(options.shards);
+        let registry = server::prepare(dir.path(), &placement).unwrap();
+        let config = Arc::new(ServerConfig {
+            node_id: 0,
+            data_dir: dir.path().to_path_buf(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            advertised: None,
+            cache_budget_bytes_per_shard: 16 << 20,
+            write_shape: Default::default(),
+            limits: options.limits,
+            max_connections_per_shard: options.max_connections_per_shard,
+            default_log: LogConfig::default(),
+            num_partitions: 1,
+            auto_create_topics: options.auto_create_topics,
+            retention_check_interval: Duration::from_secs(300),
+        });
+        let (tx, rx) = mpsc::channel();
+        let bound = Arc::new(OnceLock::new());
+        let runtime_config = RuntimeConfig {
+            shards: options.shards,
+            ..RuntimeConfig::default()
+        };
+        let runtime = Runtime::start(&runtime_config, placement, move |ctx| {
+            server::run_shard(
+                ctx,
+                Arc::clone(&config),
+                Arc::clone(&registry),
+                Arc::clone(&bound),
+                tx.clone(),
+            )
+        })
+        .unwrap();
+        let mut address = None;
+        for _ in 0..options.shards {
+            match rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("shard ready in time")
+            {
+                ShardEvent::Ready { listen, .. } => address = Some(listen),
+                ShardEvent::Failed { shard, reason } => panic!("shard {shard} failed: {reason}"),
+            }
+        }
+        Self {
+            address: address.unwrap(),
+            runtime: Some(runtime),
+            dir,
+        }
+    }
+
+    /// Stops the broker cleanly and returns its data dir (to restart on it).
+    pub fn stop(mut self) -> tempfile::TempDir {
+        self.shutdown();
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.stop();
+            for result in runtime.join().unwrap() {
+                result.unwrap();
+            }
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        let stream = TcpStream::connect(self.address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        Client {
+            stream,
+            next_correlation_id: 1,
+        }
+    }
+
+    pub fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(self.address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        stream
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+pub struct Client {
+    pub stream: TcpStream,
+    next_correlation_id: i32,
+}
+
+pub fn request_frame<T: Encodable>(
+    key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &T,
+) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    RequestHeader::default()
+        .with_request_api_key(key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_static_str("corelog-test")))
+        .encode(&mut out, key.request_header_version(version))
+        .unwrap();
+    body.encode(&mut out, version).unwrap();
+    let mut frame = (out.len() as i32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&out);
+    frame
+}
+
+pub fn read_frame(stream: &mut TcpStream) -> Bytes {
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size).unwrap();
+    let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
+    stream.read_exact(&mut body).unwrap();
+    Bytes::from(body)
+}
+
+pub fn decode_response<R: Decodable>(mut body: Bytes, key: ApiKey, version: i16) -> (i32, R) {
+    let header = ResponseHeader::decode(&mut body, key.response_header_version(version)).unwrap();
+    let response = R::decode(&mut body, version).unwrap();
+    assert!(
+        body.is_empty(),
+        "{} trailing bytes in the {key:?} v{version} response",
+        body.len()
+    );
+    (header.correlation_id, response)
+}
+
+impl Client {
+    /// Sends one request and decodes its response, checking the correlation id.
+    pub fn call<Req: Encodable, Resp: Decodable>(
+        &mut self,
+        key: ApiKey,
+        version: i16,
+        request: &Req,
+    ) -> Resp {
+        let id = self.next_correlation_id;
+        self.next_correlation_id += 1;
+        self.stream
+            .write_all(&request_frame(key, version, id, request))
+            .unwrap();
+        let (correlation_id, response) =
+            decode_response(read_frame(&mut self.stream), key, version);
+        assert_eq!(correlation_id, id);
+        response
+    }
+}
+
+/// True once the broker closed the connection (EOF, or a reset when it left data unread).
+pub fn is_closed(stream: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => true,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+        ),
+        Ok(_) => false,
+    }
+}
