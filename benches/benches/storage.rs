@@ -30,9 +30,7 @@ fn intake(c: &mut Criterion) {
 
 fn append(c: &mut Criterion) {
     let mut group = c.benchmark_group("shard_append");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(10));
+    group.sample_size(10).measurement_time(Duration::from_secs(10));
     let total: u64 = 64 << 20;
     group.throughput(Throughput::Bytes(total));
     for (batch_bytes, policy) in [

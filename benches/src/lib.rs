@@ -18,10 +18,7 @@ use hdrhistogram::Histogram;
 
 /// Runs a future on a fresh, unpinned executor (one shard).
 pub fn on_shard<T>(f: impl std::future::Future<Output = T>) -> T {
-    match glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .io_memory(32 << 20)
-        .make()
-    {
+    match glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).io_memory(32 << 20).make() {
         Ok(executor) => executor.run(f),
         Err(error) => panic!("cannot start an executor: {error}"),
     }
@@ -30,15 +27,8 @@ pub fn on_shard<T>(f: impl std::future::Future<Output = T>) -> T {
 /// Sequential O_DIRECT write bandwidth of the device holding `dir`, in bytes per second:
 /// `total_bytes` written in `block_bytes` blocks with `queue_depth` writes in flight, then one
 /// fdatasync (included in the time). Runs inside a shard.
-pub async fn device_write_bandwidth(
-    dir: &Path,
-    total_bytes: u64,
-    block_bytes: usize,
-    queue_depth: usize,
-) -> f64 {
-    corelog_engine::device::prepare_data_dir(dir)
-        .await
-        .expect("prepare data dir");
+pub async fn device_write_bandwidth(dir: &Path, total_bytes: u64, block_bytes: usize, queue_depth: usize) -> f64 {
+    corelog_engine::device::prepare_data_dir(dir).await.expect("prepare data dir");
     let path = dir.join("device-bandwidth.tmp");
     let file = Rc::new(
         glommio::io::OpenOptions::new()
@@ -50,9 +40,7 @@ pub async fn device_write_bandwidth(
             .await
             .expect("open bandwidth file"),
     );
-    file.pre_allocate(total_bytes, false)
-        .await
-        .expect("fallocate");
+    file.pre_allocate(total_bytes, false).await.expect("fallocate");
     let blocks = total_bytes / block_bytes as u64;
     let started = Instant::now();
     let mut next = 0u64;
@@ -63,9 +51,7 @@ pub async fn device_write_bandwidth(
             let mut buffer = file.alloc_dma_buffer(block_bytes);
             buffer.as_bytes_mut().fill(0x5a);
             let position = next * block_bytes as u64;
-            in_flight.push(glommio::spawn_local(async move {
-                file.write_at(buffer, position).await
-            }));
+            in_flight.push(glommio::spawn_local(async move { file.write_at(buffer, position).await }));
             next += 1;
         }
         let first = in_flight.remove(0);
@@ -120,30 +106,16 @@ pub struct AppendScenario {
 /// Appends `total_bytes` across partitions on one shard; every append is awaited to
 /// durability (whatever the policy promises). Runs inside a shard.
 pub async fn append_scenario(dir: &Path, scenario: &AppendScenario) -> AppendReport {
-    let log = ShardLog::open(ShardLogConfig::new(dir.to_path_buf(), 64 << 20))
-        .await
-        .expect("open shard log");
-    let config = LogConfig {
-        flush: scenario.policy,
-        retention_ms: None,
-        ..LogConfig::default()
-    };
-    let names: Vec<TopicPartition> = (0..scenario.partitions)
-        .map(|p| TopicPartition::new("bench", p as i32))
-        .collect();
+    let log = ShardLog::open(ShardLogConfig::new(dir.to_path_buf(), 64 << 20)).await.expect("open shard log");
+    let config = LogConfig { flush: scenario.policy, retention_ms: None, ..LogConfig::default() };
+    let names: Vec<TopicPartition> = (0..scenario.partitions).map(|p| TopicPartition::new("bench", p as i32)).collect();
     for name in &names {
-        log.open_partition(name, config.clone())
-            .await
-            .expect("open partition");
+        log.open_partition(name, config.clone()).await.expect("open partition");
     }
     let template = template_batch(scenario.batch_bytes);
     let batches = (scenario.total_bytes / template.len() as u64).max(names.len() as u64);
-    let histogram = Rc::new(std::cell::RefCell::new(
-        Histogram::<u64>::new(3).expect("histogram"),
-    ));
-    let interval = scenario
-        .rate_bytes_per_sec
-        .map(|rate| Duration::from_secs_f64(template.len() as f64 / rate));
+    let histogram = Rc::new(std::cell::RefCell::new(Histogram::<u64>::new(3).expect("histogram")));
+    let interval = scenario.rate_bytes_per_sec.map(|rate| Duration::from_secs_f64(template.len() as f64 / rate));
     let window = scenario.in_flight_per_partition * names.len();
     let started = Instant::now();
     let mut in_flight = std::collections::VecDeque::new();
@@ -157,9 +129,7 @@ pub async fn append_scenario(dir: &Path, scenario: &AppendScenario) -> AppendRep
         }
         let name = &names[i as usize % names.len()];
         let sent_at = scheduled.unwrap_or_else(Instant::now);
-        let appended = log
-            .append(name, BytesMut::from(&template[..]), 0)
-            .expect("append");
+        let appended = log.append(name, BytesMut::from(&template[..]), 0).expect("append");
         let histogram = Rc::clone(&histogram);
         in_flight.push_back(glommio::spawn_local(async move {
             appended.durable.await.expect("durable");
@@ -197,38 +167,15 @@ pub async fn append_scenario(dir: &Path, scenario: &AppendScenario) -> AppendRep
 
 /// Reads a partition of `total_bytes` from its start, from the batch cache (`from_cache`) or
 /// from the segment files (cache disabled), returning bytes per second. Runs inside a shard.
-pub async fn read_scenario(
-    dir: &Path,
-    total_bytes: u64,
-    batch_bytes: usize,
-    from_cache: bool,
-) -> f64 {
-    let cache_budget_bytes = if from_cache {
-        (total_bytes as usize) * 2
-    } else {
-        0
-    };
-    let log = ShardLog::open(ShardLogConfig::new(dir.to_path_buf(), cache_budget_bytes))
-        .await
-        .expect("open shard log");
+pub async fn read_scenario(dir: &Path, total_bytes: u64, batch_bytes: usize, from_cache: bool) -> f64 {
+    let cache_budget_bytes = if from_cache { (total_bytes as usize) * 2 } else { 0 };
+    let log = ShardLog::open(ShardLogConfig::new(dir.to_path_buf(), cache_budget_bytes)).await.expect("open shard log");
     let name = TopicPartition::new("read", 0);
-    log.open_partition(
-        &name,
-        LogConfig {
-            retention_ms: None,
-            ..LogConfig::default()
-        },
-    )
-    .await
-    .expect("open partition");
+    log.open_partition(&name, LogConfig { retention_ms: None, ..LogConfig::default() }).await.expect("open partition");
     let template = template_batch(batch_bytes);
     let mut last = None;
     for _ in 0..(total_bytes / template.len() as u64).max(1) {
-        last = Some(
-            log.append(&name, BytesMut::from(&template[..]), 0)
-                .expect("append")
-                .durable,
-        );
+        last = Some(log.append(&name, BytesMut::from(&template[..]), 0).expect("append").durable);
     }
     if let Some(last) = last {
         last.await.expect("durable");
@@ -242,9 +189,7 @@ pub async fn read_scenario(
         let data = match &result.data {
             corelog_engine::log::ReadData::Cached(batches) => {
                 let size: usize = batches.iter().map(|b| b.len()).sum();
-                let last_batch = batches
-                    .last()
-                    .map(|b| batch::validate_prefix(b).expect("batch").next_offset());
+                let last_batch = batches.last().map(|b| batch::validate_prefix(b).expect("batch").next_offset());
                 (size as u64, last_batch)
             }
             corelog_engine::log::ReadData::File(range) => {
@@ -253,14 +198,8 @@ pub async fn read_scenario(
                 let bytes = range.read_to_vec().await.expect("read range");
                 let mut at = 0;
                 let mut next = None;
-                while let Some(size) =
-                    batch::claimed_batch_size(&bytes[at..]).filter(|s| at + s <= bytes.len())
-                {
-                    next = Some(
-                        batch::validate_prefix(&bytes[at..at + size])
-                            .expect("batch")
-                            .next_offset(),
-                    );
+                while let Some(size) = batch::claimed_batch_size(&bytes[at..]).filter(|s| at + s <= bytes.len()) {
+                    next = Some(batch::validate_prefix(&bytes[at..at + size]).expect("batch").next_offset());
                     at += size;
                 }
                 (at as u64, next)
@@ -289,16 +228,8 @@ pub fn hardware_report(dir: &Path) -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let memory = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .next()
-                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
-        })
+        .and_then(|s| s.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string()))
         .and_then(|kib| kib.parse::<u64>().ok())
         .map_or(0, |kib| kib >> 20);
-    format!(
-        "CPU: {cpu} × {cores} cores; memory {memory} GiB; kernel {}; data dir {}",
-        kernel.trim(),
-        dir.display()
-    )
+    format!("CPU: {cpu} × {cores} cores; memory {memory} GiB; kernel {}; data dir {}", kernel.trim(), dir.display())
 }

@@ -45,10 +45,7 @@ pub mod kafka_error {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BatchError {
     #[error("batch truncated: {available_bytes} bytes available, header needs {needed_bytes}")]
-    Truncated {
-        available_bytes: usize,
-        needed_bytes: usize,
-    },
+    Truncated { available_bytes: usize, needed_bytes: usize },
     #[error("batch length field {length} is inconsistent with {available_bytes} available bytes")]
     LengthMismatch { length: i64, available_bytes: usize },
     #[error("unsupported record batch magic {magic} (only v2 is accepted)")]
@@ -58,15 +55,9 @@ pub enum BatchError {
     #[error("record batch holds no records")]
     EmptyBatch,
     #[error("record count {record_count} cannot fit in {records_bytes} bytes of records")]
-    ImpossibleRecordCount {
-        record_count: i32,
-        records_bytes: usize,
-    },
+    ImpossibleRecordCount { record_count: i32, records_bytes: usize },
     #[error("lastOffsetDelta {last_offset_delta} does not match record count {record_count}")]
-    OffsetDeltaMismatch {
-        last_offset_delta: i32,
-        record_count: i32,
-    },
+    OffsetDeltaMismatch { last_offset_delta: i32, record_count: i32 },
     #[error("batch of {size_bytes} bytes exceeds max.message.bytes {max_bytes}")]
     TooLarge { size_bytes: usize, max_bytes: usize },
 }
@@ -75,9 +66,9 @@ impl BatchError {
     /// The Kafka error code a producer receives for this failure.
     pub fn kafka_error_code(&self) -> i16 {
         match self {
-            BatchError::Truncated { .. }
-            | BatchError::LengthMismatch { .. }
-            | BatchError::CrcMismatch { .. } => kafka_error::CORRUPT_MESSAGE,
+            BatchError::Truncated { .. } | BatchError::LengthMismatch { .. } | BatchError::CrcMismatch { .. } => {
+                kafka_error::CORRUPT_MESSAGE
+            }
             BatchError::UnsupportedMagic { .. }
             | BatchError::EmptyBatch
             | BatchError::ImpossibleRecordCount { .. }
@@ -153,9 +144,7 @@ pub fn claimed_batch_size(bytes: &[u8]) -> Option<usize> {
         return None;
     }
     let length = be_i32(bytes, 8);
-    usize::try_from(length)
-        .ok()
-        .map(|l| l + BATCH_LENGTH_PREFIX_BYTES)
+    usize::try_from(length).ok().map(|l| l + BATCH_LENGTH_PREFIX_BYTES)
 }
 
 /// Parses the header fields without checking the CRC. The caller guarantees at least
@@ -181,20 +170,14 @@ fn parse_header(bytes: &[u8], size_bytes: usize) -> BatchHeader {
 /// Returns the header; its `size_bytes` says where the next batch starts.
 pub fn validate_prefix(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
     if bytes.len() < BATCH_HEADER_BYTES {
-        return Err(BatchError::Truncated {
-            available_bytes: bytes.len(),
-            needed_bytes: BATCH_HEADER_BYTES,
-        });
+        return Err(BatchError::Truncated { available_bytes: bytes.len(), needed_bytes: BATCH_HEADER_BYTES });
     }
     let length = i64::from(be_i32(bytes, 8));
     let size_bytes = usize::try_from(length)
         .ok()
         .map(|l| l + BATCH_LENGTH_PREFIX_BYTES)
         .filter(|&s| s >= BATCH_HEADER_BYTES && s <= bytes.len())
-        .ok_or(BatchError::LengthMismatch {
-            length,
-            available_bytes: bytes.len(),
-        })?;
+        .ok_or(BatchError::LengthMismatch { length, available_bytes: bytes.len() })?;
     let magic = bytes[16];
     if magic != MAGIC_V2 {
         return Err(BatchError::UnsupportedMagic { magic });
@@ -212,10 +195,7 @@ pub fn validate_prefix(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
     // Compressed batches can hold more records than bytes; only uncompressed ones are bounded.
     let count = usize::try_from(header.record_count).unwrap_or(usize::MAX);
     if header.compression() == 0 && count > records_bytes / RECORD_BYTES_MIN {
-        return Err(BatchError::ImpossibleRecordCount {
-            record_count: header.record_count,
-            records_bytes,
-        });
+        return Err(BatchError::ImpossibleRecordCount { record_count: header.record_count, records_bytes });
     }
     if i64::from(header.last_offset_delta) != i64::from(header.record_count) - 1 {
         return Err(BatchError::OffsetDeltaMismatch {
@@ -228,15 +208,9 @@ pub fn validate_prefix(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
 
 /// Validates a produced batch that must fill `bytes` exactly (Kafka accepts exactly one v2
 /// batch per partition in a produce request) and respects the partition's `max.message.bytes`.
-pub fn validate_produced(
-    bytes: &[u8],
-    max_message_bytes: usize,
-) -> Result<BatchHeader, BatchError> {
+pub fn validate_produced(bytes: &[u8], max_message_bytes: usize) -> Result<BatchHeader, BatchError> {
     if bytes.len() > max_message_bytes {
-        return Err(BatchError::TooLarge {
-            size_bytes: bytes.len(),
-            max_bytes: max_message_bytes,
-        });
+        return Err(BatchError::TooLarge { size_bytes: bytes.len(), max_bytes: max_message_bytes });
     }
     let header = validate_prefix(bytes)?;
     if header.size_bytes != bytes.len() {
@@ -251,10 +225,7 @@ pub fn validate_produced(
 /// Writes `baseOffset` and `partitionLeaderEpoch` in place. Neither field is covered by the
 /// CRC, so the batch stays valid and its record bytes are untouched.
 pub fn stamp(bytes: &mut [u8], base_offset: i64, partition_leader_epoch: i32) {
-    assert!(
-        bytes.len() >= BATCH_HEADER_BYTES,
-        "stamping a batch shorter than its header"
-    );
+    assert!(bytes.len() >= BATCH_HEADER_BYTES, "stamping a batch shorter than its header");
     bytes[0..8].copy_from_slice(&base_offset.to_be_bytes());
     bytes[12..16].copy_from_slice(&partition_leader_epoch.to_be_bytes());
 }
@@ -341,10 +312,7 @@ mod tests {
             let mut bad = batch.clone();
             bad[at] ^= 0x40;
             let err = validate_prefix(&bad).unwrap_err();
-            assert!(
-                matches!(err, BatchError::CrcMismatch { .. }),
-                "byte {at}: {err}"
-            );
+            assert!(matches!(err, BatchError::CrcMismatch { .. }), "byte {at}: {err}");
             assert_eq!(err.kafka_error_code(), kafka_error::CORRUPT_MESSAGE);
         }
     }
@@ -357,34 +325,22 @@ mod tests {
 
         let mut magic = batch.clone();
         magic[16] = 1;
-        assert_eq!(
-            validate_prefix(&magic).unwrap_err(),
-            BatchError::UnsupportedMagic { magic: 1 }
-        );
+        assert_eq!(validate_prefix(&magic).unwrap_err(), BatchError::UnsupportedMagic { magic: 1 });
 
         let mut negative = batch.clone();
         negative[8..12].copy_from_slice(&(-5i32).to_be_bytes());
-        assert!(matches!(
-            validate_prefix(&negative),
-            Err(BatchError::LengthMismatch { .. })
-        ));
+        assert!(matches!(validate_prefix(&negative), Err(BatchError::LengthMismatch { .. })));
 
         let mut too_long = batch.clone();
         too_long[8..12].copy_from_slice(&i32::MAX.to_be_bytes());
-        assert!(matches!(
-            validate_prefix(&too_long),
-            Err(BatchError::LengthMismatch { .. })
-        ));
+        assert!(matches!(validate_prefix(&too_long), Err(BatchError::LengthMismatch { .. })));
 
         let err = validate_produced(&batch, batch.len() - 1).unwrap_err();
         assert_eq!(err.kafka_error_code(), kafka_error::MESSAGE_TOO_LARGE);
 
         let mut trailing = batch.clone();
         trailing.push(0);
-        assert!(matches!(
-            validate_produced(&trailing, 1 << 20),
-            Err(BatchError::LengthMismatch { .. })
-        ));
+        assert!(matches!(validate_produced(&trailing, 1 << 20), Err(BatchError::LengthMismatch { .. })));
     }
 
     fn recrc(batch: &mut [u8]) {
@@ -410,10 +366,7 @@ mod tests {
         huge[57..61].copy_from_slice(&1_000_000i32.to_be_bytes());
         huge[23..27].copy_from_slice(&999_999i32.to_be_bytes());
         recrc(&mut huge);
-        assert!(matches!(
-            validate_prefix(&huge),
-            Err(BatchError::ImpossibleRecordCount { .. })
-        ));
+        assert!(matches!(validate_prefix(&huge), Err(BatchError::ImpossibleRecordCount { .. })));
     }
 
     #[test]

@@ -26,9 +26,7 @@ pub async fn prepare_data_dir(dir: &Path) -> Result<(), StorageError> {
     glommio::executor()
         .spawn_blocking(move || -> std::io::Result<()> {
             std::fs::create_dir_all(&owned_dir)?;
-            let current = std::fs::metadata(&owned_probe)
-                .map(|m| m.len())
-                .unwrap_or(0);
+            let current = std::fs::metadata(&owned_probe).map(|m| m.len()).unwrap_or(0);
             if current < PROBE_BYTES as u64 {
                 let mut file = std::fs::File::create(&owned_probe)?;
                 file.write_all(&[0x5a; PROBE_BYTES])?;
@@ -38,12 +36,8 @@ pub async fn prepare_data_dir(dir: &Path) -> Result<(), StorageError> {
         })
         .await
         .map_err(|e| IoFailure::new("create probe file", &probe, e))?;
-    let file = DmaFile::open(&probe)
-        .await
-        .map_err(|e| IoFailure::new("open probe file", &probe, e))?;
-    file.close()
-        .await
-        .map_err(|e| IoFailure::new("close probe file", &probe, e))?;
+    let file = DmaFile::open(&probe).await.map_err(|e| IoFailure::new("open probe file", &probe, e))?;
+    file.close().await.map_err(|e| IoFailure::new("close probe file", &probe, e))?;
     Ok(())
 }
 
@@ -56,12 +50,7 @@ mod tests {
     /// that do not support polled I/O, such as the virtio disk of the CI machine.
     async fn new_file_round_trip(dir: &Path) -> std::io::Result<Vec<u8>> {
         let path = dir.join("fresh.log");
-        let file = glommio::io::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .dma_open(&path)
-            .await?;
+        let file = glommio::io::OpenOptions::new().read(true).write(true).create(true).dma_open(&path).await?;
         let mut buffer = file.alloc_dma_buffer(4096);
         buffer.as_bytes_mut().fill(7);
         file.write_at(buffer, 0).await?;
@@ -71,10 +60,7 @@ mod tests {
     }
 
     fn in_fresh_executor<T>(f: impl std::future::Future<Output = T>) -> T {
-        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .make()
-            .unwrap()
-            .run(f)
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().unwrap().run(f)
     }
 
     #[test]
@@ -96,14 +82,10 @@ mod tests {
             return;
         }
         let result = in_fresh_executor(new_file_round_trip(dir.path()));
-        let error =
-            result.expect_err("glommio's IOPOLL probe trap did not fire: re-check device.rs");
+        let error = result.expect_err("glommio's IOPOLL probe trap did not fire: re-check device.rs");
         // glommio wraps the errno in its own message.
         let text = error.to_string();
-        assert!(
-            text.contains(&format!("os error {}", libc::EOPNOTSUPP)),
-            "{text}"
-        );
+        assert!(text.contains(&format!("os error {}", libc::EOPNOTSUPP)), "{text}");
     }
 
     fn device_supports_polling(path: &Path) -> bool {

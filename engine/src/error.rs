@@ -25,12 +25,7 @@ pub struct IoFailure {
 impl IoFailure {
     pub fn new(operation: &'static str, path: &Path, error: impl Into<std::io::Error>) -> Self {
         let error: std::io::Error = error.into();
-        Self {
-            operation,
-            path: path.to_path_buf(),
-            message: error.to_string(),
-            os_error: error.raw_os_error(),
-        }
+        Self { operation, path: path.to_path_buf(), message: error.to_string(), os_error: error.raw_os_error() }
     }
 }
 
@@ -46,11 +41,7 @@ pub enum StorageError {
     #[error("partition {0} is not hosted on this shard")]
     UnknownPartition(String),
     #[error("offset {offset} is outside [{log_start_offset}, {log_end_offset}]")]
-    OffsetOutOfRange {
-        offset: i64,
-        log_start_offset: i64,
-        log_end_offset: i64,
-    },
+    OffsetOutOfRange { offset: i64, log_start_offset: i64, log_end_offset: i64 },
     #[error("invalid log config: {0}")]
     InvalidConfig(String),
     #[error("the shard is stopping")]

@@ -68,12 +68,7 @@ pub struct RuntimeConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        Self {
-            shards: 1,
-            cpus: None,
-            channel_capacity: 1024,
-            io_memory_bytes: 8 << 20,
-        }
+        Self { shards: 1, cpus: None, channel_capacity: 1024, io_memory_bytes: 8 << 20 }
     }
 }
 
@@ -88,11 +83,7 @@ pub struct PlacementTable {
 impl PlacementTable {
     pub fn new(shard_count: usize) -> Arc<Self> {
         assert!(shard_count > 0);
-        Arc::new(Self {
-            shard_count,
-            version: AtomicU64::new(0),
-            map: RwLock::new(Arc::new(HashMap::new())),
-        })
+        Arc::new(Self { shard_count, version: AtomicU64::new(0), map: RwLock::new(Arc::new(HashMap::new())) })
     }
 
     pub fn shard_count(&self) -> usize {
@@ -121,9 +112,7 @@ impl PlacementTable {
         for &shard in guard.values() {
             load[shard] += 1;
         }
-        let shard = (0..self.shard_count)
-            .min_by_key(|&s| (load[s], s))
-            .unwrap_or(0);
+        let shard = (0..self.shard_count).min_by_key(|&s| (load[s], s)).unwrap_or(0);
         let mut next = HashMap::clone(&guard);
         next.insert(partition.clone(), shard);
         *guard = Arc::new(next);
@@ -145,10 +134,7 @@ pub struct PlacementView {
 impl PlacementView {
     pub fn new(table: Arc<PlacementTable>) -> Self {
         let snapshot = table.snapshot();
-        Self {
-            table,
-            cached: RefCell::new(snapshot),
-        }
+        Self { table, cached: RefCell::new(snapshot) }
     }
 
     pub fn owner(&self, partition: &TopicPartition) -> Option<ShardId> {
@@ -218,18 +204,11 @@ impl<Req: Send + 'static, Resp: Send + 'static> ShardContext<Req, Resp> {
             return Err(CallError::NoSuchShard(to));
         }
         if to == self.id {
-            let handler = self
-                .handler
-                .borrow()
-                .clone()
-                .ok_or(CallError::Unavailable(to))?;
+            let handler = self.handler.borrow().clone().ok_or(CallError::Unavailable(to))?;
             return Ok(handler(request).await);
         }
         let (reply, response) = oneshot::channel();
-        self.senders
-            .send_to(to, Envelope { request, reply })
-            .await
-            .map_err(|_| CallError::Unavailable(to))?;
+        self.senders.send_to(to, Envelope { request, reply }).await.map_err(|_| CallError::Unavailable(to))?;
         response.await.map_err(|_| CallError::Unavailable(to))
     }
 
@@ -265,13 +244,8 @@ impl<T: Send + 'static> Runtime<T> {
         F: Fn(ShardContext<Req, Resp>) -> Fut + Send + Sync + Clone + 'static,
         Fut: Future<Output = T> + 'static,
     {
-        assert_eq!(
-            placement.shard_count(),
-            config.shards,
-            "placement table sized for another shard count"
-        );
-        let mesh =
-            MeshBuilder::<Envelope<Req, Resp>, Full>::full(config.shards, config.channel_capacity);
+        assert_eq!(placement.shard_count(), config.shards, "placement table sized for another shard count");
+        let mesh = MeshBuilder::<Envelope<Req, Resp>, Full>::full(config.shards, config.channel_capacity);
         let stop = Arc::new(AtomicBool::new(false));
         let mut handles = Vec::with_capacity(config.shards);
         for shard in 0..config.shards {
@@ -282,18 +256,11 @@ impl<T: Send + 'static> Runtime<T> {
             let builder = LocalExecutorBuilder::new(placement_kind)
                 .name(&format!("shard-{shard}"))
                 .io_memory(config.io_memory_bytes);
-            let (mesh, stop_flag, placement, main) = (
-                mesh.clone(),
-                Arc::clone(&stop),
-                Arc::clone(&placement),
-                main.clone(),
-            );
+            let (mesh, stop_flag, placement, main) =
+                (mesh.clone(), Arc::clone(&stop), Arc::clone(&placement), main.clone());
             let handle = builder
                 .spawn(move || async move {
-                    let (senders, receivers) = mesh
-                        .join()
-                        .await
-                        .map_err(|e| format!("mesh join failed: {e}"))?;
+                    let (senders, receivers) = mesh.join().await.map_err(|e| format!("mesh join failed: {e}"))?;
                     let context = ShardContext {
                         id: senders.peer_id(),
                         shard_count: senders.nr_consumers(),
@@ -305,17 +272,11 @@ impl<T: Send + 'static> Runtime<T> {
                     };
                     Ok(main(context).await)
                 })
-                .map_err(|e| RuntimeError::Start {
-                    shard,
-                    message: e.to_string(),
-                })?;
+                .map_err(|e| RuntimeError::Start { shard, message: e.to_string() })?;
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{shard}-join"))
                 .spawn(move || handle.join().map_err(|e| e.to_string()).and_then(|r| r))
-                .map_err(|e| RuntimeError::Start {
-                    shard,
-                    message: e.to_string(),
-                })?;
+                .map_err(|e| RuntimeError::Start { shard, message: e.to_string() })?;
             handles.push(thread);
         }
         Ok(Self { handles, stop })
@@ -337,10 +298,7 @@ impl<T: Send + 'static> Runtime<T> {
         for (shard, handle) in self.handles.into_iter().enumerate() {
             let result = handle
                 .join()
-                .map_err(|_| RuntimeError::Join {
-                    shard,
-                    message: "panicked".into(),
-                })?
+                .map_err(|_| RuntimeError::Join { shard, message: "panicked".into() })?
                 .map_err(|message| RuntimeError::Join { shard, message })?;
             results.push(result);
         }
@@ -355,49 +313,32 @@ mod tests {
     #[test]
     fn placement_balances_and_is_stable() {
         let table = PlacementTable::new(3);
-        let owners: Vec<ShardId> = (0..6)
-            .map(|p| table.assign(&TopicPartition::new("t", p)))
-            .collect();
+        let owners: Vec<ShardId> = (0..6).map(|p| table.assign(&TopicPartition::new("t", p))).collect();
         assert_eq!(owners, vec![0, 1, 2, 0, 1, 2]);
-        assert_eq!(
-            table.assign(&TopicPartition::new("t", 4)),
-            1,
-            "assignment is idempotent"
-        );
+        assert_eq!(table.assign(&TopicPartition::new("t", 4)), 1, "assignment is idempotent");
         let view = PlacementView::new(Arc::clone(&table));
         assert_eq!(view.owner(&TopicPartition::new("t", 5)), Some(2));
         assert_eq!(view.owner(&TopicPartition::new("u", 0)), None);
         table.assign(&TopicPartition::new("u", 0));
-        assert_eq!(
-            view.owner(&TopicPartition::new("u", 0)),
-            Some(0),
-            "view follows new versions"
-        );
+        assert_eq!(view.owner(&TopicPartition::new("u", 0)), Some(0), "view follows new versions");
     }
 
     #[test]
     fn shards_exchange_typed_requests_and_stop_on_request() {
         let placement = PlacementTable::new(2);
-        let config = RuntimeConfig {
-            shards: 2,
-            ..RuntimeConfig::default()
-        };
-        let runtime = Runtime::start(
-            &config,
-            placement,
-            |ctx: ShardContext<u64, (ShardId, u64)>| async move {
-                let me = ctx.id;
-                ctx.serve(move |x: u64| async move { (me, x * 2) });
-                // Every shard asks every shard (itself included) to double a number.
-                let mut answers = Vec::new();
-                for to in 0..ctx.shard_count {
-                    answers.push(ctx.call(to, 10 + to as u64).await.unwrap());
-                }
-                assert_eq!(ctx.call(7, 1).await, Err(CallError::NoSuchShard(7)));
-                ctx.stopped().await;
-                answers
-            },
-        )
+        let config = RuntimeConfig { shards: 2, ..RuntimeConfig::default() };
+        let runtime = Runtime::start(&config, placement, |ctx: ShardContext<u64, (ShardId, u64)>| async move {
+            let me = ctx.id;
+            ctx.serve(move |x: u64| async move { (me, x * 2) });
+            // Every shard asks every shard (itself included) to double a number.
+            let mut answers = Vec::new();
+            for to in 0..ctx.shard_count {
+                answers.push(ctx.call(to, 10 + to as u64).await.unwrap());
+            }
+            assert_eq!(ctx.call(7, 1).await, Err(CallError::NoSuchShard(7)));
+            ctx.stopped().await;
+            answers
+        })
         .unwrap();
         std::thread::sleep(Duration::from_millis(100));
         runtime.stop();

@@ -100,11 +100,7 @@ impl SideRing {
         self.push(&entry.user_data(id))?;
         self.slots.borrow_mut().insert(id, Slot::default());
         self.ensure_pump();
-        Ok(Operation {
-            ring: self.this.clone(),
-            id,
-            done: false,
-        })
+        Ok(Operation { ring: self.this.clone(), id, done: false })
     }
 
     fn ensure_pump(&self) {
@@ -136,80 +132,42 @@ impl SideRing {
     pub async fn writable(&self, fd: RawFd) -> io::Result<()> {
         let entry = opcode::PollAdd::new(types::Fd(fd), libc::POLLOUT as u32).build();
         let revents = self.submit(entry)?.await?;
-        if revents & i32::from(libc::POLLERR | libc::POLLHUP) != 0
-            && revents & i32::from(libc::POLLOUT) == 0
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "socket closed while waiting to write",
-            ));
+        if revents & i32::from(libc::POLLERR | libc::POLLHUP) != 0 && revents & i32::from(libc::POLLOUT) == 0 {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "socket closed while waiting to write"));
         }
         Ok(())
     }
 
     /// fdatasync(2) of `fd`, run by the kernel's io-wq workers.
     pub async fn fdatasync(&self, fd: RawFd) -> io::Result<()> {
-        let entry = opcode::Fsync::new(types::Fd(fd))
-            .flags(types::FsyncFlags::DATASYNC)
-            .build();
+        let entry = opcode::Fsync::new(types::Fd(fd)).flags(types::FsyncFlags::DATASYNC).build();
         self.submit(entry)?.await.map(|_| ())
     }
 
-    async fn splice(
-        &self,
-        fd_in: RawFd,
-        off_in: i64,
-        fd_out: RawFd,
-        len: u32,
-    ) -> io::Result<usize> {
-        let entry =
-            opcode::Splice::new(types::Fd(fd_in), off_in, types::Fd(fd_out), -1, len).build();
+    async fn splice(&self, fd_in: RawFd, off_in: i64, fd_out: RawFd, len: u32) -> io::Result<usize> {
+        let entry = opcode::Splice::new(types::Fd(fd_in), off_in, types::Fd(fd_out), -1, len).build();
         self.submit(entry)?.await.map(|n| n as usize)
     }
 
     /// Sends `len` bytes of `file_fd` from `offset` to the (non-blocking) socket `socket_fd`
     /// without copying them through user space. Returns when all were handed to the socket.
-    pub async fn splice_to_socket(
-        &self,
-        file_fd: RawFd,
-        offset: u64,
-        len: u64,
-        socket_fd: RawFd,
-    ) -> io::Result<u64> {
+    pub async fn splice_to_socket(&self, file_fd: RawFd, offset: u64, len: u64, socket_fd: RawFd) -> io::Result<u64> {
         let pipe = Pipe::new()?;
         let mut sent = 0u64;
         while sent < len {
             let chunk = (len - sent).min(pipe.capacity as u64) as u32;
-            let filled = self
-                .splice(
-                    file_fd,
-                    (offset + sent) as i64,
-                    pipe.write.as_raw_fd(),
-                    chunk,
-                )
-                .await?;
+            let filled = self.splice(file_fd, (offset + sent) as i64, pipe.write.as_raw_fd(), chunk).await?;
             if filled == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "file ended before the spliced range",
-                ));
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file ended before the spliced range"));
             }
             let mut in_pipe = filled;
             while in_pipe > 0 {
-                match self
-                    .splice(pipe.read.as_raw_fd(), -1, socket_fd, in_pipe as u32)
-                    .await
-                {
+                match self.splice(pipe.read.as_raw_fd(), -1, socket_fd, in_pipe as u32).await {
                     Ok(0) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::WriteZero,
-                            "socket accepted no bytes",
-                        ));
+                        return Err(io::Error::new(io::ErrorKind::WriteZero, "socket accepted no bytes"));
                     }
                     Ok(n) => in_pipe -= n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.writable(socket_fd).await?
-                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable(socket_fd).await?,
                     Err(e) => return Err(e),
                 }
             }
@@ -281,11 +239,7 @@ impl Future for Operation {
                 slots.remove(&self.id);
                 drop(slots);
                 self.done = true;
-                Poll::Ready(if result < 0 {
-                    Err(io::Error::from_raw_os_error(-result))
-                } else {
-                    Ok(result)
-                })
+                Poll::Ready(if result < 0 { Err(io::Error::from_raw_os_error(-result)) } else { Ok(result) })
             }
             None => {
                 slot.waker = Some(cx.waker().clone());
@@ -302,9 +256,7 @@ impl Drop for Operation {
         }
         if let Some(ring) = self.ring.upgrade() {
             ring.slots.borrow_mut().remove(&self.id);
-            let cancel = opcode::AsyncCancel::new(self.id)
-                .build()
-                .user_data(CANCEL_USER_DATA);
+            let cancel = opcode::AsyncCancel::new(self.id).build().user_data(CANCEL_USER_DATA);
             if let Err(error) = ring.push(&cancel) {
                 tracing::warn!(%error, "could not cancel a side ring operation");
             }
@@ -329,23 +281,9 @@ impl Pipe {
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         // A larger pipe means fewer round trips; the default (64 KiB) is kept if refused.
         // SAFETY: fcntl on a valid fd.
-        let capacity = unsafe {
-            libc::fcntl(
-                write.as_raw_fd(),
-                libc::F_SETPIPE_SZ,
-                PIPE_BYTES as libc::c_int,
-            )
-        };
-        let capacity = if capacity > 0 {
-            capacity as usize
-        } else {
-            64 << 10
-        };
-        Ok(Self {
-            read,
-            write,
-            capacity,
-        })
+        let capacity = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES as libc::c_int) };
+        let capacity = if capacity > 0 { capacity as usize } else { 64 << 10 };
+        Ok(Self { read, write, capacity })
     }
 }
 
@@ -371,10 +309,7 @@ mod tests {
     use std::time::Duration;
 
     fn run<T>(f: impl std::future::Future<Output = T>) -> T {
-        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .make()
-            .unwrap()
-            .run(f)
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().unwrap().run(f)
     }
 
     fn socket_pair() -> (TcpStream, TcpStream) {
@@ -394,9 +329,7 @@ mod tests {
         set_nonblocking(server.as_raw_fd()).unwrap();
         let (offset, len) = (12_345u64, 2_500_000u64);
         let reader = std::thread::spawn(move || {
-            client
-                .set_read_timeout(Some(Duration::from_secs(20)))
-                .unwrap();
+            client.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
             let mut received = vec![0u8; len as usize];
             client.read_exact(&mut received).unwrap();
             received
@@ -404,19 +337,13 @@ mod tests {
         let file = std::fs::File::open(&path).unwrap();
         let sent = run(async {
             let ring = SideRing::new(64).unwrap();
-            let sent = ring
-                .splice_to_socket(file.as_raw_fd(), offset, len, server.as_raw_fd())
-                .await
-                .unwrap();
+            let sent = ring.splice_to_socket(file.as_raw_fd(), offset, len, server.as_raw_fd()).await.unwrap();
             assert_eq!(ring.in_flight(), 0);
             sent
         });
         assert_eq!(sent, len);
         let received = reader.join().unwrap();
-        assert!(
-            received == content[offset as usize..(offset + len) as usize],
-            "spliced bytes differ"
-        );
+        assert!(received == content[offset as usize..(offset + len) as usize], "spliced bytes differ");
     }
 
     #[test]
@@ -450,10 +377,7 @@ mod tests {
             });
             bounded.await.unwrap();
             flag.set(true);
-            assert!(
-                started.elapsed() >= Duration::from_millis(150),
-                "writable before the peer read"
-            );
+            assert!(started.elapsed() >= Duration::from_millis(150), "writable before the peer read");
         });
         assert!(drained.get());
         drainer.join().unwrap();
@@ -465,8 +389,7 @@ mod tests {
         run(async {
             let ring = SideRing::new(8).unwrap();
             // Readability never comes: the peer sends nothing. Poll once, then drop.
-            let entry =
-                opcode::PollAdd::new(types::Fd(server.as_raw_fd()), libc::POLLIN as u32).build();
+            let entry = opcode::PollAdd::new(types::Fd(server.as_raw_fd()), libc::POLLIN as u32).build();
             let op = ring.submit(entry).unwrap();
             let raced = glommio::timer::timeout(Duration::from_millis(50), async {
                 op.await.map_err(glommio::GlommioError::IoError)

@@ -34,9 +34,7 @@ fn write_and_crash(dir: &Path, config: &LogConfig, count: u64, unacked_extra: u6
         }
         for seed in 0..unacked_extra {
             // appended but never awaited: may or may not survive
-            let _ = log
-                .append(&tp(), batch_for(1000 + seed, 3, 150), 0)
-                .unwrap();
+            let _ = log.append(&tp(), batch_for(1000 + seed, 3, 150), 0).unwrap();
         }
         acked
     })
@@ -85,17 +83,9 @@ fn assert_prefix_kept(acked: &Batches, recovered: &Batches) {
         acked.len() - recovered.len().min(acked.len()),
         acked.len()
     );
-    assert_eq!(
-        &recovered[..acked.len()],
-        &acked[..],
-        "acknowledged batches differ after recovery"
-    );
+    assert_eq!(&recovered[..acked.len()], &acked[..], "acknowledged batches differ after recovery");
     for pair in recovered.windows(2) {
-        assert_eq!(
-            pair[1].0,
-            batch::validate_prefix(&pair[0].1).unwrap().next_offset(),
-            "offsets not contiguous"
-        );
+        assert_eq!(pair[1].0, batch::validate_prefix(&pair[0].1).unwrap().next_offset(), "offsets not contiguous");
     }
 }
 
@@ -121,9 +111,7 @@ fn a_garbage_tail_is_cut_off() {
     let acked = write_and_crash(dir.path(), &config, 25, 0);
     let segment = last_segment(dir.path());
     let end = valid_data_len(&segment);
-    let garbage: Vec<u8> = (0..5000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    let garbage: Vec<u8> = (0..5000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     overwrite_at(&segment, end as u64, &garbage);
     let (recovered, report, _) = recover(dir.path(), &config);
     assert_eq!(recovered, acked);
@@ -140,26 +128,13 @@ fn lost_unsynced_writes_never_take_acknowledged_batches_with_them() {
         // of a partial write (the unacknowledged batches may have reached the file).
         let acked_in_last: usize = {
             let segment = last_segment(dir.path());
-            let base: i64 = segment
-                .file_stem()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .parse()
-                .unwrap();
-            acked
-                .iter()
-                .filter(|(o, _)| *o >= base)
-                .map(|(_, b)| b.len())
-                .sum()
+            let base: i64 = segment.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+            acked.iter().filter(|(o, _)| *o >= base).map(|(_, b)| b.len()).sum()
         };
         let segment = last_segment(dir.path());
         let len = std::fs::metadata(&segment).unwrap().len() as usize;
         let keep = (acked_in_last + cut).min(len);
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&segment)
-            .unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&segment).unwrap();
         file.set_len(keep as u64).unwrap();
         let (recovered, _, _) = recover(dir.path(), &config);
         assert_prefix_kept(&acked, &recovered);
@@ -175,11 +150,7 @@ fn missing_or_corrupt_indexes_are_rebuilt_by_scanning() {
         log.open_partition(&tp(), config.clone()).await.unwrap();
         let mut last = None;
         for seed in 0..60 {
-            last = Some(
-                log.append(&tp(), batch_for(seed, 3, 150), 0)
-                    .unwrap()
-                    .durable,
-            );
+            last = Some(log.append(&tp(), batch_for(seed, 3, 150), 0).unwrap().durable);
         }
         last.unwrap().await.unwrap();
         let all = read_all(&log, &tp(), 0).await;
@@ -210,31 +181,15 @@ fn nothing_after_a_corrupt_batch_is_ever_served() {
     assert!(segments.len() >= 4);
     // Corrupt the second batch of the second segment, and make start-up scan that segment.
     let victim = &segments[1];
-    let victim_base: i64 = victim
-        .file_stem()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let victim_base: i64 = victim.file_stem().unwrap().to_str().unwrap().parse().unwrap();
     let first = std::fs::read(victim).unwrap();
     let first_len = batch::validate_prefix(&first).unwrap().size_bytes;
     overwrite_at(victim, (first_len + 100) as u64, &[0xab, 0xcd]);
     let _ = std::fs::remove_file(victim.with_extension("index"));
     let (recovered, report, next) = recover(dir.path(), &config);
-    assert!(
-        matches!(report.stop, Some(ScanStop::Corrupt(_))),
-        "{report:?}"
-    );
-    let kept: Batches = acked
-        .iter()
-        .filter(|(o, _)| *o <= victim_base)
-        .cloned()
-        .collect();
-    assert_eq!(
-        recovered, kept,
-        "only the batches before the corrupt one remain"
-    );
+    assert!(matches!(report.stop, Some(ScanStop::Corrupt(_))), "{report:?}");
+    let kept: Batches = acked.iter().filter(|(o, _)| *o <= victim_base).cloned().collect();
+    assert_eq!(recovered, kept, "only the batches before the corrupt one remain");
     assert!(report.segments_dropped >= 2);
     assert_eq!(next, victim_base + 3);
     assert_eq!(segment_files(dir.path(), &tp(), "log").len(), 2);
@@ -244,10 +199,7 @@ fn nothing_after_a_corrupt_batch_is_ever_served() {
 fn a_crash_right_after_a_roll_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     // Batches are ~0.5 KiB: 2 KiB segments roll every few batches.
-    let config = LogConfig {
-        segment_bytes: 2048,
-        ..small_segments()
-    };
+    let config = LogConfig { segment_bytes: 2048, ..small_segments() };
     let acked = write_and_crash(dir.path(), &config, 12, 3);
     let (recovered, report, _) = recover(dir.path(), &config);
     assert_prefix_kept(&acked, &recovered);

@@ -56,10 +56,7 @@ fn check(ops: Vec<Op>, config: LogConfig) -> Result<(), TestCaseError> {
                 let op = ops[at].clone();
                 at += 1;
                 match op {
-                    Op::Append {
-                        records,
-                        value_bytes,
-                    } => {
+                    Op::Append { records, value_bytes } => {
                         model.seed += 1;
                         let bytes = batch_for(model.seed, records, value_bytes);
                         let appended = log.append(&tp(), bytes.clone(), 0).unwrap();
@@ -85,11 +82,7 @@ fn check(ops: Vec<Op>, config: LogConfig) -> Result<(), TestCaseError> {
                         let boundary = start == model.log_start
                             || start == model.next_offset
                             || model.batches.iter().any(|(o, _)| *o == start);
-                        prop_assert!(
-                            boundary,
-                            "retention moved the log start inside a batch: {}",
-                            start
-                        );
+                        prop_assert!(boundary, "retention moved the log start inside a batch: {}", start);
                         model.log_start = start;
                     }
                     Op::Restart { clean } => {
@@ -103,10 +96,7 @@ fn check(ops: Vec<Op>, config: LogConfig) -> Result<(), TestCaseError> {
                 prop_assert_eq!(offsets.log_end_offset, model.next_offset);
                 prop_assert_eq!(offsets.high_watermark, model.next_offset);
                 prop_assert_eq!(offsets.log_start_offset, model.log_start);
-                prop_assert_eq!(
-                    read_all(&log, &tp(), model.log_start).await,
-                    model.visible()
-                );
+                prop_assert_eq!(read_all(&log, &tp(), model.log_start).await, model.visible());
             }
             log.close().await.unwrap();
             Ok(())
@@ -120,10 +110,7 @@ fn check(ops: Vec<Op>, config: LogConfig) -> Result<(), TestCaseError> {
         let offsets = log.offsets(&tp()).unwrap();
         prop_assert_eq!(offsets.log_end_offset, model.next_offset);
         prop_assert_eq!(offsets.log_start_offset, model.log_start);
-        prop_assert_eq!(
-            read_all(&log, &tp(), model.log_start).await,
-            model.visible()
-        );
+        prop_assert_eq!(read_all(&log, &tp(), model.log_start).await, model.visible());
         log.close().await.unwrap();
         Ok(())
     })

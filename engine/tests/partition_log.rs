@@ -26,14 +26,7 @@ fn appends_get_consecutive_offsets_and_read_back_bit_for_bit() {
             expected.push((appended.base_offset, stamped));
         }
         let offsets = log.offsets(&tp()).unwrap();
-        assert_eq!(
-            (
-                offsets.log_start_offset,
-                offsets.high_watermark,
-                offsets.log_end_offset
-            ),
-            (0, 100, 100)
-        );
+        assert_eq!((offsets.log_start_offset, offsets.high_watermark, offsets.log_end_offset), (0, 100, 100));
         assert_eq!(read_all(&log, &tp(), 0).await, expected);
         assert_eq!(read_all(&log, &tp(), 52).await, expected[10..].to_vec());
         let stats = log.stats();
@@ -71,11 +64,7 @@ fn group_commit_covers_many_partitions_with_few_waves() {
         let mut waits = Vec::new();
         for round in 0..5 {
             for name in &names {
-                waits.push(
-                    log.append(name, batch_for(round, 2, 64), 0)
-                        .unwrap()
-                        .durable,
-                );
+                waits.push(log.append(name, batch_for(round, 2, 64), 0).unwrap().durable);
             }
         }
         for wait in waits {
@@ -83,11 +72,7 @@ fn group_commit_covers_many_partitions_with_few_waves() {
         }
         let stats = log.stats();
         assert_eq!(stats.appends, 100);
-        assert!(
-            stats.waves < 10,
-            "100 appends queued at once took {} waves",
-            stats.waves
-        );
+        assert!(stats.waves < 10, "100 appends queued at once took {} waves", stats.waves);
         assert!(stats.wave_appends_max >= 50, "{stats:?}");
         log.close().await.unwrap();
     });
@@ -98,30 +83,18 @@ fn bad_batches_are_refused_with_kafka_codes_and_leave_the_log_untouched() {
     let dir = tempfile::tempdir().unwrap();
     run(async {
         let log = open_log(dir.path(), 1 << 20).await;
-        let config = LogConfig {
-            max_message_bytes: 2000,
-            ..default_config()
-        };
+        let config = LogConfig { max_message_bytes: 2000, ..default_config() };
         log.open_partition(&tp(), config).await.unwrap();
         let mut corrupt = batch_for(1, 2, 50);
         let last = corrupt.len() - 1;
         corrupt[last] ^= 0xff;
         let err = log.append(&tp(), corrupt, 0).err().unwrap();
-        assert!(matches!(
-            err,
-            AppendError::Batch(BatchError::CrcMismatch { .. })
-        ));
+        assert!(matches!(err, AppendError::Batch(BatchError::CrcMismatch { .. })));
         assert_eq!(err.kafka_error_code(), 2);
         let err = log.append(&tp(), batch_for(1, 10, 500), 0).err().unwrap();
         assert_eq!(err.kafka_error_code(), 10);
-        let err = log
-            .append(&TopicPartition::new("nope", 0), batch_for(1, 1, 1), 0)
-            .err()
-            .unwrap();
-        assert_eq!(
-            err.kafka_error_code(),
-            kafka_error::UNKNOWN_TOPIC_OR_PARTITION
-        );
+        let err = log.append(&TopicPartition::new("nope", 0), batch_for(1, 1, 1), 0).err().unwrap();
+        assert_eq!(err.kafka_error_code(), kafka_error::UNKNOWN_TOPIC_OR_PARTITION);
         assert_eq!(log.offsets(&tp()).unwrap().log_end_offset, 0);
         let appended = log.append(&tp(), batch_for(2, 1, 10), 0).unwrap();
         assert_eq!(appended.base_offset, 0);
@@ -138,29 +111,16 @@ fn reads_come_from_files_when_the_cache_holds_nothing() {
         log.open_partition(&tp(), small_segments()).await.unwrap();
         let mut last = None;
         for seed in 0..60 {
-            last = Some(
-                log.append(&tp(), batch_for(seed, 3, 200), 0)
-                    .unwrap()
-                    .durable,
-            );
+            last = Some(log.append(&tp(), batch_for(seed, 3, 200), 0).unwrap().durable);
         }
         last.unwrap().await.unwrap();
         let result = log.read(&tp(), 100, 4096).await.unwrap();
-        assert!(
-            matches!(result.data, ReadData::File(_)),
-            "expected a file range"
-        );
+        assert!(matches!(result.data, ReadData::File(_)), "expected a file range");
         let batches = read_all(&log, &tp(), 0).await;
         assert_eq!(batches.len(), 60);
-        assert!(
-            segment_files(dir.path(), &tp(), "log").len() > 3,
-            "small segments must roll"
-        );
+        assert!(segment_files(dir.path(), &tp(), "log").len() > 3, "small segments must roll");
         let out_of_range = log.read(&tp(), 181, 100).await.err().unwrap();
-        assert!(matches!(
-            out_of_range,
-            StorageError::OffsetOutOfRange { .. }
-        ));
+        assert!(matches!(out_of_range, StorageError::OffsetOutOfRange { .. }));
         assert_eq!(out_of_range.kafka_error_code(), 1);
         log.close().await.unwrap();
     });
@@ -173,11 +133,7 @@ fn first_batch_is_returned_whole_even_when_larger_than_max_bytes() {
         let log = open_log(dir.path(), 0).await;
         log.open_partition(&tp(), default_config()).await.unwrap();
         let size = batch_for(0, 10, 500).len();
-        log.append(&tp(), batch_for(0, 10, 500), 0)
-            .unwrap()
-            .durable
-            .await
-            .unwrap();
+        log.append(&tp(), batch_for(0, 10, 500), 0).unwrap().durable.await.unwrap();
         let result = log.read(&tp(), 3, 10).await.unwrap();
         assert_eq!(result.to_vec().await.unwrap().len(), size);
         log.close().await.unwrap();
@@ -192,11 +148,7 @@ fn data_topics_and_log_start_survive_a_clean_restart_without_rescanning() {
         log.open_partition(&tp(), small_segments()).await.unwrap();
         let mut last = None;
         for seed in 0..40 {
-            last = Some(
-                log.append(&tp(), batch_for(seed, 2, 300), 0)
-                    .unwrap()
-                    .durable,
-            );
+            last = Some(log.append(&tp(), batch_for(seed, 2, 300), 0).unwrap().durable);
         }
         last.unwrap().await.unwrap();
         assert_eq!(log.delete_records(&tp(), 31).await.unwrap(), 31);
@@ -207,18 +159,12 @@ fn data_topics_and_log_start_survive_a_clean_restart_without_rescanning() {
     run(async {
         let log = open_log(dir.path(), 1 << 20).await;
         let report = log.open_partition(&tp(), small_segments()).await.unwrap();
-        assert_eq!(
-            report.segments_scanned, 0,
-            "clean stop leaves valid indexes: {report:?}"
-        );
+        assert_eq!(report.segments_scanned, 0, "clean stop leaves valid indexes: {report:?}");
         assert!(report.segments_trusted > 0);
         let offsets = log.offsets(&tp()).unwrap();
         assert_eq!((offsets.log_start_offset, offsets.log_end_offset), (31, 80));
         assert_eq!(read_all(&log, &tp(), 31).await, written);
-        assert!(matches!(
-            log.read(&tp(), 10, 100).await,
-            Err(StorageError::OffsetOutOfRange { .. })
-        ));
+        assert!(matches!(log.read(&tp(), 10, 100).await, Err(StorageError::OffsetOutOfRange { .. })));
         // and appends continue where the log ended
         let appended = log.append(&tp(), batch_for(99, 1, 10), 0).unwrap();
         assert_eq!(appended.base_offset, 80);
@@ -232,31 +178,16 @@ fn retention_by_bytes_and_time_deletes_whole_closed_segments_only() {
     let dir = tempfile::tempdir().unwrap();
     run(async {
         let log = open_log(dir.path(), 1 << 20).await;
-        let config = LogConfig {
-            retention_bytes: Some(20 << 10),
-            retention_ms: None,
-            ..small_segments()
-        };
+        let config = LogConfig { retention_bytes: Some(20 << 10), retention_ms: None, ..small_segments() };
         log.open_partition(&tp(), config).await.unwrap();
         let by_time = TopicPartition::new("old", 0);
-        let config = LogConfig {
-            retention_ms: Some(60_000),
-            ..small_segments()
-        };
+        let config = LogConfig { retention_ms: Some(60_000), ..small_segments() };
         log.open_partition(&by_time, config).await.unwrap();
         let mut waits = Vec::new();
         for seed in 0..100 {
-            waits.push(
-                log.append(&tp(), batch_for(seed, 2, 400), 0)
-                    .unwrap()
-                    .durable,
-            );
+            waits.push(log.append(&tp(), batch_for(seed, 2, 400), 0).unwrap().durable);
             // timestamps are 1000 + seed ms: all far older than a minute before "now" below
-            waits.push(
-                log.append(&by_time, batch_for(seed, 2, 400), 0)
-                    .unwrap()
-                    .durable,
-            );
+            waits.push(log.append(&by_time, batch_for(seed, 2, 400), 0).unwrap().durable);
         }
         for wait in waits {
             wait.await.unwrap();
@@ -267,14 +198,8 @@ fn retention_by_bytes_and_time_deletes_whole_closed_segments_only() {
         assert!(deleted > 0);
         let kept = segment_files(dir.path(), &tp(), "log");
         assert!(kept.len() < segments_before);
-        let size: u64 = kept
-            .iter()
-            .map(|p| std::fs::metadata(p).unwrap().len())
-            .sum();
-        assert!(
-            size >= 20 << 10,
-            "retention.bytes keeps at least the limit: {size}"
-        );
+        let size: u64 = kept.iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
+        assert!(size >= 20 << 10, "retention.bytes keeps at least the limit: {size}");
         let offsets = log.offsets(&tp()).unwrap();
         assert!(offsets.log_start_offset > 0);
         assert_eq!(offsets.log_end_offset, 200);
@@ -289,30 +214,13 @@ fn retention_by_bytes_and_time_deletes_whole_closed_segments_only() {
 #[test]
 fn none_and_interval_policies_acknowledge_once_written_and_still_persist() {
     let dir = tempfile::tempdir().unwrap();
-    let names = [
-        TopicPartition::new("none", 0),
-        TopicPartition::new("interval", 0),
-    ];
+    let names = [TopicPartition::new("none", 0), TopicPartition::new("interval", 0)];
     run(async {
         let log = open_log(dir.path(), 1 << 20).await;
-        log.open_partition(
-            &names[0],
-            LogConfig {
-                flush: FlushPolicy::None,
-                ..default_config()
-            },
-        )
-        .await
-        .unwrap();
-        log.open_partition(
-            &names[1],
-            LogConfig {
-                flush: FlushPolicy::IntervalMs(200),
-                ..default_config()
-            },
-        )
-        .await
-        .unwrap();
+        log.open_partition(&names[0], LogConfig { flush: FlushPolicy::None, ..default_config() }).await.unwrap();
+        log.open_partition(&names[1], LogConfig { flush: FlushPolicy::IntervalMs(200), ..default_config() })
+            .await
+            .unwrap();
         for name in &names {
             let mut last = None;
             for seed in 0..10 {
@@ -321,22 +229,12 @@ fn none_and_interval_policies_acknowledge_once_written_and_still_persist() {
             // Visible at once (from the cache), acknowledged once written, not yet synced.
             assert_eq!(log.offsets(name).unwrap().high_watermark, 10);
             last.unwrap().await.unwrap();
-            assert!(
-                log.offsets(name).unwrap().durable_end_offset < 10,
-                "{name}: synced before its interval"
-            );
+            assert!(log.offsets(name).unwrap().durable_end_offset < 10, "{name}: synced before its interval");
         }
         assert_eq!(log.stats().syncs, 0, "nothing asked for a sync yet");
         glommio::timer::sleep(std::time::Duration::from_millis(400)).await;
-        assert_eq!(
-            log.offsets(&names[1]).unwrap().durable_end_offset,
-            10,
-            "interval policy syncs by itself"
-        );
-        assert!(
-            log.offsets(&names[0]).unwrap().durable_end_offset < 10,
-            "none never syncs by itself"
-        );
+        assert_eq!(log.offsets(&names[1]).unwrap().durable_end_offset, 10, "interval policy syncs by itself");
+        assert!(log.offsets(&names[0]).unwrap().durable_end_offset < 10, "none never syncs by itself");
         log.close().await.unwrap();
     });
     run(async {
@@ -358,26 +256,13 @@ fn offset_for_timestamp_finds_the_first_batch_at_or_after_it() {
         let mut last = None;
         for seed in 0..50 {
             // batch_for stamps timestamp 1000 + seed; 3 records per batch
-            last = Some(
-                log.append(&tp(), batch_for(seed, 3, 200), 0)
-                    .unwrap()
-                    .durable,
-            );
+            last = Some(log.append(&tp(), batch_for(seed, 3, 200), 0).unwrap().durable);
         }
         last.unwrap().await.unwrap();
         assert_eq!(log.offset_for_timestamp(&tp(), 0).await.unwrap(), Some(0));
-        assert_eq!(
-            log.offset_for_timestamp(&tp(), 1000).await.unwrap(),
-            Some(0)
-        );
-        assert_eq!(
-            log.offset_for_timestamp(&tp(), 1017).await.unwrap(),
-            Some(51)
-        );
-        assert_eq!(
-            log.offset_for_timestamp(&tp(), 1049).await.unwrap(),
-            Some(147)
-        );
+        assert_eq!(log.offset_for_timestamp(&tp(), 1000).await.unwrap(), Some(0));
+        assert_eq!(log.offset_for_timestamp(&tp(), 1017).await.unwrap(), Some(51));
+        assert_eq!(log.offset_for_timestamp(&tp(), 1049).await.unwrap(), Some(147));
         assert_eq!(log.offset_for_timestamp(&tp(), 1050).await.unwrap(), None);
         log.close().await.unwrap();
     });
@@ -388,36 +273,18 @@ fn segments_roll_by_age_as_well_as_by_size() {
     let dir = tempfile::tempdir().unwrap();
     run(async {
         let log = open_log(dir.path(), 1 << 20).await;
-        let config = LogConfig {
-            segment_ms: 1000,
-            ..default_config()
-        };
+        let config = LogConfig { segment_ms: 1000, ..default_config() };
         log.open_partition(&tp(), config).await.unwrap();
         // append times (ms): 0, 500 → one segment; 1000 → the segment is a second old: roll
         for (seed, now) in [(0, 0), (1, 500), (2, 1000), (3, 1500), (4, 2100)] {
-            log.append(&tp(), batch_for(seed, 1, 10), now)
-                .unwrap()
-                .durable
-                .await
-                .unwrap();
+            log.append(&tp(), batch_for(seed, 1, 10), now).unwrap().durable.await.unwrap();
         }
         log.settle().await;
         let bases: Vec<String> = segment_files(dir.path(), &tp(), "log")
             .iter()
-            .map(|p| {
-                p.file_stem()
-                    .unwrap()
-                    .to_str()
-                    .unwrap()
-                    .trim_start_matches('0')
-                    .to_string()
-            })
+            .map(|p| p.file_stem().unwrap().to_str().unwrap().trim_start_matches('0').to_string())
             .collect();
-        assert_eq!(
-            bases,
-            vec!["", "2", "4"],
-            "segments start at offsets 0, 2 and 4"
-        );
+        assert_eq!(bases, vec!["", "2", "4"], "segments start at offsets 0, 2 and 4");
         assert_eq!(read_all(&log, &tp(), 0).await.len(), 5);
         log.close().await.unwrap();
     });
@@ -437,30 +304,19 @@ fn file_ranges_splice_to_a_socket_byte_for_byte() {
         log.open_partition(&tp(), small_segments()).await.unwrap();
         let mut last = None;
         for seed in 0..10 {
-            last = Some(
-                log.append(&tp(), batch_for(seed, 4, 300), 0)
-                    .unwrap()
-                    .durable,
-            );
+            last = Some(log.append(&tp(), batch_for(seed, 4, 300), 0).unwrap().durable);
         }
         last.unwrap().await.unwrap();
         let result = log.read(&tp(), 0, 1 << 20).await.unwrap();
-        let ReadData::File(range) = &result.data else {
-            panic!("expected a file range")
-        };
+        let ReadData::File(range) = &result.data else { panic!("expected a file range") };
         let expected = range.read_to_vec().await.unwrap();
         let ring = corelog_engine::side_ring::SideRing::new(32).unwrap();
-        let sent = range
-            .splice_to_socket(&ring, server.as_raw_fd())
-            .await
-            .unwrap();
+        let sent = range.splice_to_socket(&ring, server.as_raw_fd()).await.unwrap();
         log.close().await.unwrap();
         (expected, sent)
     });
     assert_eq!(sent as usize, expected.len());
-    client
-        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
+    client.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
     let mut received = vec![0u8; expected.len()];
     client.read_exact(&mut received).unwrap();
     assert_eq!(received, expected);
@@ -473,20 +329,13 @@ fn deleting_a_partition_removes_its_files_and_fails_its_waiters() {
     run(async {
         let log = open_log(dir.path(), 1 << 20).await;
         log.open_partition(&tp(), default_config()).await.unwrap();
-        log.append(&tp(), batch_for(1, 1, 10), 0)
-            .unwrap()
-            .durable
-            .await
-            .unwrap();
+        log.append(&tp(), batch_for(1, 1, 10), 0).unwrap().durable.await.unwrap();
         let pending = log.append(&tp(), batch_for(2, 1, 10), 0).unwrap();
         log.delete_partition(&tp()).await.unwrap();
         // The append either became durable before the delete or fails: it never hangs.
         let _ = pending.durable.await;
         assert!(!dir.path().join(tp().to_string()).exists());
-        assert!(matches!(
-            log.offsets(&tp()),
-            Err(StorageError::UnknownPartition(_))
-        ));
+        assert!(matches!(log.offsets(&tp()), Err(StorageError::UnknownPartition(_))));
         // a new partition of the same name starts empty
         log.open_partition(&tp(), default_config()).await.unwrap();
         assert_eq!(log.offsets(&tp()).unwrap().log_end_offset, 0);
@@ -499,19 +348,11 @@ fn a_backlog_larger_than_one_write_is_written_in_several() {
     let dir = tempfile::tempdir().unwrap();
     run(async {
         let log = open_log(dir.path(), 0).await;
-        let config = LogConfig {
-            max_message_bytes: 20 << 20,
-            ..default_config()
-        };
+        let config = LogConfig { max_message_bytes: 20 << 20, ..default_config() };
         log.open_partition(&tp(), config).await.unwrap();
         // Three ~15 MiB batches queued at once exceed the 32 MiB write cap.
-        let waits: Vec<_> = (0..3)
-            .map(|seed| {
-                log.append(&tp(), batch_for(seed, 15_000, 1000), 0)
-                    .unwrap()
-                    .durable
-            })
-            .collect();
+        let waits: Vec<_> =
+            (0..3).map(|seed| log.append(&tp(), batch_for(seed, 15_000, 1000), 0).unwrap().durable).collect();
         for wait in waits {
             wait.await.unwrap();
         }

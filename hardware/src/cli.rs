@@ -105,17 +105,9 @@ pub fn run(command: HardwareCommand) -> ExitCode {
 }
 
 /// [`run`] with the output stream and progress sink injected (tests).
-pub fn run_to(
-    command: HardwareCommand,
-    out: &mut dyn Write,
-    progress: &mut dyn FnMut(&str),
-) -> Result<(), CliError> {
+pub fn run_to(command: HardwareCommand, out: &mut dyn Write, progress: &mut dyn FnMut(&str)) -> Result<(), CliError> {
     match command {
-        HardwareCommand::Probe {
-            format,
-            data_dir,
-            root,
-        } => {
+        HardwareCommand::Probe { format, data_dir, root } => {
             let machine = probe(&root, &[data_dir])?;
             match format {
                 Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(&machine)?)?,
@@ -126,18 +118,9 @@ pub fn run_to(
                 }
             }
         }
-        HardwareCommand::Iotune {
-            data_dir,
-            duration,
-            output,
-            tiny,
-            format,
-        } => {
-            let mut config = if tiny {
-                IotuneConfig::tiny()
-            } else {
-                IotuneConfig::full(IotuneConfig::DEFAULT_DURATION)
-            };
+        HardwareCommand::Iotune { data_dir, duration, output, tiny, format } => {
+            let mut config =
+                if tiny { IotuneConfig::tiny() } else { IotuneConfig::full(IotuneConfig::DEFAULT_DURATION) };
             if let Some(duration) = duration {
                 config.duration = duration;
             }
@@ -155,13 +138,7 @@ pub fn run_to(
                 }
             }
         }
-        HardwareCommand::Tune {
-            check: _,
-            apply,
-            format,
-            data_dir,
-            root,
-        } => {
+        HardwareCommand::Tune { check: _, apply, format, data_dir, root } => {
             let data_dirs = [data_dir];
             let machine = probe(&root, &data_dirs)?;
             let items = tune::check(&root, &machine);
@@ -189,15 +166,9 @@ pub fn run_to(
                     write!(out, "{}", tune_table(&after))?;
                 }
             }
-            let failed = outcomes
-                .iter()
-                .filter(|o| o.result == ApplyResult::Failed)
-                .count();
+            let failed = outcomes.iter().filter(|o| o.result == ApplyResult::Failed).count();
             if failed > 0 {
-                return Err(CliError::Failed(format!(
-                    "{failed} of {} fixes failed (details above)",
-                    outcomes.len()
-                )));
+                return Err(CliError::Failed(format!("{failed} of {} fixes failed (details above)", outcomes.len())));
             }
         }
     }
@@ -216,10 +187,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     } else {
         (text, 1000)
     };
-    let value: u64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}: use e.g. 40, 40s, 2m or 1500ms"))?;
+    let value: u64 =
+        number.trim().parse().map_err(|_| format!("invalid duration {text:?}: use e.g. 40, 40s, 2m or 1500ms"))?;
     if value == 0 {
         return Err("duration must be positive".into());
     }
@@ -262,11 +231,7 @@ fn or_dash<T: ToString>(value: Option<T>) -> String {
 }
 
 fn list_or_dash(cpus: &[usize]) -> String {
-    if cpus.is_empty() {
-        "-".into()
-    } else {
-        format_cpu_list(cpus)
-    }
+    if cpus.is_empty() { "-".into() } else { format_cpu_list(cpus) }
 }
 
 fn machine_table(machine: &Machine) -> String {
@@ -280,12 +245,7 @@ fn machine_table(machine: &Machine) -> String {
                 "Instruction" => "i",
                 _ => "",
             };
-            format!(
-                "L{}{kind} {} x{}",
-                cache.level,
-                cache.size_bytes.map_or("?".into(), format_bytes),
-                cache.instances
-            )
+            format!("L{}{kind} {} x{}", cache.level, cache.size_bytes.map_or("?".into(), format_bytes), cache.instances)
         })
         .collect();
     let nodes: Vec<String> = machine
@@ -343,14 +303,7 @@ fn machine_table(machine: &Machine) -> String {
                 memory.huge_page_size_bytes.map_or("?".into(), format_bytes)
             ),
         ],
-        vec![
-            "numa".into(),
-            if nodes.is_empty() {
-                "-".into()
-            } else {
-                nodes.join("; ")
-            },
-        ],
+        vec!["numa".into(), if nodes.is_empty() { "-".into() } else { nodes.join("; ") }],
         vec![
             "clocksource".into(),
             format!(
@@ -381,11 +334,7 @@ fn machine_table(machine: &Machine) -> String {
                 format!("{:?}", disk.kind).to_lowercase(),
                 or_dash(disk.model.clone()),
                 disk.size_bytes.map_or("-".into(), format_bytes),
-                format!(
-                    "{}/{}",
-                    or_dash(disk.logical_block_size),
-                    or_dash(disk.physical_block_size)
-                ),
+                format!("{}/{}", or_dash(disk.logical_block_size), or_dash(disk.physical_block_size)),
                 or_dash(disk.rotational.map(|r| if r { "yes" } else { "no" })),
                 or_dash(disk.scheduler.clone()),
                 or_dash(disk.nr_requests),
@@ -421,11 +370,7 @@ fn machine_table(machine: &Machine) -> String {
         &disk_rows,
     ));
     for unresolved in &machine.unresolved_data_dirs {
-        text.push_str(&format!(
-            "data dir {}: {}\n",
-            unresolved.data_dir.display(),
-            unresolved.reason
-        ));
+        text.push_str(&format!("data dir {}: {}\n", unresolved.data_dir.display(), unresolved.reason));
     }
     text.push('\n');
     let nic_rows: Vec<Vec<String>> = machine
@@ -448,10 +393,7 @@ fn machine_table(machine: &Machine) -> String {
             ]
         })
         .collect();
-    text.push_str(&render_table(
-        &["NIC", "DRIVER", "SPEED", "MTU", "RX/TX", "NODE", "IRQS"],
-        &nic_rows,
-    ));
+    text.push_str(&render_table(&["NIC", "DRIVER", "SPEED", "MTU", "RX/TX", "NODE", "IRQS"], &nic_rows));
     text
 }
 
@@ -460,11 +402,7 @@ fn megabytes_per_sec(bytes: u64) -> String {
 }
 
 fn profile_table(profile: &IoProfile) -> String {
-    let headline = format!(
-        "{} qd{}",
-        format_bytes(profile.headline_block_size_bytes),
-        profile.headline_queue_depth
-    );
+    let headline = format!("{} qd{}", format_bytes(profile.headline_block_size_bytes), profile.headline_queue_depth);
     let latency = profile.fdatasync_latency_us;
     let knee = |k: iotune::Knee| {
         format!(
@@ -476,32 +414,16 @@ fn profile_table(profile: &IoProfile) -> String {
         )
     };
     let rows = vec![
-        vec![
-            "data dir".into(),
-            format!(
-                "{} (device {})",
-                profile.data_dir.display(),
-                or_dash(profile.device.clone())
-            ),
-        ],
+        vec!["data dir".into(), format!("{} (device {})", profile.data_dir.display(), or_dash(profile.device.clone()))],
         vec![
             "sequential write".into(),
-            format!(
-                "{} ({headline})",
-                megabytes_per_sec(profile.write_bandwidth_bytes_per_sec)
-            ),
+            format!("{} ({headline})", megabytes_per_sec(profile.write_bandwidth_bytes_per_sec)),
         ],
         vec![
             "sequential read".into(),
-            format!(
-                "{} ({headline})",
-                megabytes_per_sec(profile.read_bandwidth_bytes_per_sec)
-            ),
+            format!("{} ({headline})", megabytes_per_sec(profile.read_bandwidth_bytes_per_sec)),
         ],
-        vec![
-            "first write (fill)".into(),
-            megabytes_per_sec(profile.fill_write_bandwidth_bytes_per_sec),
-        ],
+        vec!["first write (fill)".into(), megabytes_per_sec(profile.fill_write_bandwidth_bytes_per_sec)],
         vec![
             "random read".into(),
             format!(
@@ -554,21 +476,12 @@ fn tune_table(items: &[TuneItem]) -> String {
             ]
         })
         .collect();
-    let mut text = render_table(
-        &["STATUS", "CHECK", "SUBJECT", "CURRENT", "RECOMMENDED"],
-        &rows,
-    );
-    let not_ok: Vec<&TuneItem> = items
-        .iter()
-        .filter(|item| item.status == TuneStatus::NotOk)
-        .collect();
+    let mut text = render_table(&["STATUS", "CHECK", "SUBJECT", "CURRENT", "RECOMMENDED"], &rows);
+    let not_ok: Vec<&TuneItem> = items.iter().filter(|item| item.status == TuneStatus::NotOk).collect();
     if !not_ok.is_empty() {
         text.push_str("\nwhy:\n");
         for item in not_ok {
-            text.push_str(&format!(
-                "- {} ({}): {}\n",
-                item.check, item.subject, item.why
-            ));
+            text.push_str(&format!("- {} ({}): {}\n", item.check, item.subject, item.why));
         }
     }
     text
@@ -627,26 +540,15 @@ mod tests {
 
     #[test]
     fn table_is_aligned() {
-        let text = render_table(
-            &["A", "LONGER", "C"],
-            &[vec!["xxxx".into(), "y".into(), "z".into()]],
-        );
+        let text = render_table(&["A", "LONGER", "C"], &[vec!["xxxx".into(), "y".into(), "z".into()]]);
         assert_eq!(text, "A     LONGER  C\nxxxx  y       z\n");
     }
 
     #[test]
     fn probe_json_on_fixture() {
         let root = fixture("server-2s-nvme");
-        let text = run_args(&[
-            "probe",
-            "--format",
-            "json",
-            "--root",
-            &root,
-            "--data-dir",
-            "/var/lib/corelog/data",
-        ])
-        .unwrap();
+        let text =
+            run_args(&["probe", "--format", "json", "--root", &root, "--data-dir", "/var/lib/corelog/data"]).unwrap();
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(json["cpus"]["online"], 32);
         assert_eq!(json["disks"][0]["device"], "nvme0n1");
@@ -655,8 +557,7 @@ mod tests {
     #[test]
     fn probe_table_on_fixture_shows_disk_nic_and_plan() {
         let root = fixture("vm-2vcpu-virtio");
-        let text =
-            run_args(&["probe", "--root", &root, "--data-dir", "/work/corelog-data"]).unwrap();
+        let text = run_args(&["probe", "--root", &root, "--data-dir", "/work/corelog-data"]).unwrap();
         assert!(text.contains("2 online (1 sockets, 2 cores"), "{text}");
         assert!(text.lines().any(|l| l.starts_with("vda ")), "{text}");
         assert!(text.lines().any(|l| l.starts_with("eth0 ")), "{text}");
@@ -667,11 +568,7 @@ mod tests {
     fn tune_check_on_fixture_and_mutually_exclusive_flags() {
         let root = fixture("server-2s-nvme");
         let text = run_args(&["tune", "--check", "--root", &root]).unwrap();
-        assert!(
-            text.lines()
-                .any(|l| l.starts_with("NOT OK") && l.contains("transparent_hugepages")),
-            "{text}"
-        );
+        assert!(text.lines().any(|l| l.starts_with("NOT OK") && l.contains("transparent_hugepages")), "{text}");
         assert!(text.contains("why:"));
         assert!(run_args(&["tune", "--check", "--apply"]).is_err());
     }

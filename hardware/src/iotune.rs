@@ -175,46 +175,22 @@ pub struct SweepPoint {
 #[derive(Debug, thiserror::Error)]
 pub enum IotuneError {
     #[error("{operation} {path}: {source}")]
-    Io {
-        operation: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { operation: &'static str, path: PathBuf, source: std::io::Error },
     #[error("{operation} {path}: {expected} bytes requested, {transferred} transferred")]
-    ShortIo {
-        operation: &'static str,
-        path: PathBuf,
-        expected: u64,
-        transferred: u64,
-    },
+    ShortIo { operation: &'static str, path: PathBuf, expected: u64, transferred: u64 },
     #[error("not enough free space in {path}: {available_bytes} bytes free, need {needed_bytes}")]
-    NoSpace {
-        path: PathBuf,
-        available_bytes: u64,
-        needed_bytes: u64,
-    },
+    NoSpace { path: PathBuf, available_bytes: u64, needed_bytes: u64 },
     #[error("invalid iotune configuration: {0}")]
     Config(String),
     #[error("parse io profile {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    Parse { path: PathBuf, source: serde_json::Error },
     #[error("io profile {path} has format version {found}, this build reads {supported}")]
-    Version {
-        path: PathBuf,
-        found: u32,
-        supported: u32,
-    },
+    Version { path: PathBuf, found: u32, supported: u32 },
 }
 
 fn io_error(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> IotuneError {
     let path = path.to_path_buf();
-    move |source| IotuneError::Io {
-        operation,
-        path,
-        source,
-    }
+    move |source| IotuneError::Io { operation, path, source }
 }
 
 impl IoProfile {
@@ -226,17 +202,13 @@ impl IoProfile {
     /// Writes the profile as pretty JSON, atomically: a temporary file is written and synced,
     /// then renamed over `path`, so a crash leaves either the old or the new profile.
     pub fn save(&self, path: &Path) -> Result<(), IotuneError> {
-        let json = serde_json::to_string_pretty(self).map_err(|source| IotuneError::Parse {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let json = serde_json::to_string_pretty(self)
+            .map_err(|source| IotuneError::Parse { path: path.to_path_buf(), source })?;
         let mut temporary = path.as_os_str().to_owned();
         temporary.push(".tmp");
         let temporary = PathBuf::from(temporary);
         let mut file = File::create(&temporary).map_err(io_error("create", &temporary))?;
-        file.write_all(json.as_bytes())
-            .and_then(|()| file.write_all(b"\n"))
-            .map_err(io_error("write", &temporary))?;
+        file.write_all(json.as_bytes()).and_then(|()| file.write_all(b"\n")).map_err(io_error("write", &temporary))?;
         file.sync_all().map_err(io_error("fsync", &temporary))?;
         std::fs::rename(&temporary, path).map_err(io_error("rename", path))?;
         Ok(())
@@ -252,10 +224,7 @@ impl IoProfile {
             Err(error) => return Err(io_error("read", path)(error)),
         };
         let profile: IoProfile =
-            serde_json::from_str(&text).map_err(|source| IotuneError::Parse {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            serde_json::from_str(&text).map_err(|source| IotuneError::Parse { path: path.to_path_buf(), source })?;
         if profile.format_version != PROFILE_FORMAT_VERSION {
             return Err(IotuneError::Version {
                 path: path.to_path_buf(),
@@ -270,10 +239,7 @@ impl IoProfile {
 /// Picks the knee: among points reaching ≥ 90 % of the peak bandwidth, the one with the fewest
 /// bytes in flight (block size × queue depth), then the lowest queue depth. Pure function.
 pub fn find_knee(points: &[SweepPoint], direction: Direction) -> Option<Knee> {
-    let points: Vec<&SweepPoint> = points
-        .iter()
-        .filter(|point| point.direction == direction)
-        .collect();
+    let points: Vec<&SweepPoint> = points.iter().filter(|point| point.direction == direction).collect();
     let peak = points.iter().map(|p| p.bandwidth_bytes_per_sec).max()?;
     let knee = points
         .iter()
@@ -410,9 +376,8 @@ impl Runner {
     fn push(&mut self, entry: &squeue::Entry) -> Result<(), IotuneError> {
         // SAFETY: every buffer referenced by a submitted entry stays alive until its completion
         // is reaped: `run` and `sync_latencies` drain all in-flight I/O before returning.
-        unsafe { self.ring.submission().push(entry) }.map_err(|_| {
-            IotuneError::Config("io_uring submission queue full (queue depth > ring)".into())
-        })
+        unsafe { self.ring.submission().push(entry) }
+            .map_err(|_| IotuneError::Config("io_uring submission queue full (queue depth > ring)".into()))
     }
 
     fn run(&mut self, job: Job) -> Result<JobResult, IotuneError> {
@@ -437,11 +402,7 @@ impl Runner {
         let mut random_state = self.seed;
         let mut issued_bytes = 0u64;
         let mut in_flight = 0u32;
-        let mut result = JobResult {
-            bytes: 0,
-            operations: 0,
-            elapsed: Duration::ZERO,
-        };
+        let mut result = JobResult { bytes: 0, operations: 0, elapsed: Duration::ZERO };
         let start = Instant::now();
         let mut first_error = None;
         loop {
@@ -460,12 +421,12 @@ impl Runner {
                 };
                 let pointer = buffers[slot].pointer;
                 let entry = match job.direction {
-                    Direction::Write => opcode::Write::new(fd, pointer, block_size as u32)
-                        .offset(block * block_size)
-                        .build(),
-                    Direction::Read => opcode::Read::new(fd, pointer, block_size as u32)
-                        .offset(block * block_size)
-                        .build(),
+                    Direction::Write => {
+                        opcode::Write::new(fd, pointer, block_size as u32).offset(block * block_size).build()
+                    }
+                    Direction::Read => {
+                        opcode::Read::new(fd, pointer, block_size as u32).offset(block * block_size).build()
+                    }
                 };
                 self.push(&entry.user_data(slot as u64))?;
                 in_flight += 1;
@@ -477,9 +438,7 @@ impl Runner {
             if in_flight == 0 {
                 break;
             }
-            self.ring
-                .submit_and_wait(1)
-                .map_err(self.ring_error("io_uring_enter"))?;
+            self.ring.submit_and_wait(1).map_err(self.ring_error("io_uring_enter"))?;
             let operation = match job.direction {
                 Direction::Write => "write (O_DIRECT)",
                 Direction::Read => "read (O_DIRECT)",
@@ -537,10 +496,7 @@ impl Runner {
                 .build()
                 .flags(squeue::Flags::IO_LINK)
                 .user_data(0);
-            let sync = opcode::Fsync::new(fd)
-                .flags(types::FsyncFlags::DATASYNC)
-                .build()
-                .user_data(1);
+            let sync = opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build().user_data(1);
             block = (block + 1) % blocks;
             let issued = Instant::now();
             self.push(&write)?;
@@ -548,17 +504,11 @@ impl Runner {
             let mut reaped = 0;
             let mut failure = None;
             while reaped < 2 {
-                self.ring
-                    .submit_and_wait(2 - reaped)
-                    .map_err(self.ring_error("io_uring_enter"))?;
+                self.ring.submit_and_wait(2 - reaped).map_err(self.ring_error("io_uring_enter"))?;
                 for cqe in self.ring.completion() {
                     reaped += 1;
                     if cqe.result() < 0 {
-                        let operation = if cqe.user_data() == 0 {
-                            "write (O_DIRECT)"
-                        } else {
-                            "fdatasync"
-                        };
+                        let operation = if cqe.user_data() == 0 { "write (O_DIRECT)" } else { "fdatasync" };
                         failure.get_or_insert((operation, cqe.result()));
                     }
                 }
@@ -608,20 +558,14 @@ fn open_scratch(data_dir: &Path, size_bytes: u64) -> Result<Scratch, IotuneError
     // SAFETY: plain syscall on an fd we own.
     let rc = unsafe { libc::fallocate(scratch.file.as_raw_fd(), 0, 0, size_bytes as libc::off_t) };
     if rc != 0 {
-        return Err(io_error("fallocate", &scratch.path)(
-            std::io::Error::last_os_error(),
-        ));
+        return Err(io_error("fallocate", &scratch.path)(std::io::Error::last_os_error()));
     }
     Ok(scratch)
 }
 
 /// Measures the device behind `data_dir` (created if missing). `progress` receives one short
 /// line per phase. Runs for about `config.duration` plus the time to write the scratch file once.
-pub fn run(
-    data_dir: &Path,
-    config: &IotuneConfig,
-    progress: &mut dyn FnMut(&str),
-) -> Result<IoProfile, IotuneError> {
+pub fn run(data_dir: &Path, config: &IotuneConfig, progress: &mut dyn FnMut(&str)) -> Result<IoProfile, IotuneError> {
     validate(config)?;
     let run_start = Instant::now();
     std::fs::create_dir_all(data_dir).map_err(io_error("create data dir", data_dir))?;
@@ -640,26 +584,14 @@ pub fn run(
         .queue_depths
         .iter()
         .copied()
-        .chain([
-            config.headline_queue_depth,
-            config.random_queue_depth,
-            FILL_QUEUE_DEPTH,
-        ])
+        .chain([config.headline_queue_depth, config.random_queue_depth, FILL_QUEUE_DEPTH])
         .max()
         .unwrap_or(2);
     let scratch = open_scratch(data_dir, file_size)?;
-    let ring = IoUring::new(depth_max.next_power_of_two())
-        .map_err(io_error("io_uring_setup for", data_dir))?;
-    let mut runner = Runner {
-        ring,
-        scratch,
-        seed: 0x9e37_79b9_7f4a_7c15,
-    };
+    let ring = IoUring::new(depth_max.next_power_of_two()).map_err(io_error("io_uring_setup for", data_dir))?;
+    let mut runner = Runner { ring, scratch, seed: 0x9e37_79b9_7f4a_7c15 };
 
-    progress(&format!(
-        "fill: writing {} MiB scratch file",
-        file_size / MIB
-    ));
+    progress(&format!("fill: writing {} MiB scratch file", file_size / MIB));
     let fill = runner.run(Job {
         direction: Direction::Write,
         random: false,
@@ -669,11 +601,7 @@ pub fn run(
         duration: Duration::from_secs(3600),
         bytes_max: Some(file_size),
     })?;
-    runner
-        .scratch
-        .file
-        .sync_all()
-        .map_err(io_error("fsync", &runner.scratch.path))?;
+    runner.scratch.file.sync_all().map_err(io_error("fsync", &runner.scratch.path))?;
 
     let budget = config.duration.as_secs_f64();
     let cells = (config.block_sizes_bytes.len() * config.queue_depths.len()).max(1) as f64;
@@ -743,9 +671,7 @@ pub fn run(
         format_version: PROFILE_FORMAT_VERSION,
         data_dir: data_dir.to_path_buf(),
         device: None,
-        measured_at_unix_secs: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| since.as_secs()),
+        measured_at_unix_secs: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs()),
         run_duration_ms: run_start.elapsed().as_millis() as u64,
         file_size_bytes: file_size,
         write_bandwidth_bytes_per_sec: write.bandwidth(),
@@ -778,15 +704,10 @@ fn validate(config: &IotuneConfig) -> Result<(), IotuneError> {
             )));
         }
     }
-    let depths = config
-        .queue_depths
-        .iter()
-        .chain([&config.headline_queue_depth, &config.random_queue_depth]);
+    let depths = config.queue_depths.iter().chain([&config.headline_queue_depth, &config.random_queue_depth]);
     for &depth in depths {
         if depth == 0 || depth > 1024 {
-            return Err(IotuneError::Config(format!(
-                "queue depth {depth} must be in 1..=1024"
-            )));
+            return Err(IotuneError::Config(format!("queue depth {depth} must be in 1..=1024")));
         }
     }
     if config.duration.is_zero() {
@@ -830,10 +751,7 @@ mod tests {
     fn percentiles_nearest_rank() {
         let mut samples: Vec<u64> = (1..=1000).rev().collect();
         let p = percentiles(&mut samples);
-        assert_eq!(
-            (p.samples, p.p50, p.p90, p.p99, p.p999, p.max),
-            (1000, 500, 900, 990, 999, 1000)
-        );
+        assert_eq!((p.samples, p.p50, p.p90, p.p99, p.p999, p.max), (1000, 500, 900, 990, 999, 1000));
         assert_eq!(percentiles(&mut []), LatencyPercentiles::default());
     }
 

@@ -62,18 +62,10 @@ pub struct ShardAssignment {
 /// Plans the shards of `machine`; `requested_cores` is the operator's explicit shard count.
 pub fn plan_shards(machine: &Machine, requested_cores: Option<usize>) -> ShardPlan {
     let mut notes = Vec::new();
-    let mut candidates: Vec<&crate::probe::Cpu> = machine
-        .cpus
-        .list
-        .iter()
-        .filter(|cpu| cpu.online && !cpu.isolated)
-        .collect();
+    let mut candidates: Vec<&crate::probe::Cpu> =
+        machine.cpus.list.iter().filter(|cpu| cpu.online && !cpu.isolated).collect();
     candidates.sort_by_key(|cpu| cpu.id);
-    let fallback_cpu = crate::probe::Cpu {
-        online: true,
-        siblings: vec![0],
-        ..Default::default()
-    };
+    let fallback_cpu = crate::probe::Cpu { online: true, siblings: vec![0], ..Default::default() };
     if candidates.is_empty() {
         notes.push("no usable CPU found in the probe; planning one shard on CPU 0".to_string());
         candidates.push(&fallback_cpu);
@@ -100,10 +92,8 @@ pub fn plan_shards(machine: &Machine, requested_cores: Option<usize>) -> ShardPl
             let mut ranked: Vec<(usize, usize)> = candidates
                 .iter()
                 .map(|cpu| {
-                    let rank = candidates
-                        .iter()
-                        .filter(|other| core_of(other) == core_of(cpu) && other.id < cpu.id)
-                        .count();
+                    let rank =
+                        candidates.iter().filter(|other| core_of(other) == core_of(cpu) && other.id < cpu.id).count();
                     (rank, cpu.id)
                 })
                 .collect();
@@ -115,49 +105,23 @@ pub fn plan_shards(machine: &Machine, requested_cores: Option<usize>) -> ShardPl
         None if cores.len() > CORES_RESERVE_THRESHOLD => {
             let mut first_core_of_socket: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
             for cpu in &candidates {
-                first_core_of_socket
-                    .entry(cpu.socket.unwrap_or(0))
-                    .or_insert(core_of(cpu));
+                first_core_of_socket.entry(cpu.socket.unwrap_or(0)).or_insert(core_of(cpu));
             }
-            let reserved_cores: BTreeSet<(usize, usize)> =
-                first_core_of_socket.into_values().collect();
+            let reserved_cores: BTreeSet<(usize, usize)> = first_core_of_socket.into_values().collect();
             let (reserved, shards): (Vec<&&crate::probe::Cpu>, Vec<&&crate::probe::Cpu>) =
-                candidates
-                    .iter()
-                    .partition(|cpu| reserved_cores.contains(&core_of(cpu)));
-            (
-                shards.iter().map(|cpu| cpu.id).collect(),
-                reserved.iter().map(|cpu| cpu.id).collect(),
-            )
+                candidates.iter().partition(|cpu| reserved_cores.contains(&core_of(cpu)));
+            (shards.iter().map(|cpu| cpu.id).collect(), reserved.iter().map(|cpu| cpu.id).collect())
         }
         None => (candidates.iter().map(|cpu| cpu.id).collect(), Vec::new()),
     };
     if !machine.cpus.isolated_list.is_empty() {
-        notes.push(format!(
-            "isolated CPUs {} left alone",
-            format_cpu_list(&machine.cpus.isolated_list)
-        ));
+        notes.push(format!("isolated CPUs {} left alone", format_cpu_list(&machine.cpus.isolated_list)));
     }
 
-    let node_of = |cpu: usize| {
-        machine
-            .cpus
-            .list
-            .iter()
-            .find(|c| c.id == cpu)
-            .and_then(|c| c.numa_node)
-    };
-    let (memory_per_shard_bytes, memory_reserved_bytes) =
-        plan_memory(machine, &shard_cpus, &node_of, &mut notes);
+    let node_of = |cpu: usize| machine.cpus.list.iter().find(|c| c.id == cpu).and_then(|c| c.numa_node);
+    let (memory_per_shard_bytes, memory_reserved_bytes) = plan_memory(machine, &shard_cpus, &node_of, &mut notes);
     let shards = assign_data_dirs(machine, &shard_cpus, &node_of);
-    ShardPlan {
-        shard_cpus,
-        reserved_cpus,
-        memory_per_shard_bytes,
-        memory_reserved_bytes,
-        shards,
-        notes,
-    }
+    ShardPlan { shard_cpus, reserved_cpus, memory_per_shard_bytes, memory_reserved_bytes, shards, notes }
 }
 
 fn plan_memory(
@@ -180,9 +144,8 @@ fn plan_memory(
             *shards_per_node.entry(node_of(cpu)).or_default() += 1;
         }
         for (node, count) in shards_per_node {
-            let node_memory = node
-                .and_then(|id| machine.numa_nodes.iter().find(|n| n.id == id))
-                .and_then(|n| n.memory_bytes);
+            let node_memory =
+                node.and_then(|id| machine.numa_nodes.iter().find(|n| n.id == id)).and_then(|n| n.memory_bytes);
             if let Some(node_memory) = node_memory {
                 // The node keeps the same fraction for the OS as the machine does.
                 let node_usable = (node_memory as u128 * usable as u128 / total as u128) as u64;
@@ -218,40 +181,23 @@ fn assign_data_dirs(
                 .filter(|(_, dir_node)| node.is_some() && *dir_node == node)
                 .map(|(dir, _)| dir)
                 .collect();
-            let pool: Vec<&PathBuf> = if local.is_empty() {
-                data_dirs.iter().map(|(dir, _)| dir).collect()
-            } else {
-                local
-            };
+            let pool: Vec<&PathBuf> =
+                if local.is_empty() { data_dirs.iter().map(|(dir, _)| dir).collect() } else { local };
             let index = next_in_node.entry(node).or_default();
             let data_dir = (!pool.is_empty()).then(|| pool[*index % pool.len()].clone());
             *index += 1;
-            ShardAssignment {
-                shard,
-                cpu,
-                numa_node: node,
-                data_dir,
-            }
+            ShardAssignment { shard, cpu, numa_node: node, data_dir }
         })
         .collect()
 }
 
 /// `1.5 GiB`, `512 MiB`, `4 KiB`, `100 B`.
 pub fn format_bytes(bytes: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [
-        ("TiB", 1 << 40),
-        ("GiB", 1 << 30),
-        ("MiB", 1 << 20),
-        ("KiB", 1 << 10),
-    ];
+    const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
     for (unit, size) in UNITS {
         if bytes >= size {
             let value = bytes as f64 / size as f64;
-            return if value.fract() == 0.0 {
-                format!("{value:.0} {unit}")
-            } else {
-                format!("{value:.1} {unit}")
-            };
+            return if value.fract() == 0.0 { format!("{value:.0} {unit}") } else { format!("{value:.1} {unit}") };
         }
     }
     format!("{bytes} B")
@@ -259,18 +205,9 @@ pub fn format_bytes(bytes: u64) -> String {
 
 impl fmt::Display for ShardPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "shard plan: {} shards on CPUs {}",
-            self.shard_cpus.len(),
-            format_cpu_list(&self.shard_cpus)
-        )?;
+        write!(f, "shard plan: {} shards on CPUs {}", self.shard_cpus.len(), format_cpu_list(&self.shard_cpus))?;
         if !self.reserved_cpus.is_empty() {
-            write!(
-                f,
-                " (CPUs {} reserved for IRQs and the OS)",
-                format_cpu_list(&self.reserved_cpus)
-            )?;
+            write!(f, " (CPUs {} reserved for IRQs and the OS)", format_cpu_list(&self.reserved_cpus))?;
         }
         writeln!(f)?;
         if self.memory_per_shard_bytes > 0 {
@@ -292,17 +229,8 @@ impl fmt::Display for ShardPlan {
         for (node, (cpus, dirs)) in by_node {
             let node = node.map_or("no NUMA node".to_string(), |id| format!("node {id}"));
             let dirs: Vec<String> = dirs.into_iter().collect();
-            let dirs = if dirs.is_empty() {
-                "no data dir".to_string()
-            } else {
-                dirs.join(", ")
-            };
-            writeln!(
-                f,
-                "  {node}: {} shards (CPUs {}), data dirs: {dirs}",
-                cpus.len(),
-                format_cpu_list(&cpus)
-            )?;
+            let dirs = if dirs.is_empty() { "no data dir".to_string() } else { dirs.join(", ") };
+            writeln!(f, "  {node}: {} shards (CPUs {}), data dirs: {dirs}", cpus.len(), format_cpu_list(&cpus))?;
         }
         for note in &self.notes {
             writeln!(f, "note: {note}")?;

@@ -12,9 +12,8 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::sysfs::{
-    self, InterruptLine, MountInfo, link_name, list_dir, parse_cache_size, parse_choices,
-    parse_cpu_list, parse_interrupts, parse_meminfo, parse_mountinfo, parse_selected, read_i64,
-    read_trimmed, read_u64,
+    self, InterruptLine, MountInfo, link_name, list_dir, parse_cache_size, parse_choices, parse_cpu_list,
+    parse_interrupts, parse_meminfo, parse_mountinfo, parse_selected, read_i64, read_trimmed, read_u64,
 };
 
 /// Everything the shard planner, the tuner and the operator need to know about the machine.
@@ -270,23 +269,14 @@ impl ProcessLimits {
 }
 
 fn get_rlimit(resource: libc::__rlimit_resource_t) -> Rlimit {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes into the struct we own and reads nothing else.
     let rc = unsafe { libc::getrlimit(resource, &mut limit) };
     if rc != 0 {
-        return Rlimit {
-            soft: Some(0),
-            hard: Some(0),
-        };
+        return Rlimit { soft: Some(0), hard: Some(0) };
     }
     let value = |raw: libc::rlim_t| (raw != libc::RLIM_INFINITY).then_some(raw);
-    Rlimit {
-        soft: value(limit.rlim_cur),
-        hard: value(limit.rlim_max),
-    }
+    Rlimit { soft: value(limit.rlim_cur), hard: value(limit.rlim_max) }
 }
 
 /// System-wide and process limits.
@@ -309,17 +299,11 @@ pub struct Limits {
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error("probe root {path} is not a readable directory: {source}")]
-    Root {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Root { path: PathBuf, source: std::io::Error },
     #[error("probe root {path} has no sys/devices/system/cpu: not a Linux sysfs tree")]
     NotSysfs { path: PathBuf },
     #[error("resolve relative data dir {path}: current directory unknown: {source}")]
-    CurrentDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    CurrentDir { path: PathBuf, source: std::io::Error },
 }
 
 /// Probes the machine below `root` (use `/` in production) for the given data dirs, with this
@@ -334,23 +318,14 @@ pub fn probe_with_limits(
     data_dirs: &[PathBuf],
     process_limits: ProcessLimits,
 ) -> Result<Machine, ProbeError> {
-    std::fs::read_dir(root).map_err(|source| ProbeError::Root {
-        path: root.to_path_buf(),
-        source,
-    })?;
+    std::fs::read_dir(root).map_err(|source| ProbeError::Root { path: root.to_path_buf(), source })?;
     if !sysfs::at(root, "sys/devices/system/cpu").is_dir() {
-        return Err(ProbeError::NotSysfs {
-            path: root.to_path_buf(),
-        });
+        return Err(ProbeError::NotSysfs { path: root.to_path_buf() });
     }
-    let interrupts = read_trimmed(root, "proc/interrupts")
-        .map(|text| parse_interrupts(&text))
-        .unwrap_or_default();
+    let interrupts = read_trimmed(root, "proc/interrupts").map(|text| parse_interrupts(&text)).unwrap_or_default();
     let numa_nodes = probe_numa_nodes(root);
     let cpus = probe_cpus(root, &numa_nodes);
-    let meminfo = read_trimmed(root, "proc/meminfo")
-        .map(|text| parse_meminfo(&text))
-        .unwrap_or_default();
+    let meminfo = read_trimmed(root, "proc/meminfo").map(|text| parse_meminfo(&text)).unwrap_or_default();
     let (disks, unresolved_data_dirs) = probe_disks(root, data_dirs, &interrupts)?;
     Ok(Machine {
         cpus,
@@ -361,16 +336,10 @@ pub fn probe_with_limits(
         unresolved_data_dirs,
         nics: probe_nics(root, &interrupts),
         clocksource: Clocksource {
-            current: read_trimmed(
-                root,
-                "sys/devices/system/clocksource/clocksource0/current_clocksource",
-            ),
-            available: read_trimmed(
-                root,
-                "sys/devices/system/clocksource/clocksource0/available_clocksource",
-            )
-            .map(|text| parse_choices(&text))
-            .unwrap_or_default(),
+            current: read_trimmed(root, "sys/devices/system/clocksource/clocksource0/current_clocksource"),
+            available: read_trimmed(root, "sys/devices/system/clocksource/clocksource0/available_clocksource")
+                .map(|text| parse_choices(&text))
+                .unwrap_or_default(),
         },
         limits: Limits {
             open_files: process_limits.open_files,
@@ -389,10 +358,8 @@ fn read_cpu_list(root: &Path, relative: &str) -> Option<Vec<usize>> {
 
 /// Numbers of entries named `<prefix><number>` in a directory (`cpu12`, `node1`).
 fn numbered_entries(root: &Path, relative: &str, prefix: &str) -> Vec<usize> {
-    let mut numbers: Vec<usize> = list_dir(root, relative)
-        .iter()
-        .filter_map(|name| name.strip_prefix(prefix)?.parse().ok())
-        .collect();
+    let mut numbers: Vec<usize> =
+        list_dir(root, relative).iter().filter_map(|name| name.strip_prefix(prefix)?.parse().ok()).collect();
     numbers.sort_unstable();
     numbers
 }
@@ -402,9 +369,8 @@ fn probe_numa_nodes(root: &Path) -> Vec<NumaNode> {
         .into_iter()
         .map(|id| {
             let base = format!("sys/devices/system/node/node{id}");
-            let meminfo = read_trimmed(root, &format!("{base}/meminfo"))
-                .map(|text| parse_meminfo(&text))
-                .unwrap_or_default();
+            let meminfo =
+                read_trimmed(root, &format!("{base}/meminfo")).map(|text| parse_meminfo(&text)).unwrap_or_default();
             NumaNode {
                 id,
                 cpus: read_cpu_list(root, &format!("{base}/cpulist")).unwrap_or_default(),
@@ -431,20 +397,15 @@ fn probe_cpus(root: &Path, numa_nodes: &[NumaNode]) -> CpuTopology {
             // cpu0 usually has no `online` attribute: it cannot be taken offline.
             None => read_u64(root, &format!("{base}/online")).is_none_or(|flag| flag == 1),
         };
-        let node = numa_nodes
-            .iter()
-            .find(|node| node.cpus.contains(&id))
-            .map(|node| node.id);
+        let node = numa_nodes.iter().find(|node| node.cpus.contains(&id)).map(|node| node.id);
         list.push(Cpu {
             id,
             online,
             isolated: isolated_list.contains(&id),
-            socket: read_u64(root, &format!("{base}/topology/physical_package_id"))
-                .map(|v| v as usize),
+            socket: read_u64(root, &format!("{base}/topology/physical_package_id")).map(|v| v as usize),
             core: read_u64(root, &format!("{base}/topology/core_id")).map(|v| v as usize),
             numa_node: node,
-            siblings: read_cpu_list(root, &format!("{base}/topology/thread_siblings_list"))
-                .unwrap_or_else(|| vec![id]),
+            siblings: read_cpu_list(root, &format!("{base}/topology/thread_siblings_list")).unwrap_or_else(|| vec![id]),
             governor: read_trimmed(root, &format!("{base}/cpufreq/scaling_governor")),
             max_frequency_khz: read_u64(root, &format!("{base}/cpufreq/cpuinfo_max_freq")),
         });
@@ -452,25 +413,15 @@ fn probe_cpus(root: &Path, numa_nodes: &[NumaNode]) -> CpuTopology {
 
     let online: Vec<&Cpu> = list.iter().filter(|cpu| cpu.online).collect();
     let sockets: BTreeSet<usize> = online.iter().map(|cpu| cpu.socket.unwrap_or(0)).collect();
-    let cores: BTreeSet<(usize, usize)> = online
-        .iter()
-        .map(|cpu| (cpu.socket.unwrap_or(0), cpu.core.unwrap_or(cpu.id)))
-        .collect();
+    let cores: BTreeSet<(usize, usize)> =
+        online.iter().map(|cpu| (cpu.socket.unwrap_or(0), cpu.core.unwrap_or(cpu.id))).collect();
     let online_ids: BTreeSet<usize> = online.iter().map(|cpu| cpu.id).collect();
     let threads_per_core = online
         .iter()
-        .map(|cpu| {
-            cpu.siblings
-                .iter()
-                .filter(|sibling| online_ids.contains(sibling))
-                .count()
-        })
+        .map(|cpu| cpu.siblings.iter().filter(|sibling| online_ids.contains(sibling)).count())
         .max()
         .unwrap_or(0);
-    let governors: BTreeSet<&str> = online
-        .iter()
-        .filter_map(|cpu| cpu.governor.as_deref())
-        .collect();
+    let governors: BTreeSet<&str> = online.iter().filter_map(|cpu| cpu.governor.as_deref()).collect();
     let governor = match governors.len() {
         0 => None,
         1 => governors.first().map(|g| g.to_string()),
@@ -479,11 +430,7 @@ fn probe_cpus(root: &Path, numa_nodes: &[NumaNode]) -> CpuTopology {
     CpuTopology {
         online: online.len(),
         online_list: online_ids.iter().copied().collect(),
-        offline_list: list
-            .iter()
-            .filter(|cpu| !cpu.online)
-            .map(|cpu| cpu.id)
-            .collect(),
+        offline_list: list.iter().filter(|cpu| !cpu.online).map(|cpu| cpu.id).collect(),
         isolated_list,
         sockets: sockets.len(),
         cores: cores.len(),
@@ -503,22 +450,15 @@ fn probe_caches(root: &Path, online: &BTreeSet<usize>) -> Vec<Cache> {
     let mut found = CacheInstances::new();
     for cpu in online {
         let base = format!("sys/devices/system/cpu/cpu{cpu}/cache");
-        for index in list_dir(root, &base)
-            .iter()
-            .filter(|name| name.starts_with("index"))
-        {
+        for index in list_dir(root, &base).iter().filter(|name| name.starts_with("index")) {
             let dir = format!("{base}/{index}");
             let Some(level) = read_u64(root, &format!("{dir}/level")) else {
                 continue;
             };
             let kind = read_trimmed(root, &format!("{dir}/type")).unwrap_or_default();
-            let size =
-                read_trimmed(root, &format!("{dir}/size")).and_then(|s| parse_cache_size(&s));
-            let shared = read_cpu_list(root, &format!("{dir}/shared_cpu_list"))
-                .unwrap_or_else(|| vec![*cpu]);
-            let entry = found
-                .entry((level as u32, kind))
-                .or_insert((size, BTreeSet::new()));
+            let size = read_trimmed(root, &format!("{dir}/size")).and_then(|s| parse_cache_size(&s));
+            let shared = read_cpu_list(root, &format!("{dir}/shared_cpu_list")).unwrap_or_else(|| vec![*cpu]);
+            let entry = found.entry((level as u32, kind)).or_insert((size, BTreeSet::new()));
             entry.1.insert(shared);
         }
     }
@@ -545,16 +485,12 @@ fn probe_memory_settings(root: &Path, meminfo: &BTreeMap<String, u64>) -> Memory
         else {
             continue;
         };
-        if let Some(count) = read_u64(
-            root,
-            &format!("sys/kernel/mm/hugepages/{name}/nr_hugepages"),
-        ) {
+        if let Some(count) = read_u64(root, &format!("sys/kernel/mm/hugepages/{name}/nr_hugepages")) {
             huge_pages_by_size_kb.insert(size_kb, count);
         }
     }
     MemorySettings {
-        transparent_hugepages: read_trimmed(root, &format!("{THP}/enabled"))
-            .and_then(|text| parse_selected(&text)),
+        transparent_hugepages: read_trimmed(root, &format!("{THP}/enabled")).and_then(|text| parse_selected(&text)),
         transparent_hugepages_defrag: read_trimmed(root, &format!("{THP}/defrag"))
             .and_then(|text| parse_selected(&text)),
         swappiness: read_u64(root, "proc/sys/vm/swappiness"),
@@ -575,10 +511,7 @@ fn normalize_data_dir(root: &Path, data_dir: &Path) -> Result<PathBuf, ProbeErro
         data_dir.to_path_buf()
     } else {
         std::env::current_dir()
-            .map_err(|source| ProbeError::CurrentDir {
-                path: data_dir.to_path_buf(),
-                source,
-            })?
+            .map_err(|source| ProbeError::CurrentDir { path: data_dir.to_path_buf(), source })?
             .join(data_dir)
     };
     let mut normal = PathBuf::new();
@@ -617,9 +550,7 @@ pub fn mount_for<'a>(mounts: &'a [MountInfo], path: &Path) -> Option<&'a MountIn
     let mut best: Option<&MountInfo> = None;
     for mount in mounts {
         if path.starts_with(&mount.mount_point)
-            && best.is_none_or(|b| {
-                mount.mount_point.components().count() >= b.mount_point.components().count()
-            })
+            && best.is_none_or(|b| mount.mount_point.components().count() >= b.mount_point.components().count())
         {
             best = Some(mount);
         }
@@ -642,11 +573,7 @@ fn find_block_device(root: &Path, major_minor: &str, name: Option<&str>) -> Opti
     let mut by_name = None;
     for disk in list_dir(root, "sys/block") {
         let disk_dev = read_trimmed(root, &format!("sys/block/{disk}/dev")).unwrap_or_default();
-        let whole = BlockDevice {
-            disk: disk.clone(),
-            partition: None,
-            major_minor: disk_dev.clone(),
-        };
+        let whole = BlockDevice { disk: disk.clone(), partition: None, major_minor: disk_dev.clone() };
         if disk_dev == major_minor {
             return Some(whole);
         }
@@ -657,13 +584,9 @@ fn find_block_device(root: &Path, major_minor: &str, name: Option<&str>) -> Opti
             if !sysfs::at(root, &format!("sys/block/{disk}/{entry}/partition")).exists() {
                 continue;
             }
-            let part_dev =
-                read_trimmed(root, &format!("sys/block/{disk}/{entry}/dev")).unwrap_or_default();
-            let part = BlockDevice {
-                disk: disk.clone(),
-                partition: Some(entry.clone()),
-                major_minor: part_dev.clone(),
-            };
+            let part_dev = read_trimmed(root, &format!("sys/block/{disk}/{entry}/dev")).unwrap_or_default();
+            let part =
+                BlockDevice { disk: disk.clone(), partition: Some(entry.clone()), major_minor: part_dev.clone() };
             if part_dev == major_minor {
                 return Some(part);
             }
@@ -680,9 +603,7 @@ fn probe_disks(
     data_dirs: &[PathBuf],
     interrupts: &[InterruptLine],
 ) -> Result<(Vec<Disk>, Vec<UnresolvedDataDir>), ProbeError> {
-    let mounts = read_trimmed(root, "proc/self/mountinfo")
-        .map(|text| parse_mountinfo(&text))
-        .unwrap_or_default();
+    let mounts = read_trimmed(root, "proc/self/mountinfo").map(|text| parse_mountinfo(&text)).unwrap_or_default();
     let mut disks: Vec<Disk> = Vec::new();
     let mut unresolved = Vec::new();
     for data_dir in data_dirs {
@@ -690,10 +611,7 @@ fn probe_disks(
         let Some(mount) = mount_for(&mounts, &path) else {
             unresolved.push(UnresolvedDataDir {
                 data_dir: data_dir.clone(),
-                reason: format!(
-                    "no mount in proc/self/mountinfo contains {}",
-                    path.display()
-                ),
+                reason: format!("no mount in proc/self/mountinfo contains {}", path.display()),
             });
             continue;
         };
@@ -716,10 +634,7 @@ fn probe_disks(
             mount_point: mount.mount_point.clone(),
             filesystem: mount.filesystem.clone(),
         };
-        match disks
-            .iter_mut()
-            .find(|disk| disk.device == device.disk && disk.partition == device.partition)
-        {
+        match disks.iter_mut().find(|disk| disk.device == device.disk && disk.partition == device.partition) {
             Some(disk) => disk.mounts.push(data_dir_mount),
             None => {
                 let mut disk = probe_disk(root, &device, interrupts);
@@ -757,11 +672,7 @@ fn probe_disk(root: &Path, device: &BlockDevice, interrupts: &[InterruptLine]) -
         },
         _ => Box::new(|_: &str| false),
     };
-    let irqs = interrupts
-        .iter()
-        .filter(|line| irq_names(&line.name))
-        .map(|line| probe_irq(root, line))
-        .collect();
+    let irqs = interrupts.iter().filter(|line| irq_names(&line.name)).map(|line| probe_irq(root, line)).collect();
     Disk {
         device: name.clone(),
         partition: device.partition.clone(),
@@ -773,8 +684,7 @@ fn probe_disk(root: &Path, device: &BlockDevice, interrupts: &[InterruptLine]) -
         logical_block_size: read_u64(root, &format!("{queue}/logical_block_size")),
         physical_block_size: read_u64(root, &format!("{queue}/physical_block_size")),
         rotational: read_u64(root, &format!("{queue}/rotational")).map(|v| v == 1),
-        scheduler: read_trimmed(root, &format!("{queue}/scheduler"))
-            .and_then(|text| parse_selected(&text)),
+        scheduler: read_trimmed(root, &format!("{queue}/scheduler")).and_then(|text| parse_selected(&text)),
         schedulers_available: read_trimmed(root, &format!("{queue}/scheduler"))
             .map(|text| parse_choices(&text))
             .unwrap_or_default(),
@@ -798,11 +708,7 @@ fn probe_disk(root: &Path, device: &BlockDevice, interrupts: &[InterruptLine]) -
 
 /// `nvme0n1` → `nvme0`; `nvme12c3n1` (multipath hidden path) → `nvme12`.
 fn nvme_controller(name: &str) -> String {
-    let digits: String = name
-        .trim_start_matches("nvme")
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
+    let digits: String = name.trim_start_matches("nvme").chars().take_while(char::is_ascii_digit).collect();
     format!("nvme{digits}")
 }
 
@@ -829,18 +735,13 @@ fn probe_irq(root: &Path, line: &InterruptLine) -> Irq {
 /// Drivers name their queue interrupts after the interface (`eth0-TxRx-3`, `ens1f0-rx-0`),
 /// the virtio device (`virtio2-input.0`) or the PCI address (`mlx5_comp3@pci:0000:3b:00.0`).
 fn nic_irq_matches(irq_name: &str, nic: &str, device: Option<&str>) -> bool {
-    if irq_name == nic
-        || irq_name
-            .strip_prefix(nic)
-            .is_some_and(|rest| rest.starts_with('-') || rest.starts_with('_'))
+    if irq_name == nic || irq_name.strip_prefix(nic).is_some_and(|rest| rest.starts_with('-') || rest.starts_with('_'))
     {
         return true;
     }
     let Some(device) = device else { return false };
     if device.starts_with("virtio") {
-        return irq_name
-            .strip_prefix(device)
-            .is_some_and(|rest| rest.starts_with('-') && !rest.ends_with("-config"));
+        return irq_name.strip_prefix(device).is_some_and(|rest| rest.starts_with('-') && !rest.ends_with("-config"));
     }
     // A PCI address such as 0000:3b:00.0.
     device.contains(':') && irq_name.contains(device)
@@ -856,23 +757,17 @@ fn probe_nics(root: &Path, interrupts: &[InterruptLine]) -> Vec<Nic> {
         }
         let device = link_name(root, &format!("{base}/device"));
         let queues = list_dir(root, &format!("{base}/queues"));
-        let msi_irqs: BTreeSet<u32> = list_dir(root, &format!("{base}/device/msi_irqs"))
-            .iter()
-            .filter_map(|irq| irq.parse().ok())
-            .collect();
+        let msi_irqs: BTreeSet<u32> =
+            list_dir(root, &format!("{base}/device/msi_irqs")).iter().filter_map(|irq| irq.parse().ok()).collect();
         let irqs = interrupts
             .iter()
-            .filter(|line| {
-                msi_irqs.contains(&line.irq)
-                    || nic_irq_matches(&line.name, &name, device.as_deref())
-            })
+            .filter(|line| msi_irqs.contains(&line.irq) || nic_irq_matches(&line.name, &name, device.as_deref()))
             .map(|line| probe_irq(root, line))
             .collect();
         nics.push(Nic {
             device,
             driver: link_name(root, &format!("{base}/device/driver")),
-            speed_mbps: read_i64(root, &format!("{base}/speed"))
-                .and_then(|speed| u64::try_from(speed).ok()),
+            speed_mbps: read_i64(root, &format!("{base}/speed")).and_then(|speed| u64::try_from(speed).ok()),
             mtu: read_u64(root, &format!("{base}/mtu")),
             operstate: read_trimmed(root, &format!("{base}/operstate")),
             rx_queues: queues.iter().filter(|q| q.starts_with("rx-")).count(),
@@ -911,16 +806,8 @@ mod tests {
         assert!(!nic_irq_matches("eth01-TxRx-3", "eth0", None));
         assert!(nic_irq_matches("virtio2-input.0", "eth0", Some("virtio2")));
         assert!(!nic_irq_matches("virtio2-config", "eth0", Some("virtio2")));
-        assert!(!nic_irq_matches(
-            "virtio21-input.0",
-            "eth0",
-            Some("virtio2")
-        ));
-        assert!(nic_irq_matches(
-            "mlx5_comp3@pci:0000:3b:00.0",
-            "ens1f0",
-            Some("0000:3b:00.0")
-        ));
+        assert!(!nic_irq_matches("virtio21-input.0", "eth0", Some("virtio2")));
+        assert!(nic_irq_matches("mlx5_comp3@pci:0000:3b:00.0", "ens1f0", Some("0000:3b:00.0")));
     }
 
     #[test]

@@ -17,9 +17,7 @@ pub(crate) fn at(root: &Path, relative: &str) -> PathBuf {
 
 /// Reads a file below `root` and trims surrounding whitespace; `None` if absent or unreadable.
 pub(crate) fn read_trimmed(root: &Path, relative: &str) -> Option<String> {
-    fs::read_to_string(at(root, relative))
-        .ok()
-        .map(|text| text.trim().to_string())
+    fs::read_to_string(at(root, relative)).ok().map(|text| text.trim().to_string())
 }
 
 /// Reads and parses an integer attribute; `None` if absent, unreadable or not an integer.
@@ -35,10 +33,9 @@ pub(crate) fn read_i64(root: &Path, relative: &str) -> Option<i64> {
 /// Names of the entries of a directory below `root`, sorted; empty if the directory is absent.
 pub(crate) fn list_dir(root: &Path, relative: &str) -> Vec<String> {
     let mut names: Vec<String> = match fs::read_dir(at(root, relative)) {
-        Ok(entries) => entries
-            .filter_map(|entry| entry.ok())
-            .filter_map(|entry| entry.file_name().into_string().ok())
-            .collect(),
+        Ok(entries) => {
+            entries.filter_map(|entry| entry.ok()).filter_map(|entry| entry.file_name().into_string().ok()).collect()
+        }
         Err(_) => Vec::new(),
     };
     names.sort();
@@ -48,10 +45,7 @@ pub(crate) fn list_dir(root: &Path, relative: &str) -> Vec<String> {
 /// The last component of a symlink's target (`device` → `virtio1`, `driver` → `nvme`).
 pub(crate) fn link_name(root: &Path, relative: &str) -> Option<String> {
     let target = fs::read_link(at(root, relative)).ok()?;
-    target
-        .file_name()
-        .and_then(|name| name.to_str())
-        .map(str::to_string)
+    target.file_name().and_then(|name| name.to_str()).map(str::to_string)
 }
 
 /// Parses a kernel CPU list such as `0-3,8,10-11` (also used for NUMA node lists).
@@ -97,11 +91,7 @@ pub fn format_cpu_list(cpus: &[usize]) -> String {
             index += 1;
             last = sorted[index];
         }
-        parts.push(if first == last {
-            first.to_string()
-        } else {
-            format!("{first}-{last}")
-        });
+        parts.push(if first == last { first.to_string() } else { format!("{first}-{last}") });
         index += 1;
     }
     parts.join(",")
@@ -182,10 +172,7 @@ pub struct InterruptLine {
 /// Parses `/proc/interrupts`, keeping only numbered IRQs (not `NMI`, `LOC`, …).
 pub fn parse_interrupts(text: &str) -> Vec<InterruptLine> {
     let mut lines = text.lines();
-    let cpu_columns = lines
-        .next()
-        .map(|header| header.split_whitespace().count())
-        .unwrap_or(0);
+    let cpu_columns = lines.next().map(|header| header.split_whitespace().count()).unwrap_or(0);
     let mut result = Vec::new();
     for line in lines {
         let Some((label, rest)) = line.split_once(':') else {
@@ -202,11 +189,7 @@ pub fn parse_interrupts(text: &str) -> Vec<InterruptLine> {
         if words.len() <= cpu_columns {
             continue;
         }
-        result.push(InterruptLine {
-            irq,
-            name: name.to_string(),
-            count_total,
-        });
+        result.push(InterruptLine { irq, name: name.to_string(), count_total });
     }
     result
 }
@@ -269,10 +252,7 @@ mod tests {
 
     #[test]
     fn cpu_lists_parse_and_format() {
-        assert_eq!(
-            parse_cpu_list("0-3,8,10-11"),
-            Some(vec![0, 1, 2, 3, 8, 10, 11])
-        );
+        assert_eq!(parse_cpu_list("0-3,8,10-11"), Some(vec![0, 1, 2, 3, 8, 10, 11]));
         assert_eq!(parse_cpu_list(""), Some(vec![]));
         assert_eq!(parse_cpu_list("\n"), Some(vec![]));
         assert_eq!(parse_cpu_list("3-1"), None);
@@ -283,15 +263,9 @@ mod tests {
 
     #[test]
     fn selected_choice_and_choices() {
-        assert_eq!(
-            parse_selected("none [mq-deadline] kyber bfq \n").as_deref(),
-            Some("mq-deadline")
-        );
+        assert_eq!(parse_selected("none [mq-deadline] kyber bfq \n").as_deref(), Some("mq-deadline"));
         assert_eq!(parse_selected("madvise\n").as_deref(), Some("madvise"));
-        assert_eq!(
-            parse_choices("always [madvise] never"),
-            vec!["always", "madvise", "never"]
-        );
+        assert_eq!(parse_choices("always [madvise] never"), vec!["always", "madvise", "never"]);
     }
 
     #[test]
@@ -318,14 +292,7 @@ mod tests {
             NMI:          0          0   Non-maskable interrupts\n\
             ERR:          0\n";
         let lines = parse_interrupts(text);
-        assert_eq!(
-            lines,
-            vec![InterruptLine {
-                irq: 36,
-                name: "virtio1-req.0".into(),
-                count_total: 7003
-            }]
-        );
+        assert_eq!(lines, vec![InterruptLine { irq: 36, name: "virtio1-req.0".into(), count_total: 7003 }]);
     }
 
     #[test]

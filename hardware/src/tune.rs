@@ -134,22 +134,13 @@ impl Item<'_> {
             recommended: self.recommended,
             status,
             why: self.why.to_string(),
-            fix: if status == TuneStatus::NotOk {
-                self.fix
-            } else {
-                None
-            },
+            fix: if status == TuneStatus::NotOk { self.fix } else { None },
         }
     }
 }
 
 fn write_fix(writes: Vec<(String, String)>) -> Option<Fix> {
-    Some(Fix::WriteFiles {
-        writes: writes
-            .into_iter()
-            .map(|(path, value)| FileWrite { path, value })
-            .collect(),
-    })
+    Some(Fix::WriteFiles { writes: writes.into_iter().map(|(path, value)| FileWrite { path, value }).collect() })
 }
 
 fn not_applicable(check: &str, subject: &str, why: &str, reason: &str) -> TuneItem {
@@ -189,45 +180,28 @@ pub fn check(root: &Path, machine: &Machine) -> Vec<TuneItem> {
 const WHY_GOVERNOR: &str = "thread-per-core reactors poll and sleep in short bursts; a power-saving governor lowers the clock between bursts and adds wake-up latency to every request";
 
 fn check_governor(root: &Path, machine: &Machine) -> TuneItem {
-    let with_cpufreq: Vec<_> = machine
-        .cpus
-        .list
-        .iter()
-        .filter(|cpu| cpu.online && cpu.governor.is_some())
-        .collect();
+    let with_cpufreq: Vec<_> = machine.cpus.list.iter().filter(|cpu| cpu.online && cpu.governor.is_some()).collect();
     if with_cpufreq.is_empty() {
-        return not_applicable(
-            "cpu_governor",
-            "cpus",
-            WHY_GOVERNOR,
-            "no cpufreq (VM or fixed frequency)",
-        );
+        return not_applicable("cpu_governor", "cpus", WHY_GOVERNOR, "no cpufreq (VM or fixed frequency)");
     }
-    let slow: Vec<_> = with_cpufreq
-        .iter()
-        .filter(|cpu| cpu.governor.as_deref() != Some("performance"))
-        .collect();
+    let slow: Vec<_> = with_cpufreq.iter().filter(|cpu| cpu.governor.as_deref() != Some("performance")).collect();
     let available = read_trimmed(
         root,
-        &format!(
-            "sys/devices/system/cpu/cpu{}/cpufreq/scaling_available_governors",
-            with_cpufreq[0].id
-        ),
+        &format!("sys/devices/system/cpu/cpu{}/cpufreq/scaling_available_governors", with_cpufreq[0].id),
     )
     .map(|text| parse_choices(&text));
     let fix = if available.is_some_and(|list| !list.iter().any(|g| g == "performance")) {
         Some(Fix::Manual {
-            instruction: "the cpufreq driver offers no `performance` governor; set the BIOS power profile to maximum performance".into(),
+            instruction:
+                "the cpufreq driver offers no `performance` governor; set the BIOS power profile to maximum performance"
+                    .into(),
         })
     } else {
         write_fix(
             slow.iter()
                 .map(|cpu| {
                     (
-                        format!(
-                            "/sys/devices/system/cpu/cpu{}/cpufreq/scaling_governor",
-                            cpu.id
-                        ),
+                        format!("/sys/devices/system/cpu/cpu{}/cpufreq/scaling_governor", cpu.id),
                         "performance".to_string(),
                     )
                 })
@@ -282,12 +256,7 @@ const WHY_CLOCKSOURCE: &str = "the broker reads the clock on every request and b
 fn check_clocksource(machine: &Machine) -> TuneItem {
     let clock = &machine.clocksource;
     if clock.current.is_some() && !clock.available.iter().any(|c| c == "tsc") {
-        return not_applicable(
-            "clocksource",
-            "system",
-            WHY_CLOCKSOURCE,
-            "tsc not available here",
-        );
+        return not_applicable("clocksource", "system", WHY_CLOCKSOURCE, "tsc not available here");
     }
     Item {
         check: "clocksource",
@@ -296,10 +265,7 @@ fn check_clocksource(machine: &Machine) -> TuneItem {
         recommended: "tsc".into(),
         ok: clock.current.as_deref().map(|c| c == "tsc"),
         why: WHY_CLOCKSOURCE,
-        fix: write_fix(vec![(
-            "/sys/devices/system/clocksource/clocksource0/current_clocksource".into(),
-            "tsc".into(),
-        )]),
+        fix: write_fix(vec![("/sys/devices/system/clocksource/clocksource0/current_clocksource".into(), "tsc".into())]),
     }
     .build()
 }
@@ -324,12 +290,7 @@ fn check_aio(machine: &Machine) -> TuneItem {
 fn check_io_uring(machine: &Machine) -> TuneItem {
     let why = "the storage engine and iotune submit all disk I/O through io_uring; `kernel.io_uring_disabled` = 1 or 2 makes io_uring_setup fail";
     match machine.limits.io_uring_disabled {
-        None => not_applicable(
-            "io_uring",
-            "system",
-            why,
-            "no io_uring_disabled sysctl (kernel < 6.6: enabled)",
-        ),
+        None => not_applicable("io_uring", "system", why, "no io_uring_disabled sysctl (kernel < 6.6: enabled)"),
         Some(value) => Item {
             check: "io_uring",
             subject: "system".into(),
@@ -337,10 +298,7 @@ fn check_io_uring(machine: &Machine) -> TuneItem {
             recommended: "0".into(),
             ok: Some(value == 0),
             why,
-            fix: write_fix(vec![(
-                "/proc/sys/kernel/io_uring_disabled".into(),
-                "0".into(),
-            )]),
+            fix: write_fix(vec![("/proc/sys/kernel/io_uring_disabled".into(), "0".into())]),
         }
         .build(),
     }
@@ -357,12 +315,7 @@ fn format_rlimit(limit: Rlimit, bytes: bool) -> String {
 
 fn check_open_files(machine: &Machine) -> TuneItem {
     let limit = machine.limits.open_files;
-    let target = machine
-        .limits
-        .nr_open
-        .map_or(OPEN_FILES_RECOMMENDED, |max| {
-            max.min(OPEN_FILES_RECOMMENDED)
-        });
+    let target = machine.limits.nr_open.map_or(OPEN_FILES_RECOMMENDED, |max| max.min(OPEN_FILES_RECOMMENDED));
     Item {
         check: "open_files",
         subject: "process".into(),
@@ -380,8 +333,7 @@ fn check_open_files(machine: &Machine) -> TuneItem {
 
 fn check_locked_memory(machine: &Machine) -> TuneItem {
     let limit = machine.limits.locked_memory_bytes;
-    let minimum =
-        LOCKED_MEMORY_MIN_BYTES.max(LOCKED_MEMORY_PER_CPU_BYTES * machine.cpus.online as u64);
+    let minimum = LOCKED_MEMORY_MIN_BYTES.max(LOCKED_MEMORY_PER_CPU_BYTES * machine.cpus.online as u64);
     Item {
         check: "locked_memory",
         subject: "process".into(),
@@ -406,20 +358,14 @@ fn spread_affinity(irqs: &[Irq], machine: &Machine) -> Vec<(String, String)> {
     irqs.iter()
         .enumerate()
         .map(|(index, irq)| {
-            (
-                format!("/proc/irq/{}/smp_affinity_list", irq.irq),
-                online[index % online.len()].to_string(),
-            )
+            (format!("/proc/irq/{}/smp_affinity_list", irq.irq), online[index % online.len()].to_string())
         })
         .collect()
 }
 
 /// Several queue IRQs all pinned to the same single CPU: one core takes every interrupt.
 fn piled_on_one_cpu(irqs: &[Irq]) -> Option<bool> {
-    let affinities: Vec<&Vec<usize>> = irqs
-        .iter()
-        .filter_map(|irq| irq.affinity.as_ref())
-        .collect();
+    let affinities: Vec<&Vec<usize>> = irqs.iter().filter_map(|irq| irq.affinity.as_ref()).collect();
     if affinities.is_empty() {
         return None;
     }
@@ -442,18 +388,10 @@ fn check_disk(machine: &Machine, disk: &crate::probe::Disk) -> Vec<TuneItem> {
     // Real spinning disks benefit from an elevator; flash, NVMe and virtual disks (the host
     // schedules) do not. Virtio disks often claim to be rotational.
     let spinning = disk.rotational == Some(true)
-        && !matches!(
-            disk.kind,
-            crate::probe::DiskKind::Nvme | crate::probe::DiskKind::Virtio
-        );
+        && !matches!(disk.kind, crate::probe::DiskKind::Nvme | crate::probe::DiskKind::Virtio);
     let scheduler_why = "the broker already issues large, ordered, aligned O_DIRECT writes and bounds its own queue depth; an I/O scheduler adds CPU cost and latency in the submission path of every I/O (spinning disks are the exception: mq-deadline)";
     match &disk.scheduler {
-        None => items.push(not_applicable(
-            "disk_scheduler",
-            &disk.device,
-            scheduler_why,
-            "no scheduler attribute",
-        )),
+        None => items.push(not_applicable("disk_scheduler", &disk.device, scheduler_why, "no scheduler attribute")),
         Some(current) => {
             let recommended = if spinning { "mq-deadline" } else { "none" };
             let available = disk.schedulers_available.iter().any(|s| s == recommended);
@@ -536,9 +474,7 @@ fn check_nic_irqs(machine: &Machine, nic: &crate::probe::Nic, reserved: &[usize]
     }
     let reserved_set: BTreeSet<usize> = reserved.iter().copied().collect();
     let on_reserved = nic.irqs.iter().all(|irq| {
-        irq.affinity
-            .as_ref()
-            .is_some_and(|cpus| !cpus.is_empty() && cpus.iter().all(|c| reserved_set.contains(c)))
+        irq.affinity.as_ref().is_some_and(|cpus| !cpus.is_empty() && cpus.iter().all(|c| reserved_set.contains(c)))
     });
     let list = format_cpu_list(reserved);
     Item {
@@ -549,15 +485,7 @@ fn check_nic_irqs(machine: &Machine, nic: &crate::probe::Nic, reserved: &[usize]
         ok: Some(on_reserved),
         why,
         fix: write_fix(
-            nic.irqs
-                .iter()
-                .map(|irq| {
-                    (
-                        format!("/proc/irq/{}/smp_affinity_list", irq.irq),
-                        list.clone(),
-                    )
-                })
-                .collect(),
+            nic.irqs.iter().map(|irq| (format!("/proc/irq/{}/smp_affinity_list", irq.irq), list.clone())).collect(),
         ),
     }
     .build()
@@ -580,12 +508,7 @@ pub fn apply(root: &Path, items: &[TuneItem]) -> Vec<ApplyOutcome> {
             Fix::RaiseLimit { resource, target } => raise_limit(*resource, *target),
             Fix::Manual { instruction } => (ApplyResult::Manual, instruction.clone()),
         };
-        outcomes.push(ApplyOutcome {
-            check: item.check.clone(),
-            subject: item.subject.clone(),
-            result,
-            detail,
-        });
+        outcomes.push(ApplyOutcome { check: item.check.clone(), subject: item.subject.clone(), result, detail });
     }
     outcomes
 }
@@ -602,25 +525,13 @@ fn apply_writes(root: &Path, writes: &[FileWrite]) -> (ApplyResult, String) {
             .and_then(|mut file| file.write_all(write.value.as_bytes()));
         match result {
             Ok(()) => done.push(format!("{} = {}", write.path, write.value)),
-            Err(error) => failed.push(format!(
-                "write {:?} to {}: {}",
-                write.value,
-                path.display(),
-                explain(&error)
-            )),
+            Err(error) => failed.push(format!("write {:?} to {}: {}", write.value, path.display(), explain(&error))),
         }
     }
     match (done.is_empty(), failed.is_empty()) {
         (_, true) => (ApplyResult::Applied, done.join("; ")),
         (true, false) => (ApplyResult::Failed, failed.join("; ")),
-        (false, false) => (
-            ApplyResult::Failed,
-            format!(
-                "partly applied ({}); {}",
-                done.join("; "),
-                failed.join("; ")
-            ),
-        ),
+        (false, false) => (ApplyResult::Failed, format!("partly applied ({}); {}", done.join("; "), failed.join("; "))),
     }
 }
 
@@ -647,30 +558,18 @@ fn raise_limit(resource: LimitResource, target: Option<u64>) -> (ApplyResult, St
         "this process only; persist with {name}= in the broker's systemd unit or `{unit}` in /etc/security/limits.conf"
     );
     let wanted = target.unwrap_or(libc::RLIM_INFINITY);
-    let mut current = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut current = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit read and write only the struct we pass.
     if unsafe { libc::getrlimit(raw, &mut current) } != 0 {
-        return (
-            ApplyResult::Failed,
-            format!("getrlimit {unit}: {}", std::io::Error::last_os_error()),
-        );
+        return (ApplyResult::Failed, format!("getrlimit {unit}: {}", std::io::Error::last_os_error()));
     }
-    let both = libc::rlimit {
-        rlim_cur: wanted,
-        rlim_max: wanted.max(current.rlim_max),
-    };
+    let both = libc::rlimit { rlim_cur: wanted, rlim_max: wanted.max(current.rlim_max) };
     // SAFETY: as above.
     if unsafe { libc::setrlimit(raw, &both) } == 0 {
         return (ApplyResult::Applied, format!("raised {unit} ({persist})"));
     }
     let error = std::io::Error::last_os_error();
-    let soft_to_hard = libc::rlimit {
-        rlim_cur: current.rlim_max,
-        rlim_max: current.rlim_max,
-    };
+    let soft_to_hard = libc::rlimit { rlim_cur: current.rlim_max, rlim_max: current.rlim_max };
     // SAFETY: as above; raising soft up to hard never needs privileges.
     if unsafe { libc::setrlimit(raw, &soft_to_hard) } == 0 {
         return (
@@ -681,8 +580,5 @@ fn raise_limit(resource: LimitResource, target: Option<u64>) -> (ApplyResult, St
             ),
         );
     }
-    (
-        ApplyResult::Failed,
-        format!("setrlimit {unit}: {}", explain(&error)),
-    )
+    (ApplyResult::Failed, format!("setrlimit {unit}: {}", explain(&error)))
 }

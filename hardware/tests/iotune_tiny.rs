@@ -20,10 +20,7 @@ fn tiny_run_measures_every_figure_and_round_trips() {
     let data_dir = dir.path().join("data");
     let mut phases = Vec::new();
     let config = IotuneConfig::tiny();
-    let profile = iotune::run(&data_dir, &config, &mut |line| {
-        phases.push(line.to_string())
-    })
-    .unwrap();
+    let profile = iotune::run(&data_dir, &config, &mut |line| phases.push(line.to_string())).unwrap();
 
     assert!(profile.write_bandwidth_bytes_per_sec > 0);
     assert!(profile.read_bandwidth_bytes_per_sec > 0);
@@ -34,11 +31,7 @@ fn tiny_run_measures_every_figure_and_round_trips() {
     assert!(latency.p50 > 0 && latency.p50 <= latency.p99 && latency.p99 <= latency.max);
     // 2 block sizes × 2 depths × 2 directions.
     assert_eq!(profile.sweep.len(), 8);
-    assert!(
-        config
-            .block_sizes_bytes
-            .contains(&profile.knee_block_size_bytes)
-    );
+    assert!(config.block_sizes_bytes.contains(&profile.knee_block_size_bytes));
     assert!(config.queue_depths.contains(&profile.knee_queue_depth));
     assert!(
         profile.write_knee.bandwidth_bytes_per_sec as f64
@@ -46,18 +39,14 @@ fn tiny_run_measures_every_figure_and_round_trips() {
     );
     assert_eq!(profile.file_size_bytes, config.file_size_bytes);
     assert!(phases.len() >= 6, "{phases:?}");
-    assert!(
-        !data_dir.join(SCRATCH_FILE_NAME).exists(),
-        "scratch file must be removed"
-    );
+    assert!(!data_dir.join(SCRATCH_FILE_NAME).exists(), "scratch file must be removed");
 
     let path = IoProfile::default_path(&data_dir);
     assert_eq!(path, data_dir.join("io-profile.json"));
     assert_eq!(IoProfile::load(&path).unwrap(), None);
     profile.save(&path).unwrap();
     assert_eq!(IoProfile::load(&path).unwrap(), Some(profile.clone()));
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert!(json["fdatasync_latency_us"]["p99"].as_u64().is_some());
     assert!(json["write_bandwidth_bytes_per_sec"].as_u64().is_some());
 }
@@ -79,9 +68,7 @@ fn unusable_data_dir_is_a_clear_error() {
     let dir = scratch_dir();
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
-    let error = iotune::run(&file.join("data"), &IotuneConfig::tiny(), &mut |_| {})
-        .unwrap_err()
-        .to_string();
+    let error = iotune::run(&file.join("data"), &IotuneConfig::tiny(), &mut |_| {}).unwrap_err().to_string();
     assert!(error.contains("a-file"), "{error}");
     assert!(!Path::new(&file).join("data").exists());
 }

@@ -8,21 +8,13 @@ use std::path::{Path, PathBuf};
 use corelog_hardware::probe::{DiskKind, Machine, ProcessLimits, Rlimit, probe_with_limits};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 fn limits() -> ProcessLimits {
     ProcessLimits {
-        open_files: Rlimit {
-            soft: Some(1024),
-            hard: Some(524288),
-        },
-        locked_memory_bytes: Rlimit {
-            soft: Some(8 << 20),
-            hard: Some(8 << 20),
-        },
+        open_files: Rlimit { soft: Some(1024), hard: Some(524288) },
+        locked_memory_bytes: Rlimit { soft: Some(8 << 20), hard: Some(8 << 20) },
     }
 }
 
@@ -43,55 +35,32 @@ fn two_socket_server_topology_and_memory() {
     assert_eq!(cpus.smt_active, Some(true));
     assert_eq!(cpus.governor.as_deref(), Some("powersave"));
     let cpu9 = &cpus.list[9];
-    assert_eq!(
-        (cpu9.socket, cpu9.core, cpu9.numa_node),
-        (Some(1), Some(1), Some(1))
-    );
+    assert_eq!((cpu9.socket, cpu9.core, cpu9.numa_node), (Some(1), Some(1), Some(1)));
     assert_eq!(cpu9.siblings, vec![9, 25]);
     assert_eq!(cpu9.max_frequency_khz, Some(3_500_000));
     let l3 = cpus.caches.iter().find(|c| c.level == 3).unwrap();
     assert_eq!(l3.size_bytes, Some(30 * 1024 * 1024));
     assert_eq!((l3.instances, l3.cpus_per_instance), (2, 16));
-    let l1d = cpus
-        .caches
-        .iter()
-        .find(|c| c.level == 1 && c.kind == "Data")
-        .unwrap();
+    let l1d = cpus.caches.iter().find(|c| c.level == 1 && c.kind == "Data").unwrap();
     assert_eq!((l1d.instances, l1d.cpus_per_instance), (16, 2));
 
     assert_eq!(machine.memory_bytes, Some(263_921_664 * 1024));
     assert_eq!(machine.numa_nodes.len(), 2);
     assert_eq!(machine.numa_nodes[1].cpus[..3], [8, 9, 10]);
     assert_eq!(machine.numa_nodes[1].memory_bytes, Some(132_109_308 * 1024));
-    assert_eq!(
-        machine.memory.transparent_hugepages.as_deref(),
-        Some("always")
-    );
-    assert_eq!(
-        machine.memory.transparent_hugepages_defrag.as_deref(),
-        Some("madvise")
-    );
+    assert_eq!(machine.memory.transparent_hugepages.as_deref(), Some("always"));
+    assert_eq!(machine.memory.transparent_hugepages_defrag.as_deref(), Some("madvise"));
     assert_eq!(machine.memory.swappiness, Some(60));
     assert_eq!(machine.limits.aio_max_nr, Some(65536));
     assert_eq!(machine.limits.io_uring_disabled, Some(0));
     assert_eq!(machine.limits.open_files.soft, Some(1024));
     assert_eq!(machine.clocksource.current.as_deref(), Some("tsc"));
-    assert_eq!(
-        machine.clocksource.available,
-        vec!["tsc", "hpet", "acpi_pm"]
-    );
+    assert_eq!(machine.clocksource.available, vec!["tsc", "hpet", "acpi_pm"]);
 }
 
 #[test]
 fn two_socket_server_disks_map_data_dirs_through_partitions() {
-    let machine = probe_fixture(
-        "server-2s-nvme",
-        &[
-            "/var/lib/corelog/data",
-            "/mnt/nvme1/corelog",
-            "/run/corelog",
-        ],
-    );
+    let machine = probe_fixture("server-2s-nvme", &["/var/lib/corelog/data", "/mnt/nvme1/corelog", "/run/corelog"]);
     assert_eq!(machine.disks.len(), 2, "{:#?}", machine.disks);
     let nvme0 = &machine.disks[0];
     assert_eq!(nvme0.device, "nvme0n1");
@@ -113,10 +82,7 @@ fn two_socket_server_disks_map_data_dirs_through_partitions() {
     assert!(nvme0.irqs.iter().all(|irq| irq.name.starts_with("nvme0q")));
     assert_eq!(nvme0.irqs[1].affinity, Some(vec![0, 1, 16, 17]));
     assert_eq!(nvme0.mounts[0].filesystem, "xfs");
-    assert_eq!(
-        nvme0.mounts[0].mount_point,
-        PathBuf::from("/var/lib/corelog")
-    );
+    assert_eq!(nvme0.mounts[0].mount_point, PathBuf::from("/var/lib/corelog"));
 
     let nvme1 = &machine.disks[1];
     assert_eq!(nvme1.device, "nvme1n1");
@@ -144,11 +110,7 @@ fn two_socket_server_nic_and_irqs() {
     assert_eq!((nic.rx_queues, nic.tx_queues), (8, 8));
     assert_eq!(nic.numa_node, Some(0));
     assert_eq!(nic.irqs.len(), 9);
-    let comp3 = nic
-        .irqs
-        .iter()
-        .find(|irq| irq.name == "mlx5_comp3@pci:0000:3b:00.0")
-        .unwrap();
+    let comp3 = nic.irqs.iter().find(|irq| irq.name == "mlx5_comp3@pci:0000:3b:00.0").unwrap();
     assert_eq!(comp3.irq, 203);
     assert_eq!(comp3.affinity, Some(vec![0]));
 }
@@ -163,10 +125,7 @@ fn small_vm_like_the_dev_box() {
     assert_eq!(machine.cpus.governor, None);
     assert_eq!(machine.numa_nodes.len(), 1);
     assert_eq!(machine.memory_bytes, Some(24_684_092 * 1024));
-    assert_eq!(
-        machine.memory.transparent_hugepages.as_deref(),
-        Some("madvise")
-    );
+    assert_eq!(machine.memory.transparent_hugepages.as_deref(), Some("madvise"));
     let vda = &machine.disks[0];
     assert_eq!(vda.device, "vda");
     assert_eq!(vda.kind, DiskKind::Virtio);
@@ -177,10 +136,7 @@ fn small_vm_like_the_dev_box() {
     assert_eq!(vda.physical_block_size, Some(4096));
     assert_eq!(vda.rotational, Some(true));
     assert_eq!(vda.scheduler.as_deref(), Some("mq-deadline"));
-    assert_eq!(
-        vda.schedulers_available,
-        vec!["none", "mq-deadline", "kyber", "bfq"]
-    );
+    assert_eq!(vda.schedulers_available, vec!["none", "mq-deadline", "kyber", "bfq"]);
     assert_eq!(vda.numa_node, None, "numa_node -1 means no affinity");
     let irq_names: Vec<&str> = vda.irqs.iter().map(|irq| irq.name.as_str()).collect();
     assert_eq!(irq_names, vec!["virtio1-req.0"]);
@@ -211,19 +167,13 @@ fn smt_off_machine_with_offline_siblings_loop_and_sata() {
 
     assert_eq!(machine.disks.len(), 2);
     let sda = &machine.disks[0];
-    assert_eq!(
-        (sda.device.as_str(), sda.partition.as_deref()),
-        ("sda", Some("sda2"))
-    );
+    assert_eq!((sda.device.as_str(), sda.partition.as_deref()), ("sda", Some("sda2")));
     assert_eq!(sda.kind, DiskKind::Scsi);
     assert_eq!(sda.model.as_deref(), Some("Samsung SSD 870"));
     assert_eq!(sda.nr_requests, Some(64));
     let loop0 = &machine.disks[1];
     assert_eq!(loop0.kind, DiskKind::Loop);
-    assert_eq!(
-        loop0.backing_file.as_deref(),
-        Some(Path::new("/var/tmp/corelog-disk.img"))
-    );
+    assert_eq!(loop0.backing_file.as_deref(), Some(Path::new("/var/tmp/corelog-disk.img")));
 
     let eno1 = &machine.nics[0];
     assert_eq!(eno1.speed_mbps, Some(1000));
@@ -246,12 +196,7 @@ fn json_has_the_documented_fields() {
 fn missing_files_are_absent_fields_not_failures() {
     let empty = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(empty.path().join("sys/devices/system/cpu")).unwrap();
-    let machine = probe_with_limits(
-        empty.path(),
-        &[PathBuf::from("/data")],
-        ProcessLimits::default(),
-    )
-    .unwrap();
+    let machine = probe_with_limits(empty.path(), &[PathBuf::from("/data")], ProcessLimits::default()).unwrap();
     assert_eq!(machine.cpus.online, 0);
     assert_eq!(machine.memory_bytes, None);
     assert!(machine.disks.is_empty());

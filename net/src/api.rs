@@ -13,26 +13,15 @@ pub struct SupportedApi {
 
 /// Everything the broker implements today.
 pub const SUPPORTED: &[SupportedApi] = &[
-    SupportedApi {
-        key: ApiKey::ApiVersions,
-        min_version: 0,
-        max_version: 4,
-    },
-    SupportedApi {
-        key: ApiKey::Metadata,
-        min_version: 0,
-        max_version: 13,
-    },
-    SupportedApi {
-        key: ApiKey::CreateTopics,
-        min_version: 2,
-        max_version: 7,
-    },
-    SupportedApi {
-        key: ApiKey::DeleteTopics,
-        min_version: 1,
-        max_version: 6,
-    },
+    // Produce is advertised from v0 (librdkafka needs it for compressed produce) but only
+    // v3+ (RecordBatch v2) is accepted.
+    SupportedApi { key: ApiKey::Produce, min_version: 0, max_version: 11 },
+    SupportedApi { key: ApiKey::Fetch, min_version: 4, max_version: 16 },
+    SupportedApi { key: ApiKey::ListOffsets, min_version: 1, max_version: 8 },
+    SupportedApi { key: ApiKey::ApiVersions, min_version: 0, max_version: 4 },
+    SupportedApi { key: ApiKey::Metadata, min_version: 0, max_version: 13 },
+    SupportedApi { key: ApiKey::CreateTopics, min_version: 2, max_version: 7 },
+    SupportedApi { key: ApiKey::DeleteTopics, min_version: 1, max_version: 6 },
 ];
 
 pub fn supported(key: ApiKey) -> Option<SupportedApi> {

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use corelog_engine::log::{LogConfig, ShardLog, TopicPartition};
+use corelog_engine::log::{LogConfig, PartitionOffsets, ShardLog, TopicPartition};
 use corelog_engine::runtime::{ShardContext, ShardId};
 
 use crate::registry::{self, Registry, TopicRecord};
@@ -27,7 +27,10 @@ pub mod error_code {
     pub const INVALID_PARTITIONS: i16 = 37;
     pub const INVALID_REPLICATION_FACTOR: i16 = 38;
     pub const INVALID_REQUEST: i16 = 42;
+    pub const INVALID_RECORD: i16 = 87;
     pub const INVALID_CONFIG: i16 = 40;
+    pub const REQUEST_TIMED_OUT: i16 = 7;
+    pub const UNKNOWN_TOPIC_ID: i16 = 100;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
 }
 
@@ -67,12 +70,7 @@ pub struct TopicOutcome {
 
 impl TopicOutcome {
     fn error(name: &str, error_code: i16, message: impl Into<String>) -> Self {
-        Self {
-            name: name.to_string(),
-            error_code,
-            message: Some(message.into()),
-            record: None,
-        }
+        Self { name: name.to_string(), error_code, message: Some(message.into()), record: None }
     }
 }
 
@@ -99,6 +97,40 @@ pub enum ShardRequest {
     DeleteTopics {
         names: Vec<String>,
     },
+    /// Append a produced batch on the partition's owner; with `wait`, reply once it is
+    /// acknowledged by the partition's durability policy (bounded by `timeout`).
+    Append {
+        partition: TopicPartition,
+        batch: bytes::BytesMut,
+        wait: bool,
+        timeout: std::time::Duration,
+    },
+    /// Read from `offset` on the partition's owner.
+    Read {
+        partition: TopicPartition,
+        offset: i64,
+        max_bytes: usize,
+    },
+    /// Offsets of a partition and, for a timestamp ≥ 0, the first offset at or after it.
+    Offsets {
+        partition: TopicPartition,
+        timestamp: Option<i64>,
+    },
+}
+
+/// A partition read, as sent back to the connection's shard.
+#[derive(Debug)]
+pub struct ReadReply {
+    pub offsets: PartitionOffsets,
+    pub records: bytes::Bytes,
+}
+
+/// Offsets of a partition, and the answer to a timestamp lookup.
+#[derive(Debug)]
+pub struct OffsetsReply {
+    pub offsets: PartitionOffsets,
+    /// First batch base offset whose max timestamp is ≥ the requested one (None: none is).
+    pub offset_for_timestamp: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -106,6 +138,10 @@ pub enum ShardResponse {
     Pong,
     Done(Result<(), String>),
     Topics(Vec<TopicOutcome>),
+    /// Base offset and log start offset, or a Kafka error code.
+    Appended(Result<(i64, i64), i16>),
+    Read(Result<ReadReply, i16>),
+    Offsets(Result<OffsetsReply, i16>),
 }
 
 pub struct ShardBroker {
@@ -124,17 +160,9 @@ impl ShardBroker {
         registry: Arc<Registry>,
         settings: Arc<BrokerSettings>,
     ) -> Rc<Self> {
-        let broker = Rc::new(Self {
-            ctx,
-            log,
-            registry,
-            settings,
-            controller_lock: glommio::sync::Semaphore::new(1),
-        });
+        let broker = Rc::new(Self { ctx, log, registry, settings, controller_lock: glommio::sync::Semaphore::new(1) });
         let handler = Rc::clone(&broker);
-        broker
-            .ctx
-            .serve(move |request| Rc::clone(&handler).on_shard_request(request));
+        broker.ctx.serve(move |request| Rc::clone(&handler).on_shard_request(request));
         broker
     }
 
@@ -150,61 +178,39 @@ impl ShardBroker {
     async fn on_shard_request(self: Rc<Self>, request: ShardRequest) -> ShardResponse {
         match request {
             ShardRequest::Ping => ShardResponse::Pong,
-            ShardRequest::OpenPartition {
-                partition,
-                config,
-                fresh,
-            } => {
+            ShardRequest::OpenPartition { partition, config, fresh } => {
                 let result = async {
                     if fresh {
-                        self.log
-                            .delete_partition(&partition)
-                            .await
-                            .map_err(|e| e.to_string())?;
+                        self.log.delete_partition(&partition).await.map_err(|e| e.to_string())?;
                     }
-                    self.log
-                        .open_partition(&partition, config)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
+                    self.log.open_partition(&partition, config).await.map(|_| ()).map_err(|e| e.to_string())
                 }
                 .await;
                 ShardResponse::Done(result)
             }
-            ShardRequest::DeletePartition { partition } => ShardResponse::Done(
-                self.log
-                    .delete_partition(&partition)
-                    .await
-                    .map_err(|e| e.to_string()),
-            ),
-            ShardRequest::CreateTopics {
-                topics,
-                validate_only,
-            } => ShardResponse::Topics(self.controller_create_topics(topics, validate_only).await),
-            ShardRequest::DeleteTopics { names } => {
-                ShardResponse::Topics(self.controller_delete_topics(names).await)
+            ShardRequest::DeletePartition { partition } => {
+                ShardResponse::Done(self.log.delete_partition(&partition).await.map_err(|e| e.to_string()))
+            }
+            ShardRequest::CreateTopics { topics, validate_only } => {
+                ShardResponse::Topics(self.controller_create_topics(topics, validate_only).await)
+            }
+            ShardRequest::DeleteTopics { names } => ShardResponse::Topics(self.controller_delete_topics(names).await),
+            ShardRequest::Append { partition, batch, wait, timeout } => {
+                ShardResponse::Appended(self.append_local(&partition, batch, wait, timeout).await)
+            }
+            ShardRequest::Read { partition, offset, max_bytes } => {
+                ShardResponse::Read(self.read_local(&partition, offset, max_bytes).await)
+            }
+            ShardRequest::Offsets { partition, timestamp } => {
+                ShardResponse::Offsets(self.offsets_local(&partition, timestamp).await)
             }
         }
     }
 
     /// Creates topics through the controller shard.
-    pub async fn create_topics(
-        &self,
-        topics: Vec<TopicSpec>,
-        validate_only: bool,
-    ) -> Vec<TopicOutcome> {
+    pub async fn create_topics(&self, topics: Vec<TopicSpec>, validate_only: bool) -> Vec<TopicOutcome> {
         let names: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
-        match self
-            .ctx
-            .call(
-                CONTROLLER_SHARD,
-                ShardRequest::CreateTopics {
-                    topics,
-                    validate_only,
-                },
-            )
-            .await
-        {
+        match self.ctx.call(CONTROLLER_SHARD, ShardRequest::CreateTopics { topics, validate_only }).await {
             Ok(ShardResponse::Topics(outcomes)) => outcomes,
             other => unavailable(&names, &format!("controller unavailable: {other:?}")),
         }
@@ -212,63 +218,31 @@ impl ShardBroker {
 
     /// Deletes topics through the controller shard.
     pub async fn delete_topics(&self, names: Vec<String>) -> Vec<TopicOutcome> {
-        match self
-            .ctx
-            .call(
-                CONTROLLER_SHARD,
-                ShardRequest::DeleteTopics {
-                    names: names.clone(),
-                },
-            )
-            .await
-        {
+        match self.ctx.call(CONTROLLER_SHARD, ShardRequest::DeleteTopics { names: names.clone() }).await {
             Ok(ShardResponse::Topics(outcomes)) => outcomes,
             other => unavailable(&names, &format!("controller unavailable: {other:?}")),
         }
     }
 
-    fn validate(
-        &self,
-        spec: &TopicSpec,
-        existing: &registry::TopicMap,
-    ) -> Result<(i32, LogConfig), (i16, String)> {
+    fn validate(&self, spec: &TopicSpec, existing: &registry::TopicMap) -> Result<(i32, LogConfig), (i16, String)> {
         let name = spec.name.as_str();
         if !registry::valid_topic_name(name) {
-            return Err((
-                error_code::INVALID_TOPIC_EXCEPTION,
-                format!("invalid topic name {name:?}"),
-            ));
+            return Err((error_code::INVALID_TOPIC_EXCEPTION, format!("invalid topic name {name:?}")));
         }
         if existing.contains_key(name) {
-            return Err((
-                error_code::TOPIC_ALREADY_EXISTS,
-                format!("topic {name} already exists"),
-            ));
+            return Err((error_code::TOPIC_ALREADY_EXISTS, format!("topic {name} already exists")));
         }
         if spec.has_assignments {
-            return Err((
-                error_code::INVALID_REQUEST,
-                "manual replica assignments are not supported".into(),
-            ));
+            return Err((error_code::INVALID_REQUEST, "manual replica assignments are not supported".into()));
         }
-        let partitions = if spec.partitions == -1 {
-            self.settings.num_partitions
-        } else {
-            spec.partitions
-        };
+        let partitions = if spec.partitions == -1 { self.settings.num_partitions } else { spec.partitions };
         if partitions <= 0 {
-            return Err((
-                error_code::INVALID_PARTITIONS,
-                "number of partitions must be at least 1".into(),
-            ));
+            return Err((error_code::INVALID_PARTITIONS, "number of partitions must be at least 1".into()));
         }
         if !(spec.replication_factor == -1 || spec.replication_factor == 1) {
             return Err((
                 error_code::INVALID_REPLICATION_FACTOR,
-                format!(
-                    "replication factor {} is larger than the 1 available broker",
-                    spec.replication_factor
-                ),
+                format!("replication factor {} is larger than the 1 available broker", spec.replication_factor),
             ));
         }
         let config = registry::log_config(&self.settings.default_log, &spec.configs)
@@ -276,16 +250,9 @@ impl ShardBroker {
         Ok((partitions, config))
     }
 
-    async fn controller_create_topics(
-        &self,
-        specs: Vec<TopicSpec>,
-        validate_only: bool,
-    ) -> Vec<TopicOutcome> {
+    async fn controller_create_topics(&self, specs: Vec<TopicSpec>, validate_only: bool) -> Vec<TopicOutcome> {
         let Ok(_permit) = self.controller_lock.acquire_permit(1).await else {
-            return unavailable(
-                &specs.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
-                "controller stopping",
-            );
+            return unavailable(&specs.iter().map(|s| s.name.clone()).collect::<Vec<_>>(), "controller stopping");
         };
         let mut topics = (*self.registry.snapshot()).clone();
         let mut outcomes = Vec::with_capacity(specs.len());
@@ -301,11 +268,7 @@ impl ShardBroker {
             let record = registry::new_topic(&spec.name, partitions, spec.configs.clone());
             if !validate_only {
                 if let Err(message) = self.open_partitions(&record, &config).await {
-                    outcomes.push(TopicOutcome::error(
-                        &spec.name,
-                        error_code::KAFKA_STORAGE_ERROR,
-                        message,
-                    ));
+                    outcomes.push(TopicOutcome::error(&spec.name, error_code::KAFKA_STORAGE_ERROR, message));
                     continue;
                 }
                 topics.insert(spec.name.clone(), record.clone());
@@ -320,17 +283,11 @@ impl ShardBroker {
         }
         if !created.is_empty() {
             let registry = Arc::clone(&self.registry);
-            let stored = glommio::executor()
-                .spawn_blocking(move || registry.store(topics))
-                .await;
+            let stored = glommio::executor().spawn_blocking(move || registry.store(topics)).await;
             if let Err(message) = stored {
                 tracing::error!(%message, "cannot persist the topic registry");
                 for outcome in outcomes.iter_mut().filter(|o| created.contains(&o.name)) {
-                    *outcome = TopicOutcome::error(
-                        &outcome.name,
-                        error_code::KAFKA_STORAGE_ERROR,
-                        message.clone(),
-                    );
+                    *outcome = TopicOutcome::error(&outcome.name, error_code::KAFKA_STORAGE_ERROR, message.clone());
                 }
             } else {
                 tracing::info!(topics = ?created, "created topics");
@@ -339,29 +296,20 @@ impl ShardBroker {
         outcomes
     }
 
-    async fn open_partitions(
-        &self,
-        record: &TopicRecord,
-        config: &LogConfig,
-    ) -> Result<(), String> {
+    async fn open_partitions(&self, record: &TopicRecord, config: &LogConfig) -> Result<(), String> {
         let table = self.ctx.placement.table();
         for index in 0..record.partitions {
             let partition = TopicPartition::new(record.name.clone(), index);
             let owner = table.assign(&partition);
-            let request = ShardRequest::OpenPartition {
-                partition: partition.clone(),
-                config: config.clone(),
-                fresh: true,
-            };
+            let request =
+                ShardRequest::OpenPartition { partition: partition.clone(), config: config.clone(), fresh: true };
             match self.ctx.call(owner, request).await {
                 Ok(ShardResponse::Done(Ok(()))) => {}
                 Ok(ShardResponse::Done(Err(message))) => {
                     return Err(format!("partition {partition}: {message}"));
                 }
                 other => {
-                    return Err(format!(
-                        "partition {partition}: shard {owner} answered {other:?}"
-                    ));
+                    return Err(format!("partition {partition}: shard {owner} answered {other:?}"));
                 }
             }
         }
@@ -399,28 +347,15 @@ impl ShardBroker {
         // The registry is the truth: once the topic is gone from it, leftover partition
         // directories are removed (now, or at the next start after a crash).
         let registry = Arc::clone(&self.registry);
-        if let Err(message) = glommio::executor()
-            .spawn_blocking(move || registry.store(topics))
-            .await
-        {
-            return unavailable(
-                &removed.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
-                &message,
-            );
+        if let Err(message) = glommio::executor().spawn_blocking(move || registry.store(topics)).await {
+            return unavailable(&removed.iter().map(|r| r.name.clone()).collect::<Vec<_>>(), &message);
         }
         for record in &removed {
             for index in 0..record.partitions {
                 let partition = TopicPartition::new(record.name.clone(), index);
                 if let Some(owner) = self.owner(&partition) {
-                    let outcome = self
-                        .ctx
-                        .call(
-                            owner,
-                            ShardRequest::DeletePartition {
-                                partition: partition.clone(),
-                            },
-                        )
-                        .await;
+                    let outcome =
+                        self.ctx.call(owner, ShardRequest::DeletePartition { partition: partition.clone() }).await;
                     if !matches!(outcome, Ok(ShardResponse::Done(Ok(())))) {
                         tracing::warn!(%partition, ?outcome, "partition files not removed; they go at the next start");
                     }
@@ -432,9 +367,59 @@ impl ShardBroker {
     }
 }
 
+impl ShardBroker {
+    /// Appends on this shard (the owner). Errors are Kafka codes.
+    async fn append_local(
+        &self,
+        partition: &TopicPartition,
+        batch: bytes::BytesMut,
+        wait: bool,
+        timeout: std::time::Duration,
+    ) -> Result<(i64, i64), i16> {
+        let now_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let appended = self.log.append(partition, batch, now_ms).map_err(|e| e.kafka_error_code())?;
+        if wait {
+            let durable = appended.durable;
+            match glommio::timer::timeout(timeout, async { Ok(durable.await) }).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return Err(error.kafka_error_code()),
+                Err(_) => return Err(error_code::REQUEST_TIMED_OUT),
+            }
+        }
+        let log_start = self.log.offsets(partition).map(|o| o.log_start_offset).unwrap_or(-1);
+        Ok((appended.base_offset, log_start))
+    }
+
+    /// Reads on this shard (the owner); the bytes are copied out so they can cross shards.
+    async fn read_local(&self, partition: &TopicPartition, offset: i64, max_bytes: usize) -> Result<ReadReply, i16> {
+        let result = self.log.read(partition, offset, max_bytes).await.map_err(|e| e.kafka_error_code())?;
+        let records = result.to_vec().await.map_err(|_| error_code::KAFKA_STORAGE_ERROR)?;
+        Ok(ReadReply { offsets: result.offsets, records: bytes::Bytes::from(records) })
+    }
+
+    async fn offsets_local(&self, partition: &TopicPartition, timestamp: Option<i64>) -> Result<OffsetsReply, i16> {
+        let offsets = self.log.offsets(partition).map_err(|e| e.kafka_error_code())?;
+        let offset_for_timestamp = match timestamp {
+            Some(timestamp) => {
+                self.log.offset_for_timestamp(partition, timestamp).await.map_err(|e| e.kafka_error_code())?
+            }
+            None => None,
+        };
+        Ok(OffsetsReply { offsets, offset_for_timestamp })
+    }
+
+    /// Sends a partition request to the partition's owner (or runs it here).
+    pub async fn partition_call(
+        &self,
+        partition: &TopicPartition,
+        request: ShardRequest,
+    ) -> Result<ShardResponse, i16> {
+        let owner = self.owner(partition).ok_or(error_code::UNKNOWN_TOPIC_OR_PARTITION)?;
+        self.ctx.call(owner, request).await.map_err(|_| error_code::KAFKA_STORAGE_ERROR)
+    }
+}
+
 fn unavailable(names: &[String], message: &str) -> Vec<TopicOutcome> {
-    names
-        .iter()
-        .map(|n| TopicOutcome::error(n, error_code::KAFKA_STORAGE_ERROR, message))
-        .collect()
+    names.iter().map(|n| TopicOutcome::error(n, error_code::KAFKA_STORAGE_ERROR, message)).collect()
 }

@@ -12,15 +12,15 @@ use std::future::Future;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteTopicsRequest, MetadataRequest,
-    RequestHeader, ResponseHeader,
+    ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteTopicsRequest, FetchRequest, ListOffsetsRequest,
+    MetadataRequest, ProduceRequest, RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 use crate::api;
 use crate::broker::ShardBroker;
 use crate::frame::{self, FrameError};
-use crate::handlers::{api_versions, create_topics, delete_topics, metadata};
+use crate::handlers::{api_versions, create_topics, delete_topics, fetch, list_offsets, metadata, produce};
 
 /// The limits of one connection (Kafka's names in brackets).
 #[derive(Debug, Clone)]
@@ -33,10 +33,7 @@ pub struct ConnectionLimits {
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
-        Self {
-            max_frame_bytes: 100 << 20,
-            idle_timeout: Duration::from_secs(600),
-        }
+        Self { max_frame_bytes: 100 << 20, idle_timeout: Duration::from_secs(600) }
     }
 }
 
@@ -52,11 +49,7 @@ pub enum ConnectionError {
     #[error("unsupported {key:?} version {version}")]
     UnsupportedVersion { key: ApiKey, version: i16 },
     #[error("malformed {key:?} v{version} request: {message}")]
-    Malformed {
-        key: ApiKey,
-        version: i16,
-        message: String,
-    },
+    Malformed { key: ApiKey, version: i16, message: String },
     #[error("idle for longer than {0:?}")]
     Idle(Duration),
     #[error("write failed: {0}")]
@@ -71,22 +64,20 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(), ConnectionError> {
     loop {
         let read = frame::read_frame(stream, limits.max_frame_bytes);
-        let frame =
-            match glommio::timer::timeout(limits.idle_timeout, async { Ok(read.await) }).await {
-                Ok(result) => result?,
-                Err(_) => return Err(ConnectionError::Idle(limits.idle_timeout)),
-            };
+        let frame = match glommio::timer::timeout(limits.idle_timeout, async { Ok(read.await) }).await {
+            Ok(result) => result?,
+            Err(_) => return Err(ConnectionError::Idle(limits.idle_timeout)),
+        };
         let Some(frame) = frame else { return Ok(()) };
-        let response = handle(frame.freeze(), broker).await?;
-        stream
-            .write_all(&response)
-            .await
-            .map_err(ConnectionError::Write)?;
+        if let Some(response) = handle(frame.freeze(), broker).await? {
+            stream.write_all(&response).await.map_err(ConnectionError::Write)?;
+        }
     }
 }
 
-/// Decodes one request frame and returns the response frame (size prefix included).
-pub async fn handle(mut frame: Bytes, broker: &ShardBroker) -> Result<BytesMut, ConnectionError> {
+/// Decodes one request frame and returns the response frame (size prefix included), or
+/// nothing for a request that gets no response (Produce with `acks=0`).
+pub async fn handle(mut frame: Bytes, broker: &ShardBroker) -> Result<Option<BytesMut>, ConnectionError> {
     if frame.len() < 8 {
         return Err(ConnectionError::ShortHeader(frame.len()));
     }
@@ -100,42 +91,41 @@ pub async fn handle(mut frame: Bytes, broker: &ShardBroker) -> Result<BytesMut, 
     if !(supported.min_version..=supported.max_version).contains(&version) {
         if key == ApiKey::ApiVersions {
             // KIP-511: answer in v0 (which every client can read) with the supported ranges.
-            return encode_response(correlation_id, 0, 0, &api_versions::unsupported_version());
+            return encode_response(correlation_id, 0, 0, &api_versions::unsupported_version()).map(Some);
         }
         return Err(ConnectionError::UnsupportedVersion { key, version });
     }
-    RequestHeader::decode(&mut frame, key.request_header_version(version)).map_err(|e| {
-        ConnectionError::Malformed {
-            key,
-            version,
-            message: e.to_string(),
-        }
-    })?;
-    let call = Call {
-        frame,
+    if key == ApiKey::Produce && version < 3 {
+        // Advertised from v0 for librdkafka's sake; message formats v0/v1 are not accepted.
+        return Err(ConnectionError::UnsupportedVersion { key, version });
+    }
+    RequestHeader::decode(&mut frame, key.request_header_version(version)).map_err(|e| ConnectionError::Malformed {
         key,
         version,
-        correlation_id,
+        message: e.to_string(),
+    })?;
+    let call = Call { frame, key, version, correlation_id };
+    let respond = |call: Call| async move {
+        match key {
+            ApiKey::ApiVersions => call.respond(|_: ApiVersionsRequest| async { api_versions::handle() }).await,
+            ApiKey::Metadata => call.respond(|r: MetadataRequest| metadata::handle(broker, r, version)).await,
+            ApiKey::CreateTopics => {
+                call.respond(|r: CreateTopicsRequest| create_topics::handle(broker, r, version)).await
+            }
+            ApiKey::DeleteTopics => {
+                call.respond(|r: DeleteTopicsRequest| delete_topics::handle(broker, r, version)).await
+            }
+            ApiKey::Fetch => call.respond(|r: FetchRequest| fetch::handle(broker, r, version)).await,
+            ApiKey::ListOffsets => call.respond(|r: ListOffsetsRequest| list_offsets::handle(broker, r, version)).await,
+            _ => Err(ConnectionError::UnsupportedVersion { key, version }),
+        }
     };
-    match key {
-        ApiKey::ApiVersions => {
-            call.respond(|_: ApiVersionsRequest| async { api_versions::handle() })
-                .await
-        }
-        ApiKey::Metadata => {
-            call.respond(|r: MetadataRequest| metadata::handle(broker, r, version))
-                .await
-        }
-        ApiKey::CreateTopics => {
-            call.respond(|r: CreateTopicsRequest| create_topics::handle(broker, r, version))
-                .await
-        }
-        ApiKey::DeleteTopics => {
-            call.respond(|r: DeleteTopicsRequest| delete_topics::handle(broker, r, version))
-                .await
-        }
-        _ => Err(ConnectionError::UnsupportedVersion { key, version }),
+    if key == ApiKey::Produce {
+        let (request, call) = call.decode::<ProduceRequest>()?;
+        let (response, send) = produce::handle(broker, request, version).await;
+        return if send { call.encode(&response).map(Some) } else { Ok(None) };
     }
+    respond(call).await.map(Some)
 }
 
 /// One decoded request header and the body bytes after it.
@@ -147,35 +137,32 @@ struct Call {
 }
 
 impl Call {
-    /// Decodes the body as `Req` (all of it), runs the handler, encodes its response.
-    async fn respond<Req, Resp, F, Fut>(mut self, handler: F) -> Result<BytesMut, ConnectionError>
+    /// Decodes the body as `Req`, which must use all of it.
+    fn decode<Req: Decodable>(mut self) -> Result<(Req, Self), ConnectionError> {
+        let (key, version) = (self.key, self.version);
+        let malformed = |message: String| ConnectionError::Malformed { key, version, message };
+        let request = Req::decode(&mut self.frame, version).map_err(|e| malformed(e.to_string()))?;
+        if self.frame.has_remaining() {
+            return Err(malformed(format!("{} trailing bytes", self.frame.remaining())));
+        }
+        Ok((request, self))
+    }
+
+    fn encode<Resp: Encodable>(&self, response: &Resp) -> Result<BytesMut, ConnectionError> {
+        encode_response(self.correlation_id, self.key.response_header_version(self.version), self.version, response)
+    }
+
+    /// Decodes the body, runs the handler, encodes its response.
+    async fn respond<Req, Resp, F, Fut>(self, handler: F) -> Result<BytesMut, ConnectionError>
     where
         Req: Decodable,
         Resp: Encodable,
         F: FnOnce(Req) -> Fut,
         Fut: Future<Output = Resp>,
     {
-        let (key, version) = (self.key, self.version);
-        let malformed = |message: String| ConnectionError::Malformed {
-            key,
-            version,
-            message,
-        };
-        let request =
-            Req::decode(&mut self.frame, version).map_err(|e| malformed(e.to_string()))?;
-        if self.frame.has_remaining() {
-            return Err(malformed(format!(
-                "{} trailing bytes",
-                self.frame.remaining()
-            )));
-        }
+        let (request, call) = self.decode::<Req>()?;
         let response = handler(request).await;
-        encode_response(
-            self.correlation_id,
-            key.response_header_version(version),
-            version,
-            &response,
-        )
+        call.encode(&response)
     }
 }
 
@@ -198,7 +185,5 @@ fn encode_response<T: Encodable>(
 }
 
 fn encode_error(error: impl std::fmt::Display) -> ConnectionError {
-    ConnectionError::Write(std::io::Error::other(format!(
-        "encoding the response failed: {error}"
-    )))
+    ConnectionError::Write(std::io::Error::other(format!("encoding the response failed: {error}")))
 }

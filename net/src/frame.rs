@@ -40,23 +40,16 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     while filled < 4 {
         let n = reader.read(&mut size[filled..]).await?;
         if n == 0 {
-            return if filled == 0 {
-                Ok(None)
-            } else {
-                Err(FrameError::Truncated)
-            };
+            return if filled == 0 { Ok(None) } else { Err(FrameError::Truncated) };
         }
         filled += n;
     }
     let size_bytes = check_size(i32::from_be_bytes(size), max_bytes)?;
     let mut frame = BytesMut::zeroed(size_bytes);
-    reader
-        .read_exact(&mut frame)
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
-            _ => FrameError::Io(e),
-        })?;
+    reader.read_exact(&mut frame).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
+        _ => FrameError::Io(e),
+    })?;
     Ok(Some(frame))
 }
 
@@ -73,10 +66,7 @@ mod tests {
     use super::*;
 
     fn read(bytes: &[u8], max: usize) -> Result<Option<BytesMut>, FrameError> {
-        futures_lite::future::block_on(read_frame(
-            &mut futures_lite::io::Cursor::new(bytes.to_vec()),
-            max,
-        ))
+        futures_lite::future::block_on(read_frame(&mut futures_lite::io::Cursor::new(bytes.to_vec()), max))
     }
 
     #[test]
@@ -85,22 +75,10 @@ mod tests {
         assert_eq!(read(&frame, 100).unwrap().unwrap(), &b"hello"[..]);
         assert!(read(&[], 100).unwrap().is_none());
         assert!(matches!(read(&[0, 0], 100), Err(FrameError::Truncated)));
-        assert!(matches!(
-            read(&[0, 0, 0, 9, 1], 100),
-            Err(FrameError::Truncated)
-        ));
-        assert!(matches!(
-            read(&(-1i32).to_be_bytes(), 100),
-            Err(FrameError::NonPositive { .. })
-        ));
-        assert!(matches!(
-            read(&0i32.to_be_bytes(), 100),
-            Err(FrameError::NonPositive { .. })
-        ));
+        assert!(matches!(read(&[0, 0, 0, 9, 1], 100), Err(FrameError::Truncated)));
+        assert!(matches!(read(&(-1i32).to_be_bytes(), 100), Err(FrameError::NonPositive { .. })));
+        assert!(matches!(read(&0i32.to_be_bytes(), 100), Err(FrameError::NonPositive { .. })));
         let claim_2gib = i32::MAX.to_be_bytes();
-        assert!(matches!(
-            read(&claim_2gib, 100 << 20),
-            Err(FrameError::TooLarge { .. })
-        ));
+        assert!(matches!(read(&claim_2gib, 100 << 20), Err(FrameError::TooLarge { .. })));
     }
 }

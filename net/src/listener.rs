@@ -31,18 +31,9 @@ pub struct Listener {
 
 impl Listener {
     /// Binds `address` on the calling shard.
-    pub fn bind(
-        address: SocketAddr,
-        limits: ConnectionLimits,
-        max_connections: usize,
-    ) -> std::io::Result<Self> {
+    pub fn bind(address: SocketAddr, limits: ConnectionLimits, max_connections: usize) -> std::io::Result<Self> {
         let listener = TcpListener::bind(address).map_err(std::io::Error::from)?;
-        Ok(Self {
-            listener,
-            limits,
-            max_connections,
-            stats: Rc::new(Cell::new(ListenerStats::default())),
-        })
+        Ok(Self { listener, limits, max_connections, stats: Rc::new(Cell::new(ListenerStats::default())) })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -80,11 +71,7 @@ impl Listener {
                     s.accepted += 1;
                     s.active += 1;
                 });
-                let (stats, limits, broker) = (
-                    Rc::clone(&self.stats),
-                    self.limits.clone(),
-                    Rc::clone(&broker),
-                );
+                let (stats, limits, broker) = (Rc::clone(&self.stats), self.limits.clone(), Rc::clone(&broker));
                 glommio::spawn_local(async move {
                     let peer = stream.peer_addr().ok();
                     let mut stream = stream;

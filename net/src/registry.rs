@@ -79,12 +79,8 @@ impl Registry {
             Ok(bytes) => serde_json::from_slice::<RegistryFile>(&bytes)
                 .map_err(|e| format!("{} is unreadable: {e}", path.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let file = RegistryFile {
-                    cluster_id: cluster_id_text(&random_id()),
-                    topics: BTreeMap::new(),
-                };
-                std::fs::create_dir_all(&dir)
-                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                let file = RegistryFile { cluster_id: cluster_id_text(&random_id()), topics: BTreeMap::new() };
+                std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
                 write_atomically(&path, &file)?;
                 file
             }
@@ -116,10 +112,7 @@ impl Registry {
     /// Replaces the topic map durably. Controller shard only (blocking: call it from the
     /// blocking pool).
     pub fn store(&self, topics: TopicMap) -> Result<(), String> {
-        let file = RegistryFile {
-            cluster_id: self.cluster_id.clone(),
-            topics,
-        };
+        let file = RegistryFile { cluster_id: self.cluster_id.clone(), topics };
         write_atomically(&self.path, &file)?;
         let mut guard = match self.topics.write() {
             Ok(guard) => guard,
@@ -145,8 +138,7 @@ fn cluster_id_text(bytes: &[u8; 16]) -> String {
 
 fn write_atomically(path: &Path, file: &RegistryFile) -> Result<(), String> {
     use std::io::Write;
-    let text = serde_json::to_vec_pretty(file)
-        .map_err(|e| format!("cannot encode the topic registry: {e}"))?;
+    let text = serde_json::to_vec_pretty(file).map_err(|e| format!("cannot encode the topic registry: {e}"))?;
     let tmp = path.with_extension("json.tmp");
     let fail = |what: &str, e: std::io::Error| format!("{what} {}: {e}", tmp.display());
     let mut out = std::fs::File::create(&tmp).map_err(|e| fail("cannot create", e))?;
@@ -163,12 +155,7 @@ fn write_atomically(path: &Path, file: &RegistryFile) -> Result<(), String> {
 
 /// A new topic record with a fresh id.
 pub fn new_topic(name: &str, partitions: i32, configs: BTreeMap<String, String>) -> TopicRecord {
-    TopicRecord {
-        name: name.to_string(),
-        id: hex(&random_id()),
-        partitions,
-        configs,
-    }
+    TopicRecord { name: name.to_string(), id: hex(&random_id()), partitions, configs }
 }
 
 /// Kafka's topic name rule: 1–249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
@@ -177,9 +164,7 @@ pub fn valid_topic_name(name: &str) -> bool {
         && name.len() <= 249
         && name != "."
         && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 /// The topic configs corelog understands; anything else is refused with INVALID_CONFIG.
@@ -197,26 +182,12 @@ pub const TOPIC_CONFIG_KEYS: &[&str] = &[
 ];
 
 /// Applies topic configs over the broker defaults; an error names the key and the problem.
-pub fn log_config(
-    defaults: &LogConfig,
-    configs: &BTreeMap<String, String>,
-) -> Result<LogConfig, String> {
+pub fn log_config(defaults: &LogConfig, configs: &BTreeMap<String, String>) -> Result<LogConfig, String> {
     let mut config = defaults.clone();
     for (key, value) in configs {
-        let number = || {
-            value
-                .parse::<i64>()
-                .map_err(|_| format!("{key}: {value:?} is not a number"))
-        };
-        let positive = || {
-            number().and_then(|n| {
-                if n > 0 {
-                    Ok(n as u64)
-                } else {
-                    Err(format!("{key} must be positive"))
-                }
-            })
-        };
+        let number = || value.parse::<i64>().map_err(|_| format!("{key}: {value:?} is not a number"));
+        let positive =
+            || number().and_then(|n| if n > 0 { Ok(n as u64) } else { Err(format!("{key} must be positive")) });
         let limit = || {
             number().and_then(|n| match n {
                 -1 => Ok(None),
@@ -240,24 +211,19 @@ pub fn log_config(
             "max.message.bytes" => config.max_message_bytes = positive()? as usize,
             "cleanup.policy" if value == "delete" => {}
             "cleanup.policy" => {
-                return Err(format!(
-                    "cleanup.policy={value} is not supported yet (only delete)"
-                ));
+                return Err(format!("cleanup.policy={value} is not supported yet (only delete)"));
             }
             "message.timestamp.type" if value == "CreateTime" => {}
             "message.timestamp.type" => {
-                return Err(format!(
-                    "message.timestamp.type={value} is not supported yet (only CreateTime)"
-                ));
+                return Err(format!("message.timestamp.type={value} is not supported yet (only CreateTime)"));
             }
             "min.insync.replicas" if value == "1" => {}
             "min.insync.replicas" => {
                 return Err("min.insync.replicas must be 1 on a single broker".into());
             }
             "corelog.flush.policy" => {
-                config.flush = FlushPolicy::parse(value).ok_or_else(|| {
-                    format!("corelog.flush.policy={value}: expected always, none or interval:<ms>")
-                })?;
+                config.flush = FlushPolicy::parse(value)
+                    .ok_or_else(|| format!("corelog.flush.policy={value}: expected always, none or interval:<ms>"))?;
             }
             _ => return Err(format!("unknown topic config {key}")),
         }
@@ -280,24 +246,18 @@ mod tests {
 
     #[test]
     fn configs_map_onto_the_log_config_and_refuse_the_unknown() {
-        let configs: BTreeMap<String, String> = [
-            ("retention.ms", "-1"),
-            ("segment.bytes", "1048576"),
-            ("corelog.flush.policy", "none"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        let configs: BTreeMap<String, String> =
+            [("retention.ms", "-1"), ("segment.bytes", "1048576"), ("corelog.flush.policy", "none")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
         let config = log_config(&LogConfig::default(), &configs).unwrap();
         assert_eq!(config.retention_ms, None);
         assert_eq!(config.segment_bytes, 1 << 20);
         assert_eq!(config.flush, FlushPolicy::None);
-        for (key, value) in [
-            ("bogus", "1"),
-            ("segment.bytes", "x"),
-            ("cleanup.policy", "compact"),
-            ("retention.ms", "-7"),
-        ] {
+        for (key, value) in
+            [("bogus", "1"), ("segment.bytes", "x"), ("cleanup.policy", "compact"), ("retention.ms", "-7")]
+        {
             let configs = BTreeMap::from([(key.to_string(), value.to_string())]);
             let err = log_config(&LogConfig::default(), &configs).unwrap_err();
             assert!(err.contains(key), "{err}");

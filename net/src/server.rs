@@ -38,15 +38,8 @@ pub struct ServerConfig {
 /// What shards report to the process that started them.
 #[derive(Debug)]
 pub enum ShardEvent {
-    Ready {
-        shard: usize,
-        partitions: usize,
-        listen: SocketAddr,
-    },
-    Failed {
-        shard: usize,
-        reason: String,
-    },
+    Ready { shard: usize, partitions: usize, listen: SocketAddr },
+    Failed { shard: usize, reason: String },
 }
 
 /// Start-up work done once, before the shards: load the registry, remove partition
@@ -55,19 +48,13 @@ pub enum ShardEvent {
 pub fn prepare(data_dir: &Path, placement: &PlacementTable) -> Result<Arc<Registry>, String> {
     let registry = Registry::open(data_dir)?;
     let topics = registry.snapshot();
-    let entries = std::fs::read_dir(data_dir)
-        .map_err(|e| format!("cannot list data dir {}: {e}", data_dir.display()))?;
+    let entries =
+        std::fs::read_dir(data_dir).map_err(|e| format!("cannot list data dir {}: {e}", data_dir.display()))?;
     for entry in entries.flatten() {
-        let Some(partition) = entry
-            .file_name()
-            .to_str()
-            .and_then(TopicPartition::from_dir_name)
-        else {
+        let Some(partition) = entry.file_name().to_str().and_then(TopicPartition::from_dir_name) else {
             continue;
         };
-        let known = topics
-            .get(&partition.topic)
-            .is_some_and(|t| partition.partition < t.partitions);
+        let known = topics.get(&partition.topic).is_some_and(|t| partition.partition < t.partitions);
         if !known && entry.file_type().is_ok_and(|t| t.is_dir()) {
             tracing::warn!(%partition, "removing the files of a deleted topic");
             std::fs::remove_dir_all(entry.path())
@@ -92,10 +79,7 @@ pub async fn run_shard(
 ) -> Result<(), String> {
     let shard = ctx.id;
     let fail = |reason: String| {
-        let _ = events.send(ShardEvent::Failed {
-            shard,
-            reason: reason.clone(),
-        });
+        let _ = events.send(ShardEvent::Failed { shard, reason: reason.clone() });
         Err(reason)
     };
     let log = match ShardLog::open(ShardLogConfig {
@@ -125,10 +109,7 @@ pub async fn run_shard(
         owned
     };
     for (partition, partition_config) in &owned {
-        match log
-            .open_partition(partition, partition_config.clone())
-            .await
-        {
+        match log.open_partition(partition, partition_config.clone()).await {
             Ok(report) => {
                 let offsets = log.offsets(partition).map_err(|e| e.to_string())?;
                 tracing::info!(
@@ -157,11 +138,7 @@ pub async fn run_shard(
             glommio::timer::sleep(Duration::from_millis(2)).await;
         }
     };
-    let listener = match Listener::bind(
-        address,
-        config.limits.clone(),
-        config.max_connections_per_shard,
-    ) {
+    let listener = match Listener::bind(address, config.limits.clone(), config.max_connections_per_shard) {
         Ok(listener) => listener,
         Err(error) => return fail(format!("cannot listen on {address}: {error}")),
     };
@@ -185,20 +162,15 @@ pub async fn run_shard(
             return fail(format!("shard {peer} unreachable: {error}"));
         }
     }
-    let _ = events.send(ShardEvent::Ready {
-        shard,
-        partitions: owned.len(),
-        listen: actual,
-    });
+    let _ = events.send(ShardEvent::Ready { shard, partitions: owned.len(), listen: actual });
 
     let retention_log = Rc::clone(&log);
     let interval = config.retention_check_interval;
     let retention = glommio::spawn_local(async move {
         loop {
             glommio::timer::sleep(interval).await;
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
+            let now_ms =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
             match retention_log.enforce_retention(now_ms).await {
                 Ok(0) => {}
                 Ok(deleted) => tracing::info!(shard, deleted, "retention deleted segments"),
@@ -214,11 +186,6 @@ pub async fn run_shard(
         return fail(format!("clean stop failed: {error}"));
     }
     let stats = log.stats();
-    tracing::info!(
-        shard,
-        appends = stats.appends,
-        syncs = stats.syncs,
-        "shard stopped"
-    );
+    tracing::info!(shard, appends = stats.appends, syncs = stats.syncs, "shard stopped");
     Ok(())
 }

@@ -37,17 +37,11 @@ fn api_versions_answers_every_version_and_advertises_itself() {
     let broker = Broker::start(Options::default());
     let mut stream = broker.connect();
     for version in 0..=4 {
-        stream
-            .write_all(&api_versions_request(version, 100 + i32::from(version)))
-            .unwrap();
+        stream.write_all(&api_versions_request(version, 100 + i32::from(version))).unwrap();
         let (correlation_id, response) = decode_api_versions(read_response(&mut stream), version);
         assert_eq!(correlation_id, 100 + i32::from(version));
         assert_eq!(response.error_code, 0);
-        let own = response
-            .api_keys
-            .iter()
-            .find(|k| k.api_key == ApiKey::ApiVersions as i16)
-            .unwrap();
+        let own = response.api_keys.iter().find(|k| k.api_key == ApiKey::ApiVersions as i16).unwrap();
         assert_eq!((own.min_version, own.max_version), (0, 4));
     }
 }
@@ -79,32 +73,22 @@ fn pipelined_requests_are_answered_in_order() {
     }
     stream.write_all(&burst).unwrap();
     for id in 0..50 {
-        assert_eq!(
-            decode_api_versions(read_response(&mut stream), (id % 5) as i16).0,
-            id
-        );
+        assert_eq!(decode_api_versions(read_response(&mut stream), (id % 5) as i16).0, id);
     }
 }
 
 #[test]
 fn hostile_input_closes_only_that_connection() {
     let broker = Broker::start(Options {
-        limits: ConnectionLimits {
-            max_frame_bytes: 1 << 20,
-            ..ConnectionLimits::default()
-        },
+        limits: ConnectionLimits { max_frame_bytes: 1 << 20, ..ConnectionLimits::default() },
         ..Options::default()
     });
     let mut healthy = broker.connect();
     let hostile_inputs: Vec<Vec<u8>> = vec![
-        i32::MAX.to_be_bytes().to_vec(), // claims 2 GiB
-        (-4i32).to_be_bytes().to_vec(),  // negative size
+        i32::MAX.to_be_bytes().to_vec(),                           // claims 2 GiB
+        (-4i32).to_be_bytes().to_vec(),                            // negative size
         [4i32.to_be_bytes().to_vec(), vec![0, 18, 0, 0]].concat(), // shorter than a header
-        [
-            8i32.to_be_bytes().to_vec(),
-            vec![0x7f, 0x7f, 0, 0, 0, 0, 0, 1],
-        ]
-        .concat(), // unknown API key
+        [8i32.to_be_bytes().to_vec(), vec![0x7f, 0x7f, 0, 0, 0, 0, 0, 1]].concat(), // unknown API key
         [8i32.to_be_bytes().to_vec(), vec![0, 3, 0, 12, 0, 0, 0, 1]].concat(), // Metadata: not implemented yet
         {
             let mut garbled = api_versions_request(3, 1);
@@ -112,18 +96,12 @@ fn hostile_input_closes_only_that_connection() {
             garbled[len - 3] = 0xff; // a compact string length past the end
             garbled
         },
-        (0..4096u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
-            .collect(), // random bytes
+        (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect(), // random bytes
     ];
     for input in hostile_inputs {
         let mut stream = broker.connect();
         stream.write_all(&input).unwrap();
-        assert!(
-            is_closed(&mut stream),
-            "connection not closed after {:?}",
-            &input[..input.len().min(12)]
-        );
+        assert!(is_closed(&mut stream), "connection not closed after {:?}", &input[..input.len().min(12)]);
         // the healthy client is still served
         healthy.write_all(&api_versions_request(3, 42)).unwrap();
         assert_eq!(decode_api_versions(read_response(&mut healthy), 3).0, 42);
@@ -132,15 +110,8 @@ fn hostile_input_closes_only_that_connection() {
 
 #[test]
 fn connections_beyond_the_limit_are_closed_and_idle_ones_time_out() {
-    let limits = ConnectionLimits {
-        idle_timeout: Duration::from_millis(300),
-        ..ConnectionLimits::default()
-    };
-    let broker = Broker::start(Options {
-        limits,
-        max_connections_per_shard: 2,
-        ..Options::default()
-    });
+    let limits = ConnectionLimits { idle_timeout: Duration::from_millis(300), ..ConnectionLimits::default() };
+    let broker = Broker::start(Options { limits, max_connections_per_shard: 2, ..Options::default() });
     let mut first = broker.connect();
     let _second = broker.connect();
     first.write_all(&api_versions_request(3, 1)).unwrap();

@@ -90,10 +90,7 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        message: message.into(),
-    }
+    ConfigError::Invalid { key, message: message.into() }
 }
 
 pub const DEFAULT_DATA_DIR: &str = "./corelog-data";
@@ -112,27 +109,15 @@ impl BrokerConfig {
         Self::resolve(file, overrides, source)
     }
 
-    pub fn resolve(
-        file: FileConfig,
-        overrides: &Overrides,
-        source: String,
-    ) -> Result<Self, ConfigError> {
-        let listen_text = overrides
-            .listen
-            .clone()
-            .or(file.listen)
-            .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
-        let listen: SocketAddr = listen_text
-            .parse()
-            .map_err(|e| invalid("listen", format!("{listen_text:?} is not HOST:PORT ({e})")))?;
+    pub fn resolve(file: FileConfig, overrides: &Overrides, source: String) -> Result<Self, ConfigError> {
+        let listen_text = overrides.listen.clone().or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen: SocketAddr =
+            listen_text.parse().map_err(|e| invalid("listen", format!("{listen_text:?} is not HOST:PORT ({e})")))?;
         let advertised_listen = match &file.advertised_listen {
             None => None,
-            Some(text) => Some(text.parse().map_err(|e| {
-                invalid(
-                    "advertised_listen",
-                    format!("{text:?} is not HOST:PORT ({e})"),
-                )
-            })?),
+            Some(text) => Some(
+                text.parse().map_err(|e| invalid("advertised_listen", format!("{text:?} is not HOST:PORT ({e})")))?,
+            ),
         };
         let num_partitions = file.num_partitions.unwrap_or(1);
         if num_partitions < 1 {
@@ -142,11 +127,7 @@ impl BrokerConfig {
         if cores == Some(0) {
             return Err(invalid("cores", "must be at least 1"));
         }
-        let data_dir = overrides
-            .data_dir
-            .clone()
-            .or(file.data_dir)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let data_dir = overrides.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         if data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
         }
@@ -157,10 +138,7 @@ impl BrokerConfig {
         }
         let socket_request_max_bytes = file.socket_request_max_bytes.unwrap_or(100 << 20);
         if !(1024..=i32::MAX as usize).contains(&socket_request_max_bytes) {
-            return Err(invalid(
-                "socket_request_max_bytes",
-                "must be between 1024 and 2147483647",
-            ));
+            return Err(invalid("socket_request_max_bytes", "must be between 1024 and 2147483647"));
         }
         let connections_max_idle_ms = file.connections_max_idle_ms.unwrap_or(600_000);
         if connections_max_idle_ms == 0 {
@@ -173,10 +151,7 @@ impl BrokerConfig {
         let log = log_config(&file.log)?;
         let retention_check_interval_ms = file.log.retention_check_interval_ms.unwrap_or(300_000);
         if retention_check_interval_ms == 0 {
-            return Err(invalid(
-                "log.retention_check_interval_ms",
-                "must be positive",
-            ));
+            return Err(invalid("log.retention_check_interval_ms", "must be positive"));
         }
         Ok(Self {
             node_id: file.node_id.unwrap_or(0),
@@ -199,24 +174,17 @@ impl BrokerConfig {
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
-        path: path.to_path_buf(),
-        message: e.to_string().trim().to_string(),
-    })
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::Read { path: path.to_path_buf(), message: e.to_string() })?;
+    toml::from_str(&text)
+        .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string().trim().to_string() })
 }
 
 fn log_config(section: &LogSection) -> Result<LogConfig, ConfigError> {
     let defaults = LogConfig::default();
     let segment_bytes = section.segment_bytes.unwrap_or(defaults.segment_bytes);
     if !(14..=i32::MAX as u64).contains(&segment_bytes) {
-        return Err(invalid(
-            "log.segment_bytes",
-            "must be between 14 and 2147483647",
-        ));
+        return Err(invalid("log.segment_bytes", "must be between 14 and 2147483647"));
     }
     let segment_ms = section.segment_ms.unwrap_or(defaults.segment_ms);
     if segment_ms == 0 {
@@ -226,45 +194,23 @@ fn log_config(section: &LogSection) -> Result<LogConfig, ConfigError> {
         None => Ok(default),
         Some(-1) => Ok(None),
         Some(v) if v >= 0 => Ok(Some(v as u64)),
-        Some(v) => Err(invalid(
-            key,
-            format!("{v} is neither -1 nor a non-negative number"),
-        )),
+        Some(v) => Err(invalid(key, format!("{v} is neither -1 nor a non-negative number"))),
     };
     let flush = match &section.flush {
         None => defaults.flush,
-        Some(text) => FlushPolicy::parse(text).ok_or_else(|| {
-            invalid(
-                "log.flush",
-                format!("{text:?}: expected always, none or interval:<ms>"),
-            )
-        })?,
+        Some(text) => FlushPolicy::parse(text)
+            .ok_or_else(|| invalid("log.flush", format!("{text:?}: expected always, none or interval:<ms>")))?,
     };
-    let max_message_bytes = section
-        .max_message_bytes
-        .unwrap_or(defaults.max_message_bytes);
+    let max_message_bytes = section.max_message_bytes.unwrap_or(defaults.max_message_bytes);
     if max_message_bytes < 61 {
-        return Err(invalid(
-            "log.max_message_bytes",
-            "must hold at least one batch header (61 bytes)",
-        ));
+        return Err(invalid("log.max_message_bytes", "must hold at least one batch header (61 bytes)"));
     }
     Ok(LogConfig {
         segment_bytes,
         segment_ms,
-        index_interval_bytes: section
-            .index_interval_bytes
-            .unwrap_or(defaults.index_interval_bytes),
-        retention_ms: optional_limit(
-            section.retention_ms,
-            defaults.retention_ms,
-            "log.retention_ms",
-        )?,
-        retention_bytes: optional_limit(
-            section.retention_bytes,
-            defaults.retention_bytes,
-            "log.retention_bytes",
-        )?,
+        index_interval_bytes: section.index_interval_bytes.unwrap_or(defaults.index_interval_bytes),
+        retention_ms: optional_limit(section.retention_ms, defaults.retention_ms, "log.retention_ms")?,
+        retention_bytes: optional_limit(section.retention_bytes, defaults.retention_bytes, "log.retention_bytes")?,
         max_message_bytes,
         flush,
         preallocate_bytes: defaults.preallocate_bytes.min(segment_bytes),
@@ -276,10 +222,8 @@ mod tests {
     use super::*;
 
     fn resolve(toml_text: &str, overrides: Overrides) -> Result<BrokerConfig, ConfigError> {
-        let file: FileConfig = toml::from_str(toml_text).map_err(|e| ConfigError::Parse {
-            path: "test.toml".into(),
-            message: e.to_string(),
-        })?;
+        let file: FileConfig = toml::from_str(toml_text)
+            .map_err(|e| ConfigError::Parse { path: "test.toml".into(), message: e.to_string() })?;
         BrokerConfig::resolve(file, &overrides, "test".into())
     }
 
@@ -294,16 +238,8 @@ mod tests {
 
     #[test]
     fn flags_and_environment_beat_the_file() {
-        let overrides = Overrides {
-            listen: Some("127.0.0.1:1234".into()),
-            cores: Some(1),
-            ..Overrides::default()
-        };
-        let config = resolve(
-            "listen = \"0.0.0.0:9\"\ncores = 2\ndata_dir = \"/x\"",
-            overrides,
-        )
-        .unwrap();
+        let overrides = Overrides { listen: Some("127.0.0.1:1234".into()), cores: Some(1), ..Overrides::default() };
+        let config = resolve("listen = \"0.0.0.0:9\"\ncores = 2\ndata_dir = \"/x\"", overrides).unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:1234");
         assert_eq!(config.cores, Some(1));
         assert_eq!(config.data_dir, PathBuf::from("/x"));
@@ -318,21 +254,14 @@ mod tests {
         let err = resolve("[log]\nretention_ms = -5", Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("log.retention_ms"), "{err}");
         let err = resolve("segment_bytes = 5", Overrides::default()).unwrap_err();
-        assert!(
-            err.to_string().contains("segment_bytes"),
-            "unknown keys are named: {err}"
-        );
+        assert!(err.to_string().contains("segment_bytes"), "unknown keys are named: {err}");
         let err = resolve("cores = 0", Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("`cores`"), "{err}");
     }
 
     #[test]
     fn minus_one_means_unlimited_retention() {
-        let config = resolve(
-            "[log]\nretention_ms = -1\nretention_bytes = 1000",
-            Overrides::default(),
-        )
-        .unwrap();
+        let config = resolve("[log]\nretention_ms = -1\nretention_bytes = 1000", Overrides::default()).unwrap();
         assert_eq!(config.log.retention_ms, None);
         assert_eq!(config.log.retention_bytes, Some(1000));
     }

@@ -13,19 +13,10 @@ mod start;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "corelog",
-    version,
-    about = "A Kafka-compatible, thread-per-core event streaming broker"
-)]
+#[command(name = "corelog", version, about = "A Kafka-compatible, thread-per-core event streaming broker")]
 struct Cli {
     /// Log format: human (default) or json.
-    #[arg(
-        long,
-        global = true,
-        env = "CORELOG_LOG_FORMAT",
-        default_value = "human"
-    )]
+    #[arg(long, global = true, env = "CORELOG_LOG_FORMAT", default_value = "human")]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -82,17 +73,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Start {
-            data_dir,
-            listen,
-            cores,
-            config,
-        } => start::run(&config::Overrides {
-            data_dir,
-            listen,
-            cores,
-            config,
-        }),
+        Command::Start { data_dir, listen, cores, config } => {
+            start::run(&config::Overrides { data_dir, listen, cores, config })
+        }
         Command::Hardware { command } => corelog_hardware::cli::run(command),
     }
 }

@@ -28,16 +28,13 @@ fn allowed_cpus() -> Vec<usize> {
     // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for this process.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointer and size of a cpu_set_t.
-    let rc =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
     if rc != 0 {
         let count = std::thread::available_parallelism().map_or(1, |n| n.get());
         return (0..count).collect();
     }
     // SAFETY: CPU_ISSET reads the set filled above.
-    (0..libc::CPU_SETSIZE as usize)
-        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
-        .collect()
+    (0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect()
 }
 
 /// Holds an exclusive flock on `DATA_DIR/.lock` for the life of the broker, so that two
@@ -48,8 +45,7 @@ struct DataDirLock {
 
 impl DataDirLock {
     fn acquire(data_dir: &Path) -> Result<Self, String> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| format!("cannot create data dir {}: {e}", data_dir.display()))?;
+        std::fs::create_dir_all(data_dir).map_err(|e| format!("cannot create data dir {}: {e}", data_dir.display()))?;
         let path = data_dir.join(".lock");
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -88,19 +84,13 @@ fn usage_error(error: &ConfigError) -> ExitCode {
 /// The shard CPUs: the hardware plan's, restricted to this process's affinity mask.
 fn plan_cpus(config: &BrokerConfig) -> Vec<usize> {
     let allowed = allowed_cpus();
-    let planned = match corelog_hardware::probe::probe(
-        Path::new("/"),
-        std::slice::from_ref(&config.data_dir),
-    ) {
+    let planned = match corelog_hardware::probe::probe(Path::new("/"), std::slice::from_ref(&config.data_dir)) {
         Ok(machine) => {
             let plan = corelog_hardware::plan::plan_shards(&machine, config.cores);
             for line in plan.to_string().lines() {
                 tracing::info!("{line}");
             }
-            plan.shard_cpus
-                .into_iter()
-                .filter(|cpu| allowed.contains(cpu))
-                .collect()
+            plan.shard_cpus.into_iter().filter(|cpu| allowed.contains(cpu)).collect()
         }
         Err(error) => {
             tracing::warn!(%error, "hardware probe failed: one shard per allowed CPU");
@@ -110,10 +100,7 @@ fn plan_cpus(config: &BrokerConfig) -> Vec<usize> {
     if !planned.is_empty() {
         return planned;
     }
-    let shards = config
-        .cores
-        .unwrap_or(allowed.len())
-        .clamp(1, allowed.len().max(1));
+    let shards = config.cores.unwrap_or(allowed.len()).clamp(1, allowed.len().max(1));
     allowed.into_iter().take(shards).collect()
 }
 
@@ -134,11 +121,7 @@ fn write_shape(config: &BrokerConfig) -> WriteShape {
                 queue_depth,
                 "I/O profile loaded"
             );
-            WriteShape {
-                chunk_bytes,
-                queue_depth,
-                ..WriteShape::default()
-            }
+            WriteShape { chunk_bytes, queue_depth, ..WriteShape::default() }
         }
         Ok(None) => {
             tracing::info!("no I/O profile (run `corelog hardware iotune`): default write shape");
@@ -172,9 +155,7 @@ fn start(config: BrokerConfig) -> Result<(), String> {
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGINT);
     signals.add(Signal::SIGTERM);
-    signals
-        .thread_block()
-        .map_err(|e| format!("cannot block signals: {e}"))?;
+    signals.thread_block().map_err(|e| format!("cannot block signals: {e}"))?;
 
     let (events_tx, events_rx) = mpsc::channel::<ShardEvent>();
     let runtime_config = RuntimeConfig {
@@ -202,13 +183,7 @@ fn start(config: BrokerConfig) -> Result<(), String> {
     });
     let bound = Arc::new(OnceLock::new());
     let runtime = Runtime::start(&runtime_config, Arc::clone(&placement), move |ctx| {
-        server::run_shard(
-            ctx,
-            Arc::clone(&server_config),
-            Arc::clone(&registry),
-            Arc::clone(&bound),
-            events_tx.clone(),
-        )
+        server::run_shard(ctx, Arc::clone(&server_config), Arc::clone(&registry), Arc::clone(&bound), events_tx.clone())
     })
     .map_err(|e| e.to_string())?;
 
@@ -216,11 +191,7 @@ fn start(config: BrokerConfig) -> Result<(), String> {
     let mut listen = config.listen;
     while ready < shards {
         match events_rx.recv_timeout(Duration::from_secs(600)) {
-            Ok(ShardEvent::Ready {
-                shard,
-                partitions,
-                listen: bound,
-            }) => {
+            Ok(ShardEvent::Ready { shard, partitions, listen: bound }) => {
                 tracing::info!(shard, partitions, "shard ready");
                 listen = bound;
                 ready += 1;
@@ -233,9 +204,7 @@ fn start(config: BrokerConfig) -> Result<(), String> {
     }
     tracing::info!(%listen, topics, "corelog ready");
 
-    let signal = signals
-        .wait()
-        .map_err(|e| format!("waiting for signals failed: {e}"))?;
+    let signal = signals.wait().map_err(|e| format!("waiting for signals failed: {e}"))?;
     tracing::info!(?signal, "stopping: flushing every partition");
     // A second signal during the stop ends the process at once.
     std::thread::spawn(move || {

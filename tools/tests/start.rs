@@ -41,11 +41,7 @@ impl Broker {
                 }
             }
         });
-        Self {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
+        Self { child, lines, seen: Vec::new() }
     }
 
     /// Waits for a log line containing `needle`; panics with everything seen on timeout.
@@ -59,10 +55,7 @@ impl Broker {
                 }
             }
         }
-        panic!(
-            "no line containing {needle:?} within {WAIT:?}; saw:\n{}",
-            self.seen.join("\n")
-        );
+        panic!("no line containing {needle:?} within {WAIT:?}; saw:\n{}", self.seen.join("\n"));
     }
 
     fn signal(&self, signal: i32) {
@@ -82,10 +75,7 @@ impl Broker {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!(
-                    "corelog did not exit within {WAIT:?}; saw:\n{}",
-                    self.seen.join("\n")
-                );
+                panic!("corelog did not exit within {WAIT:?}; saw:\n{}", self.seen.join("\n"));
             }
             while let Ok(line) = self.lines.try_recv() {
                 self.seen.push(line);
@@ -102,10 +92,7 @@ impl Drop for Broker {
 }
 
 fn run<T>(f: impl std::future::Future<Output = T>) -> T {
-    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .make()
-        .unwrap()
-        .run(f)
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().unwrap().run(f)
 }
 
 fn events() -> TopicPartition {
@@ -132,57 +119,32 @@ fn recovers_partitions_after_a_crash_and_leaves_them_clean_on_stop() {
     // The topic exists in the registry (partition directories of unknown topics are removed).
     let registry = corelog_net::registry::Registry::open(dir.path()).unwrap();
     let mut topics = corelog_net::registry::TopicMap::new();
-    topics.insert(
-        "events".into(),
-        corelog_net::registry::new_topic("events", 1, Default::default()),
-    );
+    topics.insert("events".into(), corelog_net::registry::new_topic("events", 1, Default::default()));
     registry.store(topics).unwrap();
     // A leftover of a deleted topic, which the start must remove.
     std::fs::create_dir_all(dir.path().join("gone-0")).unwrap();
     // Write 30 acknowledged batches, then "crash" (no clean close).
     run(async {
-        let log = ShardLog::open(ShardLogConfig::new(dir.path().to_path_buf(), 0))
-            .await
-            .unwrap();
-        log.open_partition(&events(), LogConfig::default())
-            .await
-            .unwrap();
+        let log = ShardLog::open(ShardLogConfig::new(dir.path().to_path_buf(), 0)).await.unwrap();
+        log.open_partition(&events(), LogConfig::default()).await.unwrap();
         for seed in 0..30 {
             let bytes = BytesMut::from(&batch::build_test_batch(2, &[seed as u8; 100], 5)[..]);
-            log.append(&events(), bytes, 0)
-                .unwrap()
-                .durable
-                .await
-                .unwrap();
+            log.append(&events(), bytes, 0).unwrap().durable.await.unwrap();
         }
     });
     let mut broker = Broker::start(dir.path(), &["--cores", "1"]);
     let line = broker.wait_for("partition recovered");
-    assert!(
-        line.contains("events-0") && line.contains("log_end_offset=60"),
-        "{line}"
-    );
-    assert!(
-        line.contains("segments_scanned=1"),
-        "a crashed active segment is scanned: {line}"
-    );
+    assert!(line.contains("events-0") && line.contains("log_end_offset=60"), "{line}");
+    assert!(line.contains("segments_scanned=1"), "a crashed active segment is scanned: {line}");
     broker.wait_for("corelog ready");
     broker.signal(libc::SIGTERM);
     let (code, output) = broker.wait_exit();
     assert_eq!(code, Some(0), "{output}");
-    assert!(
-        !dir.path().join("gone-0").exists(),
-        "files of an unknown topic must be removed"
-    );
+    assert!(!dir.path().join("gone-0").exists(), "files of an unknown topic must be removed");
     // The clean stop left valid indexes: the next open trusts them.
     run(async {
-        let log = ShardLog::open(ShardLogConfig::new(dir.path().to_path_buf(), 0))
-            .await
-            .unwrap();
-        let report = log
-            .open_partition(&events(), LogConfig::default())
-            .await
-            .unwrap();
+        let log = ShardLog::open(ShardLogConfig::new(dir.path().to_path_buf(), 0)).await.unwrap();
+        let report = log.open_partition(&events(), LogConfig::default()).await.unwrap();
         assert_eq!(report.segments_scanned, 0, "{report:?}");
         assert_eq!(log.offsets(&events()).unwrap().log_end_offset, 60);
         log.close().await.unwrap();
@@ -200,8 +162,7 @@ fn an_invalid_config_names_the_key_and_exits_2() {
     assert!(output.contains("log.flush"), "{output}");
 
     std::fs::write(&config, "cores = 1\nunknown_key = 3\n").unwrap();
-    let (code, output) =
-        Broker::start(dir.path(), &["--config", config.to_str().unwrap()]).wait_exit();
+    let (code, output) = Broker::start(dir.path(), &["--config", config.to_str().unwrap()]).wait_exit();
     assert_eq!(code, Some(2), "{output}");
     assert!(output.contains("unknown_key"), "{output}");
 }
@@ -225,10 +186,7 @@ fn an_unusable_data_dir_is_a_fail_stop_with_a_clear_message() {
     std::fs::write(&file, b"x").unwrap();
     let (code, output) = Broker::start(&file, &["--cores", "1"]).wait_exit();
     assert_eq!(code, Some(70), "{output}");
-    assert!(
-        output.contains("not-a-dir"),
-        "the message names the path: {output}"
-    );
+    assert!(output.contains("not-a-dir"), "the message names the path: {output}");
 }
 
 #[test]
@@ -246,9 +204,7 @@ fn the_kafka_port_answers_api_versions_on_every_shard() {
     // Many connections, so that both shards' listeners (SO_REUSEPORT) get some.
     for correlation_id in 0..20i32 {
         let mut stream = std::net::TcpStream::connect(&address).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         // ApiVersions v0: size, api key 18, version 0, correlation id, null client id.
         let mut request = 10i32.to_be_bytes().to_vec();
         request.extend_from_slice(&[0, 18, 0, 0]);
@@ -259,11 +215,7 @@ fn the_kafka_port_answers_api_versions_on_every_shard() {
         stream.read_exact(&mut size).unwrap();
         let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
         stream.read_exact(&mut body).unwrap();
-        assert_eq!(
-            &body[0..4],
-            &correlation_id.to_be_bytes(),
-            "correlation id echoed"
-        );
+        assert_eq!(&body[0..4], &correlation_id.to_be_bytes(), "correlation id echoed");
         assert_eq!(&body[4..6], &[0, 0], "error code NONE");
     }
     broker.signal(libc::SIGTERM);

@@ -9,8 +9,7 @@
 use std::path::PathBuf;
 
 use corelog_benches::{
-    AppendScenario, append_scenario, device_write_bandwidth, hardware_report, on_shard,
-    read_scenario,
+    AppendScenario, append_scenario, device_write_bandwidth, hardware_report, on_shard, read_scenario,
 };
 use corelog_engine::log::FlushPolicy;
 
@@ -40,9 +39,7 @@ fn main() {
     println!(
         "Median of {repeat} runs; every run measures the device first (O_DIRECT sequential write, 1 MiB blocks, queue depth 16).\n"
     );
-    println!(
-        "| scenario | throughput MB/s | device MB/s | ratio | durable p50 / p99 / max µs | syncs | appends |"
-    );
+    println!("| scenario | throughput MB/s | device MB/s | ratio | durable p50 / p99 / max µs | syncs | appends |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     let scenarios: Vec<(&str, AppendScenario)> = vec![
         (
@@ -119,8 +116,7 @@ fn main() {
         for _ in 0..repeat {
             let dir = tempfile::tempdir_in(&base).expect("temp dir");
             let (bw, report) = on_shard(async {
-                let bw =
-                    device_write_bandwidth(dir.path(), gib(256 * scale.min(4)), 1 << 20, 16).await;
+                let bw = device_write_bandwidth(dir.path(), gib(256 * scale.min(4)), 1 << 20, 16).await;
                 (bw, append_scenario(dir.path(), scenario).await)
             });
             device.push(bw);
@@ -170,23 +166,14 @@ fn main() {
         mid.syncs,
         mid.appends
     );
-    for (label, from_cache) in [
-        ("read 1 MiB batches from the batch cache", true),
-        ("read 1 MiB batches from segment files (O_DIRECT)", false),
-    ] {
+    for (label, from_cache) in
+        [("read 1 MiB batches from the batch cache", true), ("read 1 MiB batches from segment files (O_DIRECT)", false)]
+    {
         let mut rates = Vec::new();
         for _ in 0..repeat {
             let dir = tempfile::tempdir_in(&base).expect("temp dir");
-            rates.push(on_shard(read_scenario(
-                dir.path(),
-                gib(64 * scale.min(4)),
-                1 << 20,
-                from_cache,
-            )));
+            rates.push(on_shard(read_scenario(dir.path(), gib(64 * scale.min(4)), 1 << 20, from_cache)));
         }
-        println!(
-            "| {label} | {:.0} | – | – | – | – | – |",
-            median(rates) / 1e6
-        );
+        println!("| {label} | {:.0} | – | – | – | – | – |", median(rates) / 1e6);
     }
 }

@@ -61,24 +61,14 @@ impl BatchCache {
         }
     }
 
-    pub fn insert(
-        &mut self,
-        partition: PartitionId,
-        base_offset: i64,
-        last_offset: i64,
-        bytes: Bytes,
-    ) {
+    pub fn insert(&mut self, partition: PartitionId, base_offset: i64, last_offset: i64, bytes: Bytes) {
         if self.budget_bytes == 0 {
             return;
         }
         self.used_bytes += bytes.len();
         self.live_entries += 1;
         self.order.push_back((partition, base_offset));
-        let previous = self
-            .entries
-            .entry(partition)
-            .or_default()
-            .insert(base_offset, (last_offset, bytes));
+        let previous = self.entries.entry(partition).or_default().insert(base_offset, (last_offset, bytes));
         assert!(previous.is_none(), "batch cached twice");
     }
 
@@ -100,12 +90,7 @@ impl BatchCache {
             let mut out = Vec::new();
             let mut total = 0usize;
             let mut expected_base = None;
-            for (&base, (last, bytes)) in map
-                .range(..=offset)
-                .next_back()
-                .into_iter()
-                .chain(map.range(offset + 1..))
-            {
+            for (&base, (last, bytes)) in map.range(..=offset).next_back().into_iter().chain(map.range(offset + 1..)) {
                 if base >= end_offset || expected_base.is_some_and(|e| e != base) {
                     break;
                 }
@@ -137,10 +122,7 @@ impl BatchCache {
             let Some(&(partition, base)) = self.order.front() else {
                 break;
             };
-            let live = self
-                .entries
-                .get(&partition)
-                .is_some_and(|m| m.contains_key(&base));
+            let live = self.entries.get(&partition).is_some_and(|m| m.contains_key(&base));
             if live && !evictable(partition, base) {
                 break;
             }
@@ -166,12 +148,7 @@ impl BatchCache {
         let doomed: Vec<i64> = self
             .entries
             .get(&partition)
-            .map(|m| {
-                m.iter()
-                    .filter(|(_, (last, _))| *last < offset)
-                    .map(|(&b, _)| b)
-                    .collect()
-            })
+            .map(|m| m.iter().filter(|(_, (last, _))| *last < offset).map(|(&b, _)| b).collect())
             .unwrap_or_default();
         for base in doomed {
             self.remove(partition, base);
@@ -191,8 +168,7 @@ impl BatchCache {
     fn compact_order(&mut self) {
         if self.order.len() > 2 * self.live_entries + 64 {
             let entries = &self.entries;
-            self.order
-                .retain(|(p, b)| entries.get(p).is_some_and(|m| m.contains_key(b)));
+            self.order.retain(|(p, b)| entries.get(p).is_some_and(|m| m.contains_key(b)));
         }
     }
 }
@@ -215,11 +191,7 @@ mod tests {
         assert_eq!(cache.read(1, 5, 100, 1000).map(|v| v.len()), Some(3));
         assert_eq!(cache.read(1, 10, 100, 150).map(|v| v.len()), Some(1));
         assert_eq!(cache.read(1, 0, 20, 1000).map(|v| v.len()), Some(2));
-        assert_eq!(
-            cache.read(1, 0, 100, 10).map(|v| v.len()),
-            Some(1),
-            "first batch always whole"
-        );
+        assert_eq!(cache.read(1, 0, 100, 10).map(|v| v.len()), Some(1), "first batch always whole");
         assert!(cache.read(1, 35, 100, 1000).is_none());
         assert!(cache.read(2, 0, 100, 1000).is_none());
         assert_eq!(cache.stats().hits, 4);

@@ -23,10 +23,7 @@ impl FlushPolicy {
         match text {
             "always" => Some(Self::Always),
             "none" => Some(Self::None),
-            other => other
-                .strip_prefix("interval:")
-                .and_then(|ms| ms.parse().ok())
-                .map(Self::IntervalMs),
+            other => other.strip_prefix("interval:").and_then(|ms| ms.parse().ok()).map(Self::IntervalMs),
         }
     }
 
@@ -86,10 +83,7 @@ mod tests {
     fn flush_policy_parses_its_three_forms() {
         assert_eq!(FlushPolicy::parse("always"), Some(FlushPolicy::Always));
         assert_eq!(FlushPolicy::parse("none"), Some(FlushPolicy::None));
-        assert_eq!(
-            FlushPolicy::parse("interval:250"),
-            Some(FlushPolicy::IntervalMs(250))
-        );
+        assert_eq!(FlushPolicy::parse("interval:250"), Some(FlushPolicy::IntervalMs(250)));
         assert_eq!(FlushPolicy::parse("interval:"), None);
         assert_eq!(FlushPolicy::parse("sometimes"), None);
     }

@@ -105,38 +105,24 @@ impl SegmentIndex {
 
     /// Records a batch appended at `position`. Positions and offsets must increase.
     pub fn on_batch(&mut self, header: &BatchHeader, position: u64) {
-        assert_eq!(
-            position, self.summary.size_bytes,
-            "batches are appended contiguously"
-        );
-        assert!(
-            header.base_offset >= self.summary.next_offset,
-            "offsets must increase"
-        );
+        assert_eq!(position, self.summary.size_bytes, "batches are appended contiguously");
+        assert!(header.base_offset >= self.summary.next_offset, "offsets must increase");
         let relative = u32::try_from(header.base_offset - self.base_offset)
             .unwrap_or_else(|_| panic!("relative offset overflow: segment must have rolled"));
-        let position32 = u32::try_from(position)
-            .unwrap_or_else(|_| panic!("segment position {position} beyond 4 GiB"));
+        let position32 = u32::try_from(position).unwrap_or_else(|_| panic!("segment position {position} beyond 4 GiB"));
         if header.max_timestamp > self.summary.max_timestamp {
             self.summary.max_timestamp = header.max_timestamp;
             self.summary.offset_of_max_timestamp = header.base_offset;
         }
         if self.bytes_since_entry >= self.index_interval_bytes {
             self.offsets.push((relative, position32));
-            let max_relative =
-                (self.summary.offset_of_max_timestamp - self.base_offset).max(0) as u32;
-            if self
-                .times
-                .last()
-                .is_none_or(|&(ts, _)| self.summary.max_timestamp > ts)
-            {
+            let max_relative = (self.summary.offset_of_max_timestamp - self.base_offset).max(0) as u32;
+            if self.times.last().is_none_or(|&(ts, _)| self.summary.max_timestamp > ts) {
                 self.times.push((self.summary.max_timestamp, max_relative));
             }
             self.bytes_since_entry = 0;
         }
-        self.bytes_since_entry = self
-            .bytes_since_entry
-            .saturating_add(header.size_bytes as u64);
+        self.bytes_since_entry = self.bytes_since_entry.saturating_add(header.size_bytes as u64);
         self.summary.size_bytes = position + header.size_bytes as u64;
         self.summary.next_offset = header.next_offset();
     }
@@ -145,9 +131,7 @@ impl SegmentIndex {
     /// `target` starts. The segment start when nothing smaller is indexed.
     pub fn lookup_offset(&self, target: i64) -> (i64, u64) {
         let relative = target - self.base_offset;
-        let at = self
-            .offsets
-            .partition_point(|&(rel, _)| i64::from(rel) <= relative);
+        let at = self.offsets.partition_point(|&(rel, _)| i64::from(rel) <= relative);
         match at.checked_sub(1).map(|i| self.offsets[i]) {
             Some((rel, pos)) => (self.base_offset + i64::from(rel), u64::from(pos)),
             None => (self.base_offset, 0),
@@ -167,8 +151,7 @@ impl SegmentIndex {
 
     /// Encodes the offset index file (summary + entries).
     pub fn encode_offset_index(&self) -> Vec<u8> {
-        let mut out =
-            Vec::with_capacity(OFFSET_HEADER_BYTES + self.offsets.len() * OFFSET_ENTRY_BYTES);
+        let mut out = Vec::with_capacity(OFFSET_HEADER_BYTES + self.offsets.len() * OFFSET_ENTRY_BYTES);
         out.extend_from_slice(OFFSET_MAGIC);
         out.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
         out.extend_from_slice(&(OFFSET_ENTRY_BYTES as u16).to_be_bytes());
@@ -210,20 +193,14 @@ impl SegmentIndex {
         offset_file: &[u8],
         time_file: &[u8],
     ) -> Result<Self, IndexDecodeError> {
-        let offset_count = check_file(
-            offset_file,
-            OFFSET_MAGIC,
-            OFFSET_ENTRY_BYTES,
-            OFFSET_HEADER_BYTES,
-        )?;
+        let offset_count = check_file(offset_file, OFFSET_MAGIC, OFFSET_ENTRY_BYTES, OFFSET_HEADER_BYTES)?;
         let time_count = check_file(time_file, TIME_MAGIC, TIME_ENTRY_BYTES, TIME_HEADER_BYTES)?;
         let u64_at = |b: &[u8], at: usize| {
             let mut raw = [0u8; 8];
             raw.copy_from_slice(&b[at..at + 8]);
             u64::from_be_bytes(raw)
         };
-        let u32_at =
-            |b: &[u8], at: usize| u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        let u32_at = |b: &[u8], at: usize| u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
         let summary = SegmentSummary {
             size_bytes: u64_at(offset_file, 16),
             next_offset: u64_at(offset_file, 24) as i64,
@@ -238,26 +215,15 @@ impl SegmentIndex {
             .map(|i| TIME_HEADER_BYTES + i * TIME_ENTRY_BYTES)
             .map(|at| (u64_at(time_file, at) as i64, u32_at(time_file, at + 8)))
             .collect();
-        let increasing_offsets = offsets
-            .windows(2)
-            .all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1);
+        let increasing_offsets = offsets.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1);
         let increasing_times = times.windows(2).all(|w| w[0].0 < w[1].0);
         let within = offsets.iter().all(|&(rel, pos)| {
-            base_offset + i64::from(rel) < summary.next_offset
-                && u64::from(pos) < summary.size_bytes
+            base_offset + i64::from(rel) < summary.next_offset && u64::from(pos) < summary.size_bytes
         });
-        if !increasing_offsets || !increasing_times || !within || summary.next_offset < base_offset
-        {
+        if !increasing_offsets || !increasing_times || !within || summary.next_offset < base_offset {
             return Err(IndexDecodeError::NotMonotonic);
         }
-        Ok(Self {
-            base_offset,
-            index_interval_bytes,
-            bytes_since_entry: 0,
-            offsets,
-            times,
-            summary,
-        })
+        Ok(Self { base_offset, index_interval_bytes, bytes_since_entry: 0, offsets, times, summary })
     }
 }
 
@@ -296,12 +262,7 @@ fn check_file(
 mod tests {
     use super::*;
 
-    fn header(
-        base_offset: i64,
-        records: i32,
-        size_bytes: usize,
-        max_timestamp: i64,
-    ) -> BatchHeader {
+    fn header(base_offset: i64, records: i32, size_bytes: usize, max_timestamp: i64) -> BatchHeader {
         BatchHeader {
             base_offset,
             size_bytes,
@@ -321,10 +282,7 @@ mod tests {
     fn sample(interval: u64) -> SegmentIndex {
         let mut index = SegmentIndex::new(500, interval);
         for i in 0..10i64 {
-            index.on_batch(
-                &header(500 + i * 10, 10, 100, 1000 + i * 10),
-                (i * 100) as u64,
-            );
+            index.on_batch(&header(500 + i * 10, 10, 100, 1000 + i * 10), (i * 100) as u64);
         }
         index
     }
@@ -346,10 +304,7 @@ mod tests {
         assert_eq!(index.lookup_offset(575), (560, 600));
         assert_eq!(index.lookup_offset(10_000), (590, 900));
         let s = index.summary();
-        assert_eq!(
-            (s.size_bytes, s.next_offset, s.max_timestamp),
-            (1000, 600, 1090)
-        );
+        assert_eq!((s.size_bytes, s.next_offset, s.max_timestamp), (1000, 600, 1090));
     }
 
     #[test]
@@ -358,14 +313,9 @@ mod tests {
         // Batch i holds timestamps 1000 + 10 i; the first batch with max ≥ T is the answer.
         for target in [0, 1000, 1001, 1030, 1031, 1089, 1090, 5000] {
             let start = index.lookup_timestamp(target);
-            let answer = (0..10)
-                .map(|i| 500 + i * 10)
-                .find(|o| 1000 + (o - 500) >= target);
+            let answer = (0..10).map(|i| 500 + i * 10).find(|o| 1000 + (o - 500) >= target);
             if let Some(answer) = answer {
-                assert!(
-                    start <= answer,
-                    "target {target}: start {start} after answer {answer}"
-                );
+                assert!(start <= answer, "target {target}: start {start} after answer {answer}");
             }
         }
         assert_eq!(index.lookup_timestamp(1031), 530);
@@ -393,10 +343,7 @@ mod tests {
 
         let mut flipped = offsets.clone();
         flipped[50] ^= 1;
-        assert_eq!(
-            SegmentIndex::decode(500, 250, &flipped, &times).unwrap_err(),
-            IndexDecodeError::BadChecksum
-        );
+        assert_eq!(SegmentIndex::decode(500, 250, &flipped, &times).unwrap_err(), IndexDecodeError::BadChecksum);
         assert!(SegmentIndex::decode(500, 250, &offsets[..offsets.len() - 3], &times).is_err());
         assert!(SegmentIndex::decode(500, 250, &[], &times).is_err());
         assert!(SegmentIndex::decode(500, 250, &times, &offsets).is_err());

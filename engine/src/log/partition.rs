@@ -32,24 +32,19 @@ pub struct TopicPartition {
 
 impl TopicPartition {
     pub fn new(topic: impl Into<String>, partition: i32) -> Self {
-        Self {
-            topic: topic.into(),
-            partition,
-        }
+        Self { topic: topic.into(), partition }
     }
 
     /// Parses a partition directory name (`my-topic-3` → topic `my-topic`, partition 3).
     pub fn from_dir_name(name: &str) -> Option<Self> {
         let (topic, partition) = name.rsplit_once('-')?;
         let partition: i32 = partition.parse().ok()?;
-        (!topic.is_empty() && partition >= 0 && !partition_is_padded(name))
-            .then(|| Self::new(topic, partition))
+        (!topic.is_empty() && partition >= 0 && !partition_is_padded(name)).then(|| Self::new(topic, partition))
     }
 }
 
 fn partition_is_padded(name: &str) -> bool {
-    name.rsplit_once('-')
-        .is_some_and(|(_, p)| p.len() > 1 && p.starts_with('0'))
+    name.rsplit_once('-').is_some_and(|(_, p)| p.len() > 1 && p.starts_with('0'))
 }
 
 impl fmt::Display for TopicPartition {
@@ -160,15 +155,13 @@ impl Partition {
             return;
         }
         let too_big = active.size_bytes() + header.size_bytes as u64 > config.segment_bytes;
-        let too_old = active
-            .first_append_ms
-            .is_some_and(|first| now_ms.saturating_sub(first) >= config.segment_ms as i64);
+        let too_old =
+            active.first_append_ms.is_some_and(|first| now_ms.saturating_sub(first) >= config.segment_ms as i64);
         let overflow = header.last_offset() - active.base_offset > i64::from(i32::MAX);
         if too_big || too_old || overflow {
             active.sealed = true;
             let base = active.next_offset();
-            self.segments
-                .insert(base, Segment::new(&dir, base, config.index_interval_bytes));
+            self.segments.insert(base, Segment::new(&dir, base, config.index_interval_bytes));
         }
     }
 
@@ -180,11 +173,7 @@ impl Partition {
         bytes: Bytes,
         now_ms: i64,
     ) -> oneshot::Receiver<Result<(), StorageError>> {
-        assert_eq!(
-            header.base_offset,
-            self.log_end_offset(),
-            "batch not stamped at the log end"
-        );
+        assert_eq!(header.base_offset, self.log_end_offset(), "batch not stamped at the log end");
         self.roll_if_needed(header, now_ms);
         self.active_mut().append(header, bytes, now_ms);
         let (tx, rx) = oneshot::channel();
@@ -199,11 +188,7 @@ impl Partition {
         } else {
             self.written_end_offset()
         };
-        while self
-            .waiters
-            .front()
-            .is_some_and(|(needed, _)| *needed <= done)
-        {
+        while self.waiters.front().is_some_and(|(needed, _)| *needed <= done) {
             if let Some((_, tx)) = self.waiters.pop_front() {
                 let _ = tx.send(Ok(()));
             }
@@ -216,10 +201,7 @@ impl Partition {
         tracing::error!(partition = %self.name, error = %cause, "storage failure: partition offline until restart");
         self.failed = Some(cause.to_string());
         for (_, tx) in self.waiters.drain(..) {
-            let _ = tx.send(Err(StorageError::Offline {
-                partition: self.name.to_string(),
-                cause: cause.to_string(),
-            }));
+            let _ = tx.send(Err(StorageError::Offline { partition: self.name.to_string(), cause: cause.to_string() }));
         }
     }
 
@@ -231,16 +213,13 @@ impl Partition {
     }
 
     pub fn offline_error(&self) -> Option<StorageError> {
-        self.failed.as_ref().map(|cause| StorageError::Offline {
-            partition: self.name.to_string(),
-            cause: cause.clone(),
-        })
+        self.failed
+            .as_ref()
+            .map(|cause| StorageError::Offline { partition: self.name.to_string(), cause: cause.clone() })
     }
 
     pub fn has_unsynced(&self) -> bool {
-        self.segments
-            .values()
-            .any(|s| s.has_pending() || s.needs_sync() || s.ready_to_finalize())
+        self.segments.values().any(|s| s.has_pending() || s.needs_sync() || s.ready_to_finalize())
     }
 
     /// Removes the segments retention lets go: whole finalized segments only, oldest first,
@@ -255,13 +234,10 @@ impl Partition {
             let summary = oldest.index.summary();
             let below_start = summary.next_offset <= self.log_start_offset;
             let too_old = self.config.retention_ms.is_some_and(|ms| {
-                summary.max_timestamp >= 0
-                    && now_ms.saturating_sub(summary.max_timestamp) > ms as i64
+                summary.max_timestamp >= 0 && now_ms.saturating_sub(summary.max_timestamp) > ms as i64
             });
-            let too_big = self
-                .config
-                .retention_bytes
-                .is_some_and(|limit| total.saturating_sub(summary.size_bytes) >= limit);
+            let too_big =
+                self.config.retention_bytes.is_some_and(|limit| total.saturating_sub(summary.size_bytes) >= limit);
             if !(below_start || too_old || too_big) {
                 break;
             }
@@ -301,15 +277,12 @@ impl Partition {
     /// Where a search for the first batch with max timestamp ≥ `timestamp` starts.
     pub fn plan_timestamp_lookup(&self, timestamp: i64) -> Option<FileReadPlan> {
         let high_watermark = self.high_watermark();
-        let segment = self.segments.values().find(|s| {
-            s.index.summary().max_timestamp >= timestamp && s.base_offset < high_watermark
-        })?;
-        let start_offset = segment
-            .index
-            .lookup_timestamp(timestamp)
-            .max(self.log_start_offset);
-        let mut plan =
-            self.plan_file_read(start_offset.max(segment.base_offset), high_watermark)?;
+        let segment = self
+            .segments
+            .values()
+            .find(|s| s.index.summary().max_timestamp >= timestamp && s.base_offset < high_watermark)?;
+        let start_offset = segment.index.lookup_timestamp(timestamp).max(self.log_start_offset);
+        let mut plan = self.plan_file_read(start_offset.max(segment.base_offset), high_watermark)?;
         plan.offset = start_offset;
         Some(plan)
     }
@@ -339,10 +312,7 @@ impl Partition {
                 continue;
             }
             let file = segment::open_segment_file(&path, false).await?;
-            let file_size = file
-                .file_size()
-                .await
-                .map_err(|e| IoFailure::new("stat", &path, e))?;
+            let file_size = file.file_size().await.map_err(|e| IoFailure::new("stat", &path, e))?;
             let is_last = Some(base) == last_base;
             let (index, stop) = match trusted_index(&dir, base, &config, file_size).await? {
                 Some(index) => {
@@ -378,12 +348,8 @@ impl Partition {
                     tracing::warn!(partition = %name, segment = base, valid_bytes, file_size, reason = ?stop, "truncating log tail");
                 }
                 report.bytes_truncated += file_size - valid_bytes;
-                file.truncate(valid_bytes)
-                    .await
-                    .map_err(|e| IoFailure::new("truncate", &path, e))?;
-                file.fdatasync()
-                    .await
-                    .map_err(|e| IoFailure::new("fdatasync", &path, e))?;
+                file.truncate(valid_bytes).await.map_err(|e| IoFailure::new("truncate", &path, e))?;
+                file.fdatasync().await.map_err(|e| IoFailure::new("fdatasync", &path, e))?;
             }
             if stop.is_some() {
                 report.stop = stop;
@@ -417,10 +383,7 @@ impl Partition {
         }
         let first_base = segments.keys().next().copied();
         let log_end = segments.values().next_back().map(Segment::next_offset);
-        let log_start_offset = checkpoint
-            .unwrap_or(0)
-            .max(first_base.unwrap_or(0))
-            .min(log_end.unwrap_or(i64::MAX));
+        let log_start_offset = checkpoint.unwrap_or(0).max(first_base.unwrap_or(0)).min(log_end.unwrap_or(i64::MAX));
         if segments.is_empty() {
             let base = checkpoint.unwrap_or(0);
             segments.insert(base, Segment::new(&dir, base, config.index_interval_bytes));
@@ -461,18 +424,15 @@ async fn trusted_index(
     config: &LogConfig,
     file_size: u64,
 ) -> Result<Option<SegmentIndex>, IoFailure> {
-    let Some(offsets) = segment::read_small_file(&segment::offset_index_path(dir, base)).await?
-    else {
+    let Some(offsets) = segment::read_small_file(&segment::offset_index_path(dir, base)).await? else {
         return Ok(None);
     };
     let Some(times) = segment::read_small_file(&segment::time_index_path(dir, base)).await? else {
         return Ok(None);
     };
-    Ok(
-        SegmentIndex::decode(base, config.index_interval_bytes, &offsets, &times)
-            .ok()
-            .filter(|index| index.summary().size_bytes == file_size),
-    )
+    Ok(SegmentIndex::decode(base, config.index_interval_bytes, &offsets, &times)
+        .ok()
+        .filter(|index| index.summary().size_bytes == file_size))
 }
 
 async fn read_tail(file: &DmaFile, path: &Path, size: u64) -> Result<Vec<u8>, IoFailure> {
@@ -500,11 +460,7 @@ async fn list_partition_dir(dir: &Path) -> Result<Vec<i64>, IoFailure> {
         let mut bases = Vec::new();
         for entry in std::fs::read_dir(&owned)? {
             let entry = entry?;
-            if let Some(base) = entry
-                .file_name()
-                .to_str()
-                .and_then(segment::parse_log_file_name)
-            {
+            if let Some(base) = entry.file_name().to_str().and_then(segment::parse_log_file_name) {
                 bases.push(base);
             }
         }
@@ -518,9 +474,7 @@ async fn list_partition_dir(dir: &Path) -> Result<Vec<i64>, IoFailure> {
 /// Makes a new directory entry durable.
 pub(crate) async fn sync_dir(dir: &Path) -> Result<(), IoFailure> {
     let owned = dir.to_path_buf();
-    blocking(move || std::fs::File::open(&owned)?.sync_all())
-        .await
-        .map_err(|e| IoFailure::new("fsync dir", dir, e))
+    blocking(move || std::fs::File::open(&owned)?.sync_all()).await.map_err(|e| IoFailure::new("fsync dir", dir, e))
 }
 
 async fn remove_if_exists(path: &Path) -> Result<(), IoFailure> {
@@ -550,8 +504,7 @@ pub(crate) fn encode_log_start(offset: i64) -> Vec<u8> {
 fn decode_log_start(bytes: &[u8]) -> Option<i64> {
     let raw: [u8; 8] = bytes.get(0..8)?.try_into().ok()?;
     let crc: [u8; 4] = bytes.get(8..12)?.try_into().ok()?;
-    (bytes.len() == 12 && crc32c::crc32c(&raw) == u32::from_be_bytes(crc))
-        .then(|| i64::from_be_bytes(raw))
+    (bytes.len() == 12 && crc32c::crc32c(&raw) == u32::from_be_bytes(crc)).then(|| i64::from_be_bytes(raw))
 }
 
 async fn read_log_start_checkpoint(dir: &Path) -> Result<Option<i64>, IoFailure> {
@@ -567,18 +520,12 @@ async fn read_log_start_checkpoint(dir: &Path) -> Result<Option<i64>, IoFailure>
 }
 
 /// Writes the checkpoint durably: temp file, sync, rename, sync the directory.
-pub(crate) async fn write_log_start_checkpoint(
-    dir: &Path,
-    offset: i64,
-    generation: u64,
-) -> Result<(), IoFailure> {
+pub(crate) async fn write_log_start_checkpoint(dir: &Path, offset: i64, generation: u64) -> Result<(), IoFailure> {
     let tmp = dir.join(format!("{LOG_START_CHECKPOINT}.{generation}.tmp"));
     segment::write_small_file(&tmp, encode_log_start(offset)).await?;
     let target = dir.join(LOG_START_CHECKPOINT);
     let (from, to) = (tmp.clone(), target.clone());
-    blocking(move || std::fs::rename(from, to))
-        .await
-        .map_err(|e| IoFailure::new("rename", &target, e))?;
+    blocking(move || std::fs::rename(from, to)).await.map_err(|e| IoFailure::new("rename", &target, e))?;
     sync_dir(dir).await
 }
 
@@ -588,14 +535,8 @@ mod tests {
 
     #[test]
     fn partition_dir_names_parse_like_kafka() {
-        assert_eq!(
-            TopicPartition::from_dir_name("orders-3"),
-            Some(TopicPartition::new("orders", 3))
-        );
-        assert_eq!(
-            TopicPartition::from_dir_name("my-topic-12"),
-            Some(TopicPartition::new("my-topic", 12))
-        );
+        assert_eq!(TopicPartition::from_dir_name("orders-3"), Some(TopicPartition::new("orders", 3)));
+        assert_eq!(TopicPartition::from_dir_name("my-topic-12"), Some(TopicPartition::new("my-topic", 12)));
         assert_eq!(TopicPartition::from_dir_name("orders"), None);
         assert_eq!(TopicPartition::from_dir_name("-3"), None);
         assert_eq!(TopicPartition::from_dir_name("orders-03"), None);

@@ -37,9 +37,7 @@ pub(crate) fn time_index_path(dir: &Path, base_offset: i64) -> PathBuf {
 /// Parses `00000000000000000042.log` into 42.
 pub(crate) fn parse_log_file_name(name: &str) -> Option<i64> {
     let stem = name.strip_suffix(".log")?;
-    (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| stem.parse().ok())
-        .flatten()
+    (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit())).then(|| stem.parse().ok()).flatten()
 }
 
 /// A write the flusher is to perform, taken from the segment's pending batches.
@@ -56,11 +54,7 @@ pub struct WriteShape {
 
 impl Default for WriteShape {
     fn default() -> Self {
-        Self {
-            write_bytes_max: 32 << 20,
-            chunk_bytes: 1 << 20,
-            queue_depth: 16,
-        }
+        Self { write_bytes_max: 32 << 20, chunk_bytes: 1 << 20, queue_depth: 16 }
     }
 }
 
@@ -186,12 +180,7 @@ impl Segment {
 
     /// Takes pending batches (up to `write_bytes_max`, at least one) into one aligned write
     /// that also rewrites the tail block.
-    pub fn take_write_plan(
-        &mut self,
-        alignment: u64,
-        preallocate_bytes: u64,
-        shape: &WriteShape,
-    ) -> Option<WritePlan> {
+    pub fn take_write_plan(&mut self, alignment: u64, preallocate_bytes: u64, shape: &WriteShape) -> Option<WritePlan> {
         let write_bytes_max = shape.write_bytes_max;
         let file = self.file.clone()?;
         if self.pending.is_empty() {
@@ -199,11 +188,7 @@ impl Segment {
         }
         let alignment = alignment as usize;
         let position = (self.written_bytes as usize / alignment * alignment) as u64;
-        assert_eq!(
-            self.tail.len() as u64,
-            self.written_bytes - position,
-            "tail block out of step"
-        );
+        assert_eq!(self.tail.len() as u64, self.written_bytes - position, "tail block out of step");
         let mut pending_bytes = 0usize;
         let mut batches = 0usize;
         for (bytes, _) in &self.pending {
@@ -218,8 +203,7 @@ impl Segment {
         // The one copy of the write path: O_DIRECT needs aligned memory. Chunks are written
         // concurrently (the device reaches its bandwidth with several writes in flight).
         let chunk_bytes = (shape.chunk_bytes.max(alignment) / alignment) * alignment;
-        let mut chunks: Vec<(u64, glommio::io::DmaBuffer)> =
-            Vec::with_capacity(buffer_len.div_ceil(chunk_bytes));
+        let mut chunks: Vec<(u64, glommio::io::DmaBuffer)> = Vec::with_capacity(buffer_len.div_ceil(chunk_bytes));
         let mut chunk_start = 0usize;
         while chunk_start < buffer_len {
             let len = chunk_bytes.min(buffer_len - chunk_start);
@@ -276,10 +260,7 @@ impl Segment {
     }
 
     pub fn complete_sync(&mut self, durable_bytes: u64, durable_next_offset: i64) {
-        assert!(
-            durable_bytes <= self.written_bytes,
-            "synced past the written bytes"
-        );
+        assert!(durable_bytes <= self.written_bytes, "synced past the written bytes");
         if durable_bytes > self.durable_bytes {
             self.durable_bytes = durable_bytes;
             self.durable_next_offset = durable_next_offset;
@@ -292,50 +273,29 @@ impl Segment {
 
     /// Sealed, all written and synced, not yet finalized.
     pub fn ready_to_finalize(&self) -> bool {
-        self.sealed
-            && !self.finalized
-            && self.pending.is_empty()
-            && self.durable_bytes == self.size_bytes()
+        self.sealed && !self.finalized && self.pending.is_empty() && self.durable_bytes == self.size_bytes()
     }
 }
 
-fn io<'a>(
-    operation: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(glommio::GlommioError<()>) -> IoFailure + 'a {
+fn io<'a>(operation: &'static str, path: &'a Path) -> impl FnOnce(glommio::GlommioError<()>) -> IoFailure + 'a {
     move |e| IoFailure::new(operation, path, e)
 }
 
 /// Opens (creating if needed) a segment file for reading and writing with O_DIRECT.
 pub(crate) async fn open_segment_file(path: &Path, create: bool) -> Result<Rc<DmaFile>, IoFailure> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(create)
-        .dma_open(path)
-        .await
-        .map(Rc::new)
-        .map_err(io("open", path))
+    OpenOptions::new().read(true).write(true).create(create).dma_open(path).await.map(Rc::new).map_err(io("open", path))
 }
 
 /// Opens the buffered read-only descriptor used for splicing (see `Segment::splice_reader`).
 pub(crate) fn open_splice_reader(path: &Path) -> Result<Rc<std::fs::File>, IoFailure> {
-    std::fs::File::open(path)
-        .map(Rc::new)
-        .map_err(|e| IoFailure::new("open for splice", path, e))
+    std::fs::File::open(path).map(Rc::new).map_err(|e| IoFailure::new("open for splice", path, e))
 }
 
 /// Performs a write plan: fallocate if needed, then its aligned O_DIRECT chunk writes,
 /// `queue_depth` at a time. The plan counts as written only when every chunk is.
-pub(crate) async fn execute_write(
-    plan: &mut WritePlan,
-    queue_depth: usize,
-) -> Result<(), IoFailure> {
+pub(crate) async fn execute_write(plan: &mut WritePlan, queue_depth: usize) -> Result<(), IoFailure> {
     if let Some(size) = plan.preallocate_to {
-        plan.file
-            .pre_allocate(size, true)
-            .await
-            .map_err(io("fallocate", &plan.path))?;
+        plan.file.pre_allocate(size, true).await.map_err(io("fallocate", &plan.path))?;
     }
     let mut chunks = std::mem::take(&mut plan.chunks);
     while !chunks.is_empty() {
@@ -344,17 +304,12 @@ pub(crate) async fn execute_write(
             let (file, path) = (&plan.file, &plan.path);
             async move {
                 let expected = buffer.len();
-                let written = file
-                    .write_at(buffer, position)
-                    .await
-                    .map_err(io("write", path))?;
+                let written = file.write_at(buffer, position).await.map_err(io("write", path))?;
                 if written != expected {
                     return Err(IoFailure {
                         operation: "write",
                         path: path.clone(),
-                        message: format!(
-                            "short write at {position}: {written} of {expected} bytes"
-                        ),
+                        message: format!("short write at {position}: {written} of {expected} bytes"),
                         os_error: None,
                     });
                 }
@@ -375,16 +330,9 @@ pub(crate) async fn sync_file(file: &DmaFile, path: &Path) -> Result<(), IoFailu
 
 /// Makes a sealed segment read-only for good: file cut to its exact size, both index files
 /// written and synced. After this, start-up trusts the indexes instead of scanning.
-pub(crate) async fn finalize(
-    dir: &Path,
-    file: &DmaFile,
-    path: &Path,
-    index: &SegmentIndex,
-) -> Result<(), IoFailure> {
+pub(crate) async fn finalize(dir: &Path, file: &DmaFile, path: &Path, index: &SegmentIndex) -> Result<(), IoFailure> {
     let summary = index.summary();
-    file.truncate(summary.size_bytes)
-        .await
-        .map_err(io("truncate", path))?;
+    file.truncate(summary.size_bytes).await.map_err(io("truncate", path))?;
     sync_file(file, path).await?;
     write_index_files(dir, index).await
 }
@@ -398,9 +346,7 @@ pub(crate) async fn write_index_files(dir: &Path, index: &SegmentIndex) -> Resul
 
 /// Writes a small file completely and syncs it (buffered I/O: index files are tiny).
 pub(crate) async fn write_small_file(path: &Path, bytes: Vec<u8>) -> Result<(), IoFailure> {
-    let file = glommio::io::BufferedFile::create(path)
-        .await
-        .map_err(io("create", path))?;
+    let file = glommio::io::BufferedFile::create(path).await.map_err(io("create", path))?;
     let expected = bytes.len();
     let written = file.write_at(bytes, 0).await.map_err(io("write", path))?;
     if written != expected {
@@ -418,9 +364,7 @@ pub(crate) async fn write_small_file(path: &Path, bytes: Vec<u8>) -> Result<(), 
 /// Reads a whole small file; `None` if it does not exist.
 pub(crate) async fn read_small_file(path: &Path) -> Result<Option<Vec<u8>>, IoFailure> {
     let path_owned = path.to_path_buf();
-    let result = glommio::executor()
-        .spawn_blocking(move || std::fs::read(&path_owned))
-        .await;
+    let result = glommio::executor().spawn_blocking(move || std::fs::read(&path_owned)).await;
     match result {
         Ok(bytes) => Ok(Some(bytes)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -468,60 +412,30 @@ pub(crate) async fn scan_segment(
         if remaining == 0 {
             return Ok(ScanOutcome { index, stop: None });
         }
-        let in_window = |w: &Vec<u8>, start: u64, need: usize| {
-            position >= start && (position - start) as usize + need <= w.len()
-        };
-        if !in_window(
-            &window,
-            window_start,
-            batch::BATCH_LENGTH_PREFIX_BYTES.min(remaining as usize),
-        ) {
-            window = read_range(
-                file,
-                path,
-                position,
-                SCAN_CHUNK_BYTES.min(remaining as usize),
-            )
-            .await?;
+        let in_window =
+            |w: &Vec<u8>, start: u64, need: usize| position >= start && (position - start) as usize + need <= w.len();
+        if !in_window(&window, window_start, batch::BATCH_LENGTH_PREFIX_BYTES.min(remaining as usize)) {
+            window = read_range(file, path, position, SCAN_CHUNK_BYTES.min(remaining as usize)).await?;
             window_start = position;
         }
         let at = (position - window_start) as usize;
         let claimed = batch::claimed_batch_size(&window[at..]);
-        let Some(claimed) =
-            claimed.filter(|&c| c >= batch::BATCH_HEADER_BYTES && c as u64 <= remaining)
-        else {
-            return Ok(ScanOutcome {
-                index,
-                stop: Some(ScanStop::TornTail),
-            });
+        let Some(claimed) = claimed.filter(|&c| c >= batch::BATCH_HEADER_BYTES && c as u64 <= remaining) else {
+            return Ok(ScanOutcome { index, stop: Some(ScanStop::TornTail) });
         };
         if !in_window(&window, window_start, claimed) {
-            window = read_range(
-                file,
-                path,
-                position,
-                SCAN_CHUNK_BYTES.max(claimed).min(remaining as usize),
-            )
-            .await?;
+            window = read_range(file, path, position, SCAN_CHUNK_BYTES.max(claimed).min(remaining as usize)).await?;
             window_start = position;
         }
         let at = (position - window_start) as usize;
         let header = match batch::validate_prefix(&window[at..at + claimed]) {
             Ok(header) => header,
             Err(e) => {
-                return Ok(ScanOutcome {
-                    index,
-                    stop: Some(ScanStop::Corrupt(e.to_string())),
-                });
+                return Ok(ScanOutcome { index, stop: Some(ScanStop::Corrupt(e.to_string())) });
             }
         };
-        if header.base_offset < next_offset
-            || header.last_offset() - base_offset > i64::from(u32::MAX >> 1)
-        {
-            return Ok(ScanOutcome {
-                index,
-                stop: Some(ScanStop::OffsetsNotIncreasing),
-            });
+        if header.base_offset < next_offset || header.last_offset() - base_offset > i64::from(u32::MAX >> 1) {
+            return Ok(ScanOutcome { index, stop: Some(ScanStop::OffsetsNotIncreasing) });
         }
         index.on_batch(&header, position);
         next_offset = header.next_offset();
@@ -530,16 +444,8 @@ pub(crate) async fn scan_segment(
 }
 
 /// Reads `len` bytes at `position` (copying: used by recovery and by tests, not by fetch).
-pub(crate) async fn read_range(
-    file: &DmaFile,
-    path: &Path,
-    position: u64,
-    len: usize,
-) -> Result<Vec<u8>, IoFailure> {
-    let result = file
-        .read_at(position, len)
-        .await
-        .map_err(io("read", path))?;
+pub(crate) async fn read_range(file: &DmaFile, path: &Path, position: u64, len: usize) -> Result<Vec<u8>, IoFailure> {
+    let result = file.read_at(position, len).await.map_err(io("read", path))?;
     if result.len() != len {
         return Err(IoFailure {
             operation: "read",

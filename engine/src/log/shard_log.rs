@@ -26,9 +26,7 @@ use crate::batch;
 use crate::error::{AppendError, IoFailure, StorageError};
 use crate::log::cache::{BatchCache, CacheStats, PartitionId};
 use crate::log::config::{FlushPolicy, LogConfig};
-use crate::log::partition::{
-    self, FileReadPlan, Partition, PartitionOffsets, RecoveryReport, TopicPartition,
-};
+use crate::log::partition::{self, FileReadPlan, Partition, PartitionOffsets, RecoveryReport, TopicPartition};
 use crate::log::segment::{self, Segment, WriteShape};
 use crate::side_ring::SideRing;
 
@@ -48,11 +46,7 @@ pub struct ShardLogConfig {
 
 impl ShardLogConfig {
     pub fn new(data_dir: impl Into<PathBuf>, cache_budget_bytes: usize) -> Self {
-        Self {
-            data_dir: data_dir.into(),
-            cache_budget_bytes,
-            write_shape: WriteShape::default(),
-        }
+        Self { data_dir: data_dir.into(), cache_budget_bytes, write_shape: WriteShape::default() }
     }
 }
 
@@ -88,9 +82,7 @@ impl Future for Durable {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.0.as_mut() {
             None => Poll::Ready(Ok(())),
-            Some(rx) => Pin::new(rx)
-                .poll(cx)
-                .map(|r| r.unwrap_or(Err(StorageError::Stopping))),
+            Some(rx) => Pin::new(rx).poll(cx).map(|r| r.unwrap_or(Err(StorageError::Stopping))),
         }
     }
 }
@@ -122,13 +114,7 @@ impl FileRange {
         socket_fd: std::os::fd::RawFd,
     ) -> std::io::Result<u64> {
         use std::os::fd::AsRawFd;
-        ring.splice_to_socket(
-            self.splice_reader.as_raw_fd(),
-            self.position,
-            self.len,
-            socket_fd,
-        )
-        .await
+        ring.splice_to_socket(self.splice_reader.as_raw_fd(), self.position, self.len, socket_fd).await
     }
 
     /// Copies the range into memory (tests and tools; the fetch path splices instead).
@@ -147,9 +133,7 @@ impl ReadResult {
     pub async fn to_vec(&self) -> Result<Vec<u8>, IoFailure> {
         match &self.data {
             ReadData::Empty => Ok(Vec::new()),
-            ReadData::Cached(batches) => {
-                Ok(batches.iter().flat_map(|b| b.iter().copied()).collect())
-            }
+            ReadData::Cached(batches) => Ok(batches.iter().flat_map(|b| b.iter().copied()).collect()),
             ReadData::File(range) => range.read_to_vec().await,
         }
     }
@@ -206,22 +190,15 @@ pub struct ShardLog {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 impl ShardLog {
     /// Opens the shard's storage and starts its flusher. Must run on the owning shard.
     pub async fn open(config: ShardLogConfig) -> Result<Rc<Self>, StorageError> {
         crate::device::prepare_data_dir(&config.data_dir).await?;
-        let side_ring = SideRing::with_sync_workers(256, SYNC_WORKERS_MAX).map_err(|e| {
-            StorageError::Io(IoFailure::new(
-                "create io_uring side ring",
-                &config.data_dir,
-                e,
-            ))
-        })?;
+        let side_ring = SideRing::with_sync_workers(256, SYNC_WORKERS_MAX)
+            .map_err(|e| StorageError::Io(IoFailure::new("create io_uring side ring", &config.data_dir, e)))?;
         let log = Rc::new(Self {
             side_ring,
             inner: RefCell::new(Inner {
@@ -305,36 +282,21 @@ impl ShardLog {
 
     /// Validates a produced batch, stamps its offsets in place and appends it. The batch's
     /// bytes become the log's (no copy until the write wave puts them into an aligned buffer).
-    pub fn append(
-        &self,
-        name: &TopicPartition,
-        mut batch: BytesMut,
-        now_ms: i64,
-    ) -> Result<Appended, AppendError> {
+    pub fn append(&self, name: &TopicPartition, mut batch: BytesMut, now_ms: i64) -> Result<Appended, AppendError> {
         let mut inner = self.inner.borrow_mut();
         if inner.stopping {
             return Err(StorageError::Stopping.into());
         }
-        let Inner {
-            partitions,
-            cache,
-            stats,
-            ..
-        } = &mut *inner;
-        let (id, partition) = partitions
-            .get_mut(name)
-            .ok_or_else(|| StorageError::UnknownPartition(name.to_string()))?;
+        let Inner { partitions, cache, stats, .. } = &mut *inner;
+        let (id, partition) =
+            partitions.get_mut(name).ok_or_else(|| StorageError::UnknownPartition(name.to_string()))?;
         if let Some(error) = partition.offline_error() {
             return Err(error.into());
         }
         let mut header = batch::validate_produced(&batch, partition.config.max_message_bytes)?;
         header.base_offset = partition.log_end_offset();
         header.partition_leader_epoch = partition.leader_epoch;
-        batch::stamp(
-            &mut batch,
-            header.base_offset,
-            header.partition_leader_epoch,
-        );
+        batch::stamp(&mut batch, header.base_offset, header.partition_leader_epoch);
         let bytes = batch.freeze();
         let waiter = partition.append(&header, bytes.clone(), now_ms);
         cache.insert(*id, header.base_offset, header.last_offset(), bytes);
@@ -353,29 +315,19 @@ impl ShardLog {
 
     pub fn offsets(&self, name: &TopicPartition) -> Result<PartitionOffsets, StorageError> {
         let inner = self.inner.borrow();
-        let (_, partition) = inner
-            .partitions
-            .get(name)
-            .ok_or_else(|| StorageError::UnknownPartition(name.to_string()))?;
+        let (_, partition) =
+            inner.partitions.get(name).ok_or_else(|| StorageError::UnknownPartition(name.to_string()))?;
         Ok(partition.offsets())
     }
 
     /// Reads from `offset` up to the high watermark: from the cache when the batch holding
     /// `offset` is there, else a file range. At least one whole batch when any is visible.
-    pub async fn read(
-        &self,
-        name: &TopicPartition,
-        offset: i64,
-        max_bytes: usize,
-    ) -> Result<ReadResult, StorageError> {
+    pub async fn read(&self, name: &TopicPartition, offset: i64, max_bytes: usize) -> Result<ReadResult, StorageError> {
         let plan = {
             let mut inner = self.inner.borrow_mut();
-            let Inner {
-                partitions, cache, ..
-            } = &mut *inner;
-            let (id, partition) = partitions
-                .get(name)
-                .ok_or_else(|| StorageError::UnknownPartition(name.to_string()))?;
+            let Inner { partitions, cache, .. } = &mut *inner;
+            let (id, partition) =
+                partitions.get(name).ok_or_else(|| StorageError::UnknownPartition(name.to_string()))?;
             let offsets = partition.offsets();
             if offset < offsets.log_start_offset || offset > offsets.log_end_offset {
                 return Err(StorageError::OffsetOutOfRange {
@@ -385,33 +337,22 @@ impl ShardLog {
                 });
             }
             if offset >= offsets.high_watermark {
-                return Ok(ReadResult {
-                    offsets,
-                    data: ReadData::Empty,
-                });
+                return Ok(ReadResult { offsets, data: ReadData::Empty });
             }
             if let Some(batches) = cache.read(*id, offset, offsets.high_watermark, max_bytes) {
-                return Ok(ReadResult {
-                    offsets,
-                    data: ReadData::Cached(batches),
-                });
+                return Ok(ReadResult { offsets, data: ReadData::Cached(batches) });
             }
             match partition.plan_file_read(offset, offsets.high_watermark) {
                 Some(plan) => (offsets, plan),
                 None => {
-                    return Ok(ReadResult {
-                        offsets,
-                        data: ReadData::Empty,
-                    });
+                    return Ok(ReadResult { offsets, data: ReadData::Empty });
                 }
             }
         };
         let (offsets, plan) = plan;
         let data = match locate_batch(&plan, |h| h.last_offset() >= plan.offset).await? {
             Some((position, first_batch_bytes)) => {
-                let len = (max_bytes as u64)
-                    .max(first_batch_bytes)
-                    .min(plan.bound_bytes - position);
+                let len = (max_bytes as u64).max(first_batch_bytes).min(plan.bound_bytes - position);
                 ReadData::File(FileRange {
                     file: plan.file,
                     splice_reader: plan.splice_reader,
@@ -435,18 +376,13 @@ impl ShardLog {
     ) -> Result<Option<i64>, StorageError> {
         let plan = {
             let inner = self.inner.borrow();
-            let (_, partition) = inner
-                .partitions
-                .get(name)
-                .ok_or_else(|| StorageError::UnknownPartition(name.to_string()))?;
+            let (_, partition) =
+                inner.partitions.get(name).ok_or_else(|| StorageError::UnknownPartition(name.to_string()))?;
             partition.plan_timestamp_lookup(timestamp)
         };
         let Some(plan) = plan else { return Ok(None) };
         let start = plan.offset;
-        let found = locate_batch(&plan, |h| {
-            h.last_offset() >= start && h.max_timestamp >= timestamp
-        })
-        .await?;
+        let found = locate_batch(&plan, |h| h.last_offset() >= start && h.max_timestamp >= timestamp).await?;
         match found {
             None => Ok(None),
             Some((position, _)) => {
@@ -459,23 +395,13 @@ impl ShardLog {
     /// Moves the log start offset to `offset` (Kafka DeleteRecords; -1 means the high
     /// watermark), durably, and deletes the segments wholly below it. Returns the new log
     /// start offset.
-    pub async fn delete_records(
-        &self,
-        name: &TopicPartition,
-        offset: i64,
-    ) -> Result<i64, StorageError> {
+    pub async fn delete_records(&self, name: &TopicPartition, offset: i64) -> Result<i64, StorageError> {
         let (dir, target, generation) = {
             let mut inner = self.inner.borrow_mut();
-            let (_, partition) = inner
-                .partitions
-                .get_mut(name)
-                .ok_or_else(|| StorageError::UnknownPartition(name.to_string()))?;
+            let (_, partition) =
+                inner.partitions.get_mut(name).ok_or_else(|| StorageError::UnknownPartition(name.to_string()))?;
             let offsets = partition.offsets();
-            let target = if offset == -1 {
-                offsets.high_watermark
-            } else {
-                offset
-            };
+            let target = if offset == -1 { offsets.high_watermark } else { offset };
             if target < 0 || target > offsets.high_watermark {
                 return Err(StorageError::OffsetOutOfRange {
                     offset,
@@ -487,18 +413,12 @@ impl ShardLog {
                 return Ok(offsets.log_start_offset);
             }
             partition.checkpoint_generation += 1;
-            (
-                partition.dir.clone(),
-                target,
-                partition.checkpoint_generation,
-            )
+            (partition.dir.clone(), target, partition.checkpoint_generation)
         };
         partition::write_log_start_checkpoint(&dir, target, generation).await?;
         {
             let mut inner = self.inner.borrow_mut();
-            let Inner {
-                partitions, cache, ..
-            } = &mut *inner;
+            let Inner { partitions, cache, .. } = &mut *inner;
             if let Some((id, partition)) = partitions.get_mut(name) {
                 partition.log_start_offset = partition.log_start_offset.max(target);
                 cache.remove_below(*id, target);
@@ -518,16 +438,10 @@ impl ShardLog {
         Ok(deleted)
     }
 
-    async fn enforce_retention_of(
-        &self,
-        name: &TopicPartition,
-        now_ms: i64,
-    ) -> Result<usize, StorageError> {
+    async fn enforce_retention_of(&self, name: &TopicPartition, now_ms: i64) -> Result<usize, StorageError> {
         let (dir, doomed) = {
             let mut inner = self.inner.borrow_mut();
-            let Inner {
-                partitions, cache, ..
-            } = &mut *inner;
+            let Inner { partitions, cache, .. } = &mut *inner;
             let Some((id, partition)) = partitions.get_mut(name) else {
                 return Ok(0);
             };
@@ -568,10 +482,7 @@ impl ShardLog {
 
     pub fn stats(&self) -> ShardLogStats {
         let inner = self.inner.borrow();
-        ShardLogStats {
-            cache: inner.cache.stats(),
-            ..inner.stats
-        }
+        ShardLogStats { cache: inner.cache.stats(), ..inner.stats }
     }
 
     /// Graceful stop: refuse new appends, write and sync everything, finalize every segment's
@@ -584,12 +495,7 @@ impl ShardLog {
             task.await;
         }
         // Active segments get the same treatment as sealed ones: exact size and indexes.
-        let active: Vec<(
-            PathBuf,
-            Rc<DmaFile>,
-            PathBuf,
-            crate::log::index::SegmentIndex,
-        )> = {
+        let active: Vec<(PathBuf, Rc<DmaFile>, PathBuf, crate::log::index::SegmentIndex)> = {
             let inner = self.inner.borrow();
             inner
                 .partitions
@@ -599,12 +505,7 @@ impl ShardLog {
                     let active = p.active();
                     let clean = !active.needs_sync() && !active.has_pending();
                     let file = active.file.clone().filter(|_| clean)?;
-                    Some((
-                        p.dir.clone(),
-                        file,
-                        active.path.clone(),
-                        active.index.clone(),
-                    ))
+                    Some((p.dir.clone(), file, active.path.clone(), active.index.clone()))
                 })
                 .collect()
         };
@@ -627,8 +528,7 @@ impl ShardLog {
             let now = now_ms();
             let (wave, stopping) = {
                 let mut inner = self.inner.borrow_mut();
-                let mut wave: Vec<TopicPartition> =
-                    std::mem::take(&mut inner.dirty).into_iter().collect();
+                let mut wave: Vec<TopicPartition> = std::mem::take(&mut inner.dirty).into_iter().collect();
                 let due: Vec<TopicPartition> = inner
                     .partitions
                     .iter()
@@ -650,12 +550,7 @@ impl ShardLog {
                 futures_util::future::join_all(flushes).await;
                 let mut inner = self.inner.borrow_mut();
                 inner.stats.waves += 1;
-                let Inner {
-                    partitions,
-                    ids,
-                    cache,
-                    ..
-                } = &mut *inner;
+                let Inner { partitions, ids, cache, .. } = &mut *inner;
                 cache.evict(|id, base| {
                     ids.get(&id)
                         .and_then(|name| partitions.get(name))
@@ -718,11 +613,7 @@ impl ShardLog {
         Some(out)
     }
 
-    async fn flush_partition_inner(
-        self: &Rc<Self>,
-        name: &TopicPartition,
-        stopping: bool,
-    ) -> Result<(), IoFailure> {
+    async fn flush_partition_inner(self: &Rc<Self>, name: &TopicPartition, stopping: bool) -> Result<(), IoFailure> {
         let shape = self.config.write_shape;
         let (dir, bases, policy, preallocate_bytes) = {
             let inner = self.inner.borrow();
@@ -738,19 +629,12 @@ impl ShardLog {
                 .filter(|s| s.has_pending() || s.needs_sync() || s.ready_to_finalize())
                 .map(|s| s.base_offset)
                 .collect();
-            (
-                partition.dir.clone(),
-                bases,
-                partition.config.flush,
-                partition.config.preallocate_bytes,
-            )
+            (partition.dir.clone(), bases, partition.config.flush, partition.config.preallocate_bytes)
         };
         let now = now_ms();
         for base in bases {
             // 1. The file exists and its directory entry is durable before any data counts.
-            let missing = self
-                .with_segment(name, base, |_, s| s.file.is_none().then(|| s.path.clone()))
-                .flatten();
+            let missing = self.with_segment(name, base, |_, s| s.file.is_none().then(|| s.path.clone())).flatten();
             if let Some(path) = missing {
                 let file = segment::open_segment_file(&path, true).await?;
                 let reader = segment::open_splice_reader(&path)?;
@@ -763,19 +647,12 @@ impl ShardLog {
             // 2. One aligned write of everything pending (tail block rewritten).
             let plan = self
                 .with_segment(name, base, |_, s| {
-                    s.file
-                        .as_ref()
-                        .map(|f| f.alignment())
-                        .and_then(|a| s.take_write_plan(a, preallocate_bytes, &shape))
+                    s.file.as_ref().map(|f| f.alignment()).and_then(|a| s.take_write_plan(a, preallocate_bytes, &shape))
                 })
                 .flatten();
             if let Some(mut plan) = plan {
                 segment::execute_write(&mut plan, shape.queue_depth).await?;
-                let (bytes, next, tail) = (
-                    plan.written_bytes_after,
-                    plan.next_offset_after,
-                    plan.tail_after,
-                );
+                let (bytes, next, tail) = (plan.written_bytes_after, plan.next_offset_after, plan.tail_after);
                 self.with_segment(name, base, |_, s| s.complete_write(bytes, next, tail));
                 let mut inner = self.inner.borrow_mut();
                 inner.stats.writes += 1;
@@ -791,8 +668,7 @@ impl ShardLog {
                         FlushPolicy::IntervalMs(ms) => now - p.last_sync_ms >= ms as i64,
                         FlushPolicy::None => false,
                     };
-                    let start =
-                        s.needs_sync() && !s.sync_in_flight && (due || s.sealed || stopping);
+                    let start = s.needs_sync() && !s.sync_in_flight && (due || s.sealed || stopping);
                     s.sync_in_flight |= start;
                     start
                 })
@@ -800,15 +676,11 @@ impl ShardLog {
             if start_sync {
                 self.inner.borrow_mut().syncs_in_flight += 1;
                 let (this, name, dir) = (Rc::clone(self), name.clone(), dir.clone());
-                glommio::spawn_local(async move { this.sync_segment(name, base, dir).await })
-                    .detach();
+                glommio::spawn_local(async move { this.sync_segment(name, base, dir).await }).detach();
             }
             // 4. A sealed segment, now complete on disk, gets its exact size and indexes.
             let finalize = self
-                .with_segment(name, base, |_, s| {
-                    s.ready_to_finalize()
-                        .then(|| (s.file.clone(), s.index.clone()))
-                })
+                .with_segment(name, base, |_, s| s.ready_to_finalize().then(|| (s.file.clone(), s.index.clone())))
                 .flatten();
             if let Some((Some(file), index)) = finalize {
                 segment::finalize(&dir, &file, &segment::log_path(&dir, base), &index).await?;
@@ -824,9 +696,7 @@ impl ShardLog {
     /// what is left (more written bytes, a seal to finalize) back to the flusher.
     async fn sync_segment(self: Rc<Self>, name: TopicPartition, base: i64, dir: PathBuf) {
         let captured = self
-            .with_segment(&name, base, |_, s| {
-                (s.file.clone(), s.written_bytes, s.written_next_offset)
-            })
+            .with_segment(&name, base, |_, s| (s.file.clone(), s.written_bytes, s.written_next_offset))
             .and_then(|(file, bytes, next)| file.map(|f| (f, bytes, next)));
         let result = match &captured {
             Some((file, _, _)) => {
@@ -883,11 +753,7 @@ fn validate_config(config: &LogConfig) -> Result<(), StorageError> {
     Ok(())
 }
 
-async fn read_header(
-    file: &DmaFile,
-    path: &Path,
-    position: u64,
-) -> Result<batch::BatchHeader, IoFailure> {
+async fn read_header(file: &DmaFile, path: &Path, position: u64) -> Result<batch::BatchHeader, IoFailure> {
     let bytes = segment::read_range(file, path, position, batch::BATCH_HEADER_BYTES).await?;
     header_fields(&bytes).ok_or_else(|| IoFailure {
         operation: "read",
@@ -904,8 +770,7 @@ fn header_fields(bytes: &[u8]) -> Option<batch::BatchHeader> {
     if bytes.len() < batch::BATCH_HEADER_BYTES || size < batch::BATCH_HEADER_BYTES {
         return None;
     }
-    let i32_at =
-        |at: usize| i32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let i32_at = |at: usize| i32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
     let i64_at = |at: usize| {
         let mut raw = [0u8; 8];
         raw.copy_from_slice(&bytes[at..at + 8]);

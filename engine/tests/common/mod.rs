@@ -10,10 +10,7 @@ use corelog_engine::batch;
 use corelog_engine::log::{LogConfig, ShardLog, ShardLogConfig, TopicPartition};
 
 pub fn run<T>(f: impl std::future::Future<Output = T>) -> T {
-    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .make()
-        .expect("executor")
-        .run(f)
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().expect("executor").run(f)
 }
 
 pub fn tp() -> TopicPartition {
@@ -21,26 +18,17 @@ pub fn tp() -> TopicPartition {
 }
 
 pub async fn open_log(dir: &Path, cache_budget_bytes: usize) -> Rc<ShardLog> {
-    ShardLog::open(ShardLogConfig::new(dir.to_path_buf(), cache_budget_bytes))
-        .await
-        .expect("open shard log")
+    ShardLog::open(ShardLogConfig::new(dir.to_path_buf(), cache_budget_bytes)).await.expect("open shard log")
 }
 
 pub fn small_segments() -> LogConfig {
     // Test timestamps are from 1970: time retention is off unless a test sets it.
-    LogConfig {
-        segment_bytes: 8 << 10,
-        index_interval_bytes: 1024,
-        retention_ms: None,
-        ..LogConfig::default()
-    }
+    LogConfig { segment_bytes: 8 << 10, index_interval_bytes: 1024, retention_ms: None, ..LogConfig::default() }
 }
 
 /// A batch of `records` records whose values encode `seed`, so each batch is distinct.
 pub fn batch_for(seed: u64, records: i32, value_bytes: usize) -> BytesMut {
-    let value: Vec<u8> = (0..value_bytes)
-        .map(|i| (seed as usize * 31 + i) as u8)
-        .collect();
+    let value: Vec<u8> = (0..value_bytes).map(|i| (seed as usize * 31 + i) as u8).collect();
     BytesMut::from(&batch::build_test_batch(records, &value, 1_000 + seed as i64)[..])
 }
 
@@ -53,21 +41,15 @@ pub async fn read_all(log: &ShardLog, name: &TopicPartition, from: i64) -> Vec<(
         let result = log.read(name, offset, 1 << 20).await.expect("read");
         let bytes = result.to_vec().await.expect("read bytes");
         if bytes.is_empty() {
-            assert_eq!(
-                offset, result.offsets.high_watermark,
-                "empty read before the high watermark"
-            );
+            assert_eq!(offset, result.offsets.high_watermark, "empty read before the high watermark");
             return out;
         }
         let mut at = 0;
         while at < bytes.len() {
-            let Some(size) =
-                batch::claimed_batch_size(&bytes[at..]).filter(|&s| at + s <= bytes.len())
-            else {
+            let Some(size) = batch::claimed_batch_size(&bytes[at..]).filter(|&s| at + s <= bytes.len()) else {
                 break;
             };
-            let header =
-                batch::validate_prefix(&bytes[at..at + size]).expect("served batch must be valid");
+            let header = batch::validate_prefix(&bytes[at..at + size]).expect("served batch must be valid");
             if header.last_offset() >= offset {
                 out.push((header.base_offset, bytes[at..at + size].to_vec()));
                 offset = header.next_offset();

@@ -20,10 +20,7 @@ pub fn response(error_code: i16) -> ApiVersionsResponse {
                 .with_max_version(api.max_version)
         })
         .collect();
-    ApiVersionsResponse::default()
-        .with_error_code(error_code)
-        .with_api_keys(api_keys)
-        .with_throttle_time_ms(0)
+    ApiVersionsResponse::default().with_error_code(error_code).with_api_keys(api_keys).with_throttle_time_ms(0)
 }
 
 pub fn handle() -> ApiVersionsResponse {

@@ -3,20 +3,14 @@
 //!
 //! Runs on the connection's shard; the creation itself happens on the controller shard.
 
-use kafka_protocol::messages::create_topics_response::{
-    CreatableTopicConfigs, CreatableTopicResult,
-};
+use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
 use crate::broker::{ShardBroker, TopicSpec};
 use crate::handlers::metadata::topic_uuid;
 
-pub async fn handle(
-    broker: &ShardBroker,
-    request: CreateTopicsRequest,
-    version: i16,
-) -> CreateTopicsResponse {
+pub async fn handle(broker: &ShardBroker, request: CreateTopicsRequest, version: i16) -> CreateTopicsResponse {
     let specs: Vec<TopicSpec> = request
         .topics
         .iter()
@@ -27,11 +21,7 @@ pub async fn handle(
             configs: topic
                 .configs
                 .iter()
-                .filter_map(|c| {
-                    c.value
-                        .as_ref()
-                        .map(|v| (c.name.to_string(), v.to_string()))
-                })
+                .filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string())))
                 .collect(),
             has_assignments: !topic.assignments.is_empty(),
         })

@@ -10,17 +10,9 @@ use kafka_protocol::protocol::StrBytes;
 use crate::broker::ShardBroker;
 use crate::handlers::metadata::topic_uuid;
 
-pub async fn handle(
-    broker: &ShardBroker,
-    request: DeleteTopicsRequest,
-    version: i16,
-) -> DeleteTopicsResponse {
+pub async fn handle(broker: &ShardBroker, request: DeleteTopicsRequest, version: i16) -> DeleteTopicsResponse {
     let snapshot = broker.registry.snapshot();
-    let mut names: Vec<String> = request
-        .topic_names
-        .iter()
-        .map(|n| n.0.to_string())
-        .collect();
+    let mut names: Vec<String> = request.topic_names.iter().map(|n| n.0.to_string()).collect();
     let mut unknown_ids = Vec::new();
     for state in &request.topics {
         match &state.name {
@@ -44,12 +36,7 @@ pub async fn handle(
                 result = result.with_error_message(outcome.message.map(StrBytes::from_string));
             }
             if version >= 6 {
-                result = result.with_topic_id(
-                    outcome
-                        .record
-                        .as_ref()
-                        .map_or(uuid::Uuid::nil(), topic_uuid),
-                );
+                result = result.with_topic_id(outcome.record.as_ref().map_or(uuid::Uuid::nil(), topic_uuid));
             }
             result
         })

@@ -31,22 +31,14 @@ fn topic_response(record: &TopicRecord, node_id: i32, version: i16) -> MetadataR
                 .with_leader_id(BrokerId(node_id))
                 .with_replica_nodes(vec![BrokerId(node_id)])
                 .with_isr_nodes(vec![BrokerId(node_id)]);
-            if version >= 7 {
-                partition.with_leader_epoch(0)
-            } else {
-                partition
-            }
+            if version >= 7 { partition.with_leader_epoch(0) } else { partition }
         })
         .collect();
     let topic = MetadataResponseTopic::default()
         .with_name(Some(TopicName(StrBytes::from_string(record.name.clone()))))
         .with_partitions(partitions)
         .with_topic_authorized_operations(OPERATIONS_NOT_REQUESTED);
-    if version >= 10 {
-        topic.with_topic_id(topic_uuid(record))
-    } else {
-        topic
-    }
+    if version >= 10 { topic.with_topic_id(topic_uuid(record)) } else { topic }
 }
 
 fn error_topic(name: &str, error_code: i16) -> MetadataResponseTopic {
@@ -56,42 +48,25 @@ fn error_topic(name: &str, error_code: i16) -> MetadataResponseTopic {
         .with_topic_authorized_operations(OPERATIONS_NOT_REQUESTED)
 }
 
-pub async fn handle(
-    broker: &ShardBroker,
-    request: MetadataRequest,
-    version: i16,
-) -> MetadataResponse {
+pub async fn handle(broker: &ShardBroker, request: MetadataRequest, version: i16) -> MetadataResponse {
     let settings = &broker.settings;
     // v0: an empty list means all topics; v1+: null means all, empty means none.
     let requested: Option<Vec<String>> = match request.topics {
         None => None,
         Some(topics) if topics.is_empty() && version == 0 => None,
-        Some(topics) => Some(
-            topics
-                .into_iter()
-                .filter_map(|t| t.name.map(|n| n.0.to_string()))
-                .collect(),
-        ),
+        Some(topics) => Some(topics.into_iter().filter_map(|t| t.name.map(|n| n.0.to_string())).collect()),
     };
-    let auto_create =
-        settings.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
+    let auto_create = settings.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
     let mut topics = Vec::new();
     match requested {
         None => {
             let snapshot = broker.registry.snapshot();
-            topics.extend(
-                snapshot
-                    .values()
-                    .map(|record| topic_response(record, settings.node_id, version)),
-            );
+            topics.extend(snapshot.values().map(|record| topic_response(record, settings.node_id, version)));
         }
         Some(names) => {
             let snapshot = broker.registry.snapshot();
-            let missing: Vec<String> = names
-                .iter()
-                .filter(|n| !snapshot.contains_key(*n) && registry::valid_topic_name(n))
-                .cloned()
-                .collect();
+            let missing: Vec<String> =
+                names.iter().filter(|n| !snapshot.contains_key(*n) && registry::valid_topic_name(n)).cloned().collect();
             if auto_create && !missing.is_empty() {
                 let specs = missing
                     .iter()
@@ -110,9 +85,7 @@ pub async fn handle(
             for name in &names {
                 topics.push(match snapshot.get(name) {
                     Some(record) => topic_response(record, settings.node_id, version),
-                    None if !registry::valid_topic_name(name) => {
-                        error_topic(name, error_code::INVALID_TOPIC_EXCEPTION)
-                    }
+                    None if !registry::valid_topic_name(name) => error_topic(name, error_code::INVALID_TOPIC_EXCEPTION),
                     None => error_topic(name, error_code::UNKNOWN_TOPIC_OR_PARTITION),
                 });
             }
@@ -132,9 +105,7 @@ pub async fn handle(
         response = response.with_controller_id(BrokerId(settings.node_id));
     }
     if version >= 2 {
-        response = response.with_cluster_id(Some(StrBytes::from_string(
-            broker.registry.cluster_id().to_string(),
-        )));
+        response = response.with_cluster_id(Some(StrBytes::from_string(broker.registry.cluster_id().to_string())));
     }
     response
 }

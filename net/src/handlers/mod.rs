@@ -4,4 +4,7 @@
 pub mod api_versions;
 pub mod create_topics;
 pub mod delete_topics;
+pub mod fetch;
+pub mod list_offsets;
 pub mod metadata;
+pub mod produce;

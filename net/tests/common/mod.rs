@@ -63,35 +63,19 @@ impl Broker {
         });
         let (tx, rx) = mpsc::channel();
         let bound = Arc::new(OnceLock::new());
-        let runtime_config = RuntimeConfig {
-            shards: options.shards,
-            ..RuntimeConfig::default()
-        };
+        let runtime_config = RuntimeConfig { shards: options.shards, ..RuntimeConfig::default() };
         let runtime = Runtime::start(&runtime_config, placement, move |ctx| {
-            server::run_shard(
-                ctx,
-                Arc::clone(&config),
-                Arc::clone(&registry),
-                Arc::clone(&bound),
-                tx.clone(),
-            )
+            server::run_shard(ctx, Arc::clone(&config), Arc::clone(&registry), Arc::clone(&bound), tx.clone())
         })
         .unwrap();
         let mut address = None;
         for _ in 0..options.shards {
-            match rx
-                .recv_timeout(Duration::from_secs(30))
-                .expect("shard ready in time")
-            {
+            match rx.recv_timeout(Duration::from_secs(30)).expect("shard ready in time") {
                 ShardEvent::Ready { listen, .. } => address = Some(listen),
                 ShardEvent::Failed { shard, reason } => panic!("shard {shard} failed: {reason}"),
             }
         }
-        Self {
-            address: address.unwrap(),
-            runtime: Some(runtime),
-            dir,
-        }
+        Self { address: address.unwrap(), runtime: Some(runtime), dir }
     }
 
     /// Stops the broker cleanly and returns its data dir (to restart on it).
@@ -112,20 +96,13 @@ impl Broker {
 
     pub fn client(&self) -> Client {
         let stream = TcpStream::connect(self.address).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        Client {
-            stream,
-            next_correlation_id: 1,
-        }
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        Client { stream, next_correlation_id: 1 }
     }
 
     pub fn connect(&self) -> TcpStream {
         let stream = TcpStream::connect(self.address).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         stream
     }
 }
@@ -141,12 +118,7 @@ pub struct Client {
     next_correlation_id: i32,
 }
 
-pub fn request_frame<T: Encodable>(
-    key: ApiKey,
-    version: i16,
-    correlation_id: i32,
-    body: &T,
-) -> Vec<u8> {
+pub fn request_frame<T: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body: &T) -> Vec<u8> {
     let mut out = BytesMut::new();
     RequestHeader::default()
         .with_request_api_key(key as i16)
@@ -172,29 +144,17 @@ pub fn read_frame(stream: &mut TcpStream) -> Bytes {
 pub fn decode_response<R: Decodable>(mut body: Bytes, key: ApiKey, version: i16) -> (i32, R) {
     let header = ResponseHeader::decode(&mut body, key.response_header_version(version)).unwrap();
     let response = R::decode(&mut body, version).unwrap();
-    assert!(
-        body.is_empty(),
-        "{} trailing bytes in the {key:?} v{version} response",
-        body.len()
-    );
+    assert!(body.is_empty(), "{} trailing bytes in the {key:?} v{version} response", body.len());
     (header.correlation_id, response)
 }
 
 impl Client {
     /// Sends one request and decodes its response, checking the correlation id.
-    pub fn call<Req: Encodable, Resp: Decodable>(
-        &mut self,
-        key: ApiKey,
-        version: i16,
-        request: &Req,
-    ) -> Resp {
+    pub fn call<Req: Encodable, Resp: Decodable>(&mut self, key: ApiKey, version: i16, request: &Req) -> Resp {
         let id = self.next_correlation_id;
         self.next_correlation_id += 1;
-        self.stream
-            .write_all(&request_frame(key, version, id, request))
-            .unwrap();
-        let (correlation_id, response) =
-            decode_response(read_frame(&mut self.stream), key, version);
+        self.stream.write_all(&request_frame(key, version, id, request)).unwrap();
+        let (correlation_id, response) = decode_response(read_frame(&mut self.stream), key, version);
         assert_eq!(correlation_id, id);
         response
     }
@@ -205,10 +165,7 @@ pub fn is_closed(stream: &mut TcpStream) -> bool {
     let mut byte = [0u8; 1];
     match stream.read(&mut byte) {
         Ok(0) => true,
-        Err(e) => matches!(
-            e.kind(),
-            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
-        ),
+        Err(e) => matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted),
         Ok(_) => false,
     }
 }

@@ -1,0 +1,219 @@
+//! Produce, Fetch and ListOffsets through real sockets against the real shard code.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
+mod common;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Broker, Client, Options, decode_response, read_frame, request_frame};
+use corelog_engine::batch;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, CreateTopicsRequest, CreateTopicsResponse, FetchRequest, FetchResponse, ListOffsetsRequest,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+
+fn name(text: &str) -> TopicName {
+    TopicName(StrBytes::from_string(text.to_string()))
+}
+
+fn create_topic(client: &mut Client, topic: &str, partitions: i32) -> uuid::Uuid {
+    let request = CreateTopicsRequest::default()
+        .with_topics(vec![
+            CreatableTopic::default().with_name(name(topic)).with_num_partitions(partitions).with_replication_factor(1),
+        ])
+        .with_timeout_ms(10_000);
+    let response: CreateTopicsResponse = client.call(ApiKey::CreateTopics, 7, &request);
+    assert_eq!(response.topics[0].error_code, 0);
+    response.topics[0].topic_id
+}
+
+fn produce_request(topic: &str, partition: i32, records: Bytes, acks: i16) -> ProduceRequest {
+    ProduceRequest::default().with_acks(acks).with_timeout_ms(10_000).with_topic_data(vec![
+        TopicProduceData::default().with_name(name(topic)).with_partition_data(vec![
+            PartitionProduceData::default().with_index(partition).with_records(Some(records)),
+        ]),
+    ])
+}
+
+/// Produces one batch; returns (error code, base offset).
+fn produce(client: &mut Client, version: i16, topic: &str, partition: i32, records: Vec<u8>) -> (i16, i64) {
+    let response: ProduceResponse =
+        client.call(ApiKey::Produce, version, &produce_request(topic, partition, Bytes::from(records), -1));
+    let partition = &response.responses[0].partition_responses[0];
+    (partition.error_code, partition.base_offset)
+}
+
+fn fetch_request(
+    topic: &str,
+    id: uuid::Uuid,
+    partition: i32,
+    offset: i64,
+    max_wait_ms: i32,
+    version: i16,
+) -> FetchRequest {
+    let mut wanted = FetchTopic::default().with_partitions(vec![
+        FetchPartition::default().with_partition(partition).with_fetch_offset(offset).with_partition_max_bytes(1 << 20),
+    ]);
+    wanted = if version >= 13 { wanted.with_topic_id(id) } else { wanted.with_topic(name(topic)) };
+    FetchRequest::default()
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(50 << 20)
+        .with_topics(vec![wanted])
+}
+
+/// Every whole batch in `records`: (base offset, record count, value of the first record's payload bytes).
+fn batches(records: &[u8]) -> Vec<(i64, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(size) = batch::claimed_batch_size(&records[at..]).filter(|s| at + s <= records.len()) {
+        let header = batch::validate_prefix(&records[at..at + size]).expect("served batches are valid");
+        out.push((header.base_offset, records[at + batch::BATCH_HEADER_BYTES..at + size].to_vec()));
+        at += size;
+    }
+    out
+}
+
+#[test]
+fn produced_batches_are_fetched_back_with_their_offsets_on_every_version() {
+    let broker = Broker::start(Options { shards: 2, ..Options::default() });
+    let mut client = broker.client();
+    let id = create_topic(&mut client, "data", 3);
+    let mut expected: Vec<Vec<(i64, Vec<u8>)>> = vec![Vec::new(); 3];
+    for round in 0..6i64 {
+        for partition in 0..3 {
+            let value = format!("round {round} partition {partition}").into_bytes();
+            let records = batch::build_test_batch(4, &value, 1_700_000_000_000 + round);
+            let version = [3, 7, 9, 11][(round % 4) as usize];
+            let (code, base) = produce(&mut client, version, "data", partition, records.clone());
+            assert_eq!(code, 0, "produce v{version}");
+            assert_eq!(base, round * 4, "offsets are per partition and consecutive");
+            expected[partition as usize].push((base, records[batch::BATCH_HEADER_BYTES..].to_vec()));
+        }
+    }
+    for version in [4i16, 7, 11, 12, 13, 16] {
+        for partition in 0..3 {
+            let response: FetchResponse =
+                client.call(ApiKey::Fetch, version, &fetch_request("data", id, partition, 0, 100, version));
+            let data = &response.responses[0].partitions[0];
+            assert_eq!(data.error_code, 0, "fetch v{version}");
+            assert_eq!(data.high_watermark, 24);
+            assert_eq!(
+                batches(data.records.as_ref().unwrap()),
+                expected[partition as usize],
+                "fetch v{version} p{partition}"
+            );
+        }
+    }
+    // from the middle of a batch: that whole batch first
+    let response: FetchResponse = client.call(ApiKey::Fetch, 12, &fetch_request("data", id, 1, 10, 100, 12));
+    assert_eq!(batches(response.responses[0].partitions[0].records.as_ref().unwrap())[0].0, 8);
+}
+
+#[test]
+fn bad_produce_requests_get_per_partition_errors_and_acks_0_gets_no_response() {
+    let broker = Broker::start(Options { auto_create_topics: false, ..Options::default() });
+    let mut client = broker.client();
+    create_topic(&mut client, "t", 1);
+    let good = batch::build_test_batch(2, b"ok", 5);
+    assert_eq!(produce(&mut client, 9, "nope", 0, good.clone()).0, 3, "UNKNOWN_TOPIC_OR_PARTITION");
+    assert_eq!(produce(&mut client, 9, "t", 7, good.clone()).0, 3);
+    let mut corrupt = good.clone();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xff;
+    assert_eq!(produce(&mut client, 9, "t", 0, corrupt).0, 2, "CORRUPT_MESSAGE");
+    let huge = batch::build_test_batch(2000, &[7u8; 1000], 5);
+    assert_eq!(produce(&mut client, 9, "t", 0, huge).0, 10, "MESSAGE_TOO_LARGE");
+    assert_eq!(produce(&mut client, 9, "t", 0, good.clone()), (0, 0), "nothing bad was appended");
+
+    // acks=0: no response; the next request's response is the next frame on the wire.
+    client
+        .stream
+        .write_all(&request_frame(ApiKey::Produce, 9, 900, &produce_request("t", 0, Bytes::from(good.clone()), 0)))
+        .unwrap();
+    client.stream.write_all(&request_frame(ApiKey::Metadata, 12, 901, &MetadataRequest::default())).unwrap();
+    let (correlation_id, _): (i32, MetadataResponse) =
+        decode_response(read_frame(&mut client.stream), ApiKey::Metadata, 12);
+    assert_eq!(correlation_id, 901);
+    // the acks=0 batch was appended (offset 2), visible once durable
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let response: ListOffsetsResponse = client.call(ApiKey::ListOffsets, 7, &list_offsets("t", -1));
+        if response.topics[0].partitions[0].offset == 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "acks=0 batch never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn list_offsets(topic: &str, timestamp: i64) -> ListOffsetsRequest {
+    ListOffsetsRequest::default().with_topics(vec![
+        ListOffsetsTopic::default()
+            .with_name(name(topic))
+            .with_partitions(vec![ListOffsetsPartition::default().with_partition_index(0).with_timestamp(timestamp)]),
+    ])
+}
+
+#[test]
+fn list_offsets_and_fetch_bounds() {
+    let broker = Broker::start(Options::default());
+    let mut client = broker.client();
+    let id = create_topic(&mut client, "o", 1);
+    for round in 0..5i64 {
+        let records = batch::build_test_batch(2, b"v", 1000 + 100 * round);
+        assert_eq!(produce(&mut client, 9, "o", 0, records).0, 0);
+    }
+    let offset = |client: &mut Client, version: i16, ts: i64| {
+        let response: ListOffsetsResponse = client.call(ApiKey::ListOffsets, version, &list_offsets("o", ts));
+        let p = &response.topics[0].partitions[0];
+        (p.error_code, p.offset)
+    };
+    for version in 1..=8 {
+        assert_eq!(offset(&mut client, version, -2), (0, 0), "earliest v{version}");
+        assert_eq!(offset(&mut client, version, -1), (0, 10), "latest v{version}");
+        assert_eq!(offset(&mut client, version, 1250), (0, 6), "by time v{version}");
+        assert_eq!(offset(&mut client, version, 9999), (0, -1), "after the last v{version}");
+    }
+    // beyond the log end: OFFSET_OUT_OF_RANGE
+    let response: FetchResponse = client.call(ApiKey::Fetch, 12, &fetch_request("o", id, 0, 11, 0, 12));
+    assert_eq!(response.responses[0].partitions[0].error_code, 1);
+    // at the log end: long poll until max_wait
+    let started = Instant::now();
+    let response: FetchResponse = client.call(ApiKey::Fetch, 12, &fetch_request("o", id, 0, 10, 300, 12));
+    assert!(started.elapsed() >= Duration::from_millis(250), "returned before max_wait with no data");
+    assert_eq!(response.responses[0].partitions[0].error_code, 0);
+    assert!(response.responses[0].partitions[0].records.as_ref().unwrap().is_empty());
+    // unknown topic id (v13+)
+    let response: FetchResponse = client.call(ApiKey::Fetch, 13, &fetch_request("o", uuid::Uuid::nil(), 0, 0, 0, 13));
+    assert_eq!(response.responses[0].partitions[0].error_code, 100);
+}
+
+#[test]
+fn produced_data_survives_a_restart() {
+    let broker = Broker::start(Options { shards: 2, ..Options::default() });
+    let mut client = broker.client();
+    let id = create_topic(&mut client, "durable", 2);
+    let mut expected = Vec::new();
+    for round in 0..10 {
+        let records = batch::build_test_batch(3, format!("r{round}").as_bytes(), 5);
+        assert_eq!(produce(&mut client, 9, "durable", 1, records.clone()).0, 0);
+        expected.push(records[batch::BATCH_HEADER_BYTES..].to_vec());
+    }
+    drop(client);
+    let dir = broker.stop();
+    let broker = Broker::start_in(dir, Options { shards: 2, ..Options::default() });
+    let mut client = broker.client();
+    let response: FetchResponse = client.call(ApiKey::Fetch, 12, &fetch_request("durable", id, 1, 0, 0, 12));
+    let got: Vec<Vec<u8>> =
+        batches(response.responses[0].partitions[0].records.as_ref().unwrap()).into_iter().map(|b| b.1).collect();
+    assert_eq!(got, expected);
+    assert_eq!(produce(&mut client, 9, "durable", 1, batch::build_test_batch(1, b"x", 5)), (0, 30));
+}
