@@ -3,9 +3,10 @@
 # with sudo). Safe to run again: it installs only what is missing.
 #   cmake, libcurl4-openssl-dev  build librdkafka for the `rdkafka` real-client tests
 #   git, pkg-config, build-essential
+#   kcat                         real-client smoke test (scripts/kcat-smoke.sh)
 set -euo pipefail
 
-packages=(cmake libcurl4-openssl-dev git pkg-config build-essential)
+packages=(cmake libcurl4-openssl-dev git pkg-config build-essential kcat)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
