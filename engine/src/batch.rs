@@ -165,6 +165,14 @@ fn parse_header(bytes: &[u8], size_bytes: usize) -> BatchHeader {
     }
 }
 
+/// The header of a batch already in the log (its CRC was checked at intake and at recovery,
+/// so it is not checked again). `None` if `bytes` holds less than a header or the length is
+/// impossible.
+pub fn parse_stored_header(bytes: &[u8]) -> Option<BatchHeader> {
+    let size = claimed_batch_size(bytes)?;
+    (bytes.len() >= BATCH_HEADER_BYTES && size >= BATCH_HEADER_BYTES).then(|| parse_header(bytes, size))
+}
+
 /// Validates the batch at the start of `bytes`, which may be followed by more batches.
 /// Checks length, magic, CRC32C of the covered bytes, record count and `lastOffsetDelta`.
 /// Returns the header; its `size_bytes` says where the next batch starts.

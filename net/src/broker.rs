@@ -116,6 +116,11 @@ pub enum ShardRequest {
         partition: TopicPartition,
         timestamp: Option<i64>,
     },
+    /// Move the log start offset (DeleteRecords); -1 means the high watermark.
+    DeleteRecords {
+        partition: TopicPartition,
+        offset: i64,
+    },
 }
 
 /// A partition read, as sent back to the connection's shard.
@@ -142,6 +147,8 @@ pub enum ShardResponse {
     Appended(Result<(i64, i64), i16>),
     Read(Result<ReadReply, i16>),
     Offsets(Result<OffsetsReply, i16>),
+    /// The new log start offset (low watermark), or a Kafka error code.
+    RecordsDeleted(Result<i64, i16>),
 }
 
 pub struct ShardBroker {
@@ -204,6 +211,9 @@ impl ShardBroker {
             ShardRequest::Offsets { partition, timestamp } => {
                 ShardResponse::Offsets(self.offsets_local(&partition, timestamp).await)
             }
+            ShardRequest::DeleteRecords { partition, offset } => ShardResponse::RecordsDeleted(
+                self.log.delete_records(&partition, offset).await.map_err(|e| e.kafka_error_code()),
+            ),
         }
     }
 

@@ -12,15 +12,17 @@ use std::future::Future;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteTopicsRequest, FetchRequest, ListOffsetsRequest,
-    MetadataRequest, ProduceRequest, RequestHeader, ResponseHeader,
+    ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteRecordsRequest, DeleteTopicsRequest, FetchRequest,
+    ListOffsetsRequest, MetadataRequest, ProduceRequest, RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 use crate::api;
 use crate::broker::ShardBroker;
 use crate::frame::{self, FrameError};
-use crate::handlers::{api_versions, create_topics, delete_topics, fetch, list_offsets, metadata, produce};
+use crate::handlers::{
+    api_versions, create_topics, delete_records, delete_topics, fetch, list_offsets, metadata, produce,
+};
 
 /// The limits of one connection (Kafka's names in brackets).
 #[derive(Debug, Clone)]
@@ -117,6 +119,9 @@ pub async fn handle(mut frame: Bytes, broker: &ShardBroker) -> Result<Option<Byt
             }
             ApiKey::Fetch => call.respond(|r: FetchRequest| fetch::handle(broker, r, version)).await,
             ApiKey::ListOffsets => call.respond(|r: ListOffsetsRequest| list_offsets::handle(broker, r, version)).await,
+            ApiKey::DeleteRecords => {
+                call.respond(|r: DeleteRecordsRequest| delete_records::handle(broker, r, version)).await
+            }
             _ => Err(ConnectionError::UnsupportedVersion { key, version }),
         }
     };

@@ -217,3 +217,38 @@ fn produced_data_survives_a_restart() {
     assert_eq!(got, expected);
     assert_eq!(produce(&mut client, 9, "durable", 1, batch::build_test_batch(1, b"x", 5)), (0, 30));
 }
+
+#[test]
+fn delete_records_moves_the_log_start_durably() {
+    use kafka_protocol::messages::delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic};
+    use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
+    let broker = Broker::start(Options::default());
+    let mut client = broker.client();
+    let id = create_topic(&mut client, "trim", 1);
+    for _ in 0..5 {
+        assert_eq!(produce(&mut client, 9, "trim", 0, batch::build_test_batch(2, b"v", 5)).0, 0);
+    }
+    let delete = |client: &mut Client, version: i16, offset: i64| {
+        let request = DeleteRecordsRequest::default().with_timeout_ms(5000).with_topics(vec![
+            DeleteRecordsTopic::default()
+                .with_name(name("trim"))
+                .with_partitions(vec![DeleteRecordsPartition::default().with_partition_index(0).with_offset(offset)]),
+        ]);
+        let response: DeleteRecordsResponse = client.call(ApiKey::DeleteRecords, version, &request);
+        let p = &response.topics[0].partitions[0];
+        (p.error_code, p.low_watermark)
+    };
+    assert_eq!(delete(&mut client, 2, 4), (0, 4));
+    assert_eq!(delete(&mut client, 0, 99), (1, -1), "beyond the high watermark: OFFSET_OUT_OF_RANGE");
+    let response: FetchResponse = client.call(ApiKey::Fetch, 12, &fetch_request("trim", id, 0, 0, 0, 12));
+    assert_eq!(response.responses[0].partitions[0].error_code, 1, "below the log start: OFFSET_OUT_OF_RANGE");
+    let response: ListOffsetsResponse = client.call(ApiKey::ListOffsets, 7, &list_offsets("trim", -2));
+    assert_eq!(response.topics[0].partitions[0].offset, 4);
+    assert_eq!(delete(&mut client, 1, -1), (0, 10), "-1 trims to the high watermark");
+    drop(client);
+    let dir = broker.stop();
+    let broker = Broker::start_in(dir, Options::default());
+    let mut client = broker.client();
+    let response: ListOffsetsResponse = client.call(ApiKey::ListOffsets, 7, &list_offsets("trim", -2));
+    assert_eq!(response.topics[0].partitions[0].offset, 10, "the log start survives a restart");
+}

@@ -755,39 +755,11 @@ fn validate_config(config: &LogConfig) -> Result<(), StorageError> {
 
 async fn read_header(file: &DmaFile, path: &Path, position: u64) -> Result<batch::BatchHeader, IoFailure> {
     let bytes = segment::read_range(file, path, position, batch::BATCH_HEADER_BYTES).await?;
-    header_fields(&bytes).ok_or_else(|| IoFailure {
+    batch::parse_stored_header(&bytes).ok_or_else(|| IoFailure {
         operation: "read",
         path: path.to_path_buf(),
         message: format!("no batch header at {position}"),
         os_error: None,
-    })
-}
-
-/// Parses the header fields of a stored batch without re-checking its CRC (it was checked
-/// at intake and at recovery).
-fn header_fields(bytes: &[u8]) -> Option<batch::BatchHeader> {
-    let size = batch::claimed_batch_size(bytes)?;
-    if bytes.len() < batch::BATCH_HEADER_BYTES || size < batch::BATCH_HEADER_BYTES {
-        return None;
-    }
-    let i32_at = |at: usize| i32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
-    let i64_at = |at: usize| {
-        let mut raw = [0u8; 8];
-        raw.copy_from_slice(&bytes[at..at + 8]);
-        i64::from_be_bytes(raw)
-    };
-    Some(batch::BatchHeader {
-        base_offset: i64_at(0),
-        size_bytes: size,
-        partition_leader_epoch: i32_at(12),
-        attributes: i16::from_be_bytes([bytes[21], bytes[22]]),
-        last_offset_delta: i32_at(23),
-        base_timestamp: i64_at(27),
-        max_timestamp: i64_at(35),
-        producer_id: i64_at(43),
-        producer_epoch: i16::from_be_bytes([bytes[51], bytes[52]]),
-        base_sequence: i32_at(53),
-        record_count: i32_at(57),
     })
 }
 
@@ -805,7 +777,7 @@ async fn locate_batch(
         let window = segment::read_range(&plan.file, &plan.path, position, window_len).await?;
         let mut at = 0usize;
         while at + batch::BATCH_HEADER_BYTES <= window.len() {
-            let Some(header) = header_fields(&window[at..]) else {
+            let Some(header) = batch::parse_stored_header(&window[at..]) else {
                 return Err(IoFailure {
                     operation: "read",
                     path: plan.path.clone(),
