@@ -27,10 +27,12 @@ struct Wanted {
 }
 
 const REPOLL: Duration = Duration::from_millis(5);
+/// Longest long poll honoured, whatever `max_wait_ms` asks (a bound on what one request holds).
+const MAX_WAIT_MAX: Duration = Duration::from_secs(30);
 
 pub async fn handle(broker: &ShardBroker, request: FetchRequest, version: i16) -> FetchResponse {
     let started = Instant::now();
-    let max_wait = Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0));
+    let max_wait = Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0)).min(MAX_WAIT_MAX);
     let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
     let max_bytes = usize::try_from(request.max_bytes).unwrap_or(0).max(1);
     let snapshot = broker.registry.snapshot();
