@@ -3,7 +3,8 @@
 # with sudo). Safe to run again: it installs only what is missing.
 #   cmake, libcurl4-openssl-dev  build librdkafka for the `rdkafka` real-client tests
 #   git, pkg-config, build-essential
-#   kcat                         real-client smoke test (scripts/kcat-smoke.sh)
+#   kcat                         real-client smoke test (scripts/client-smoke.sh)
+#   kafka-python (PyPI)          real-client smoke test (scripts/kafka_python_smoke.py)
 set -euo pipefail
 
 packages=(cmake libcurl4-openssl-dev git pkg-config build-essential kcat)
@@ -21,6 +22,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
 else
   echo "setup: system packages already installed"
 fi
+
+# Python client for the real-client smoke test (PyPI).
+python3 -c 'import kafka' 2>/dev/null || python3 -m pip install --quiet --root-user-action=ignore 'kafka-python==3.0.12'
 
 command -v cargo >/dev/null || { echo "setup: cargo not found: install Rust (rustup) first" >&2; exit 1; }
 echo "setup: done"

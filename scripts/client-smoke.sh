@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Real-client smoke test with kcat (Debian's, librdkafka 2.0.2): metadata listing, and a
-# produce/consume round trip with keys through every compression codec, against the real
-# `corelog` binary on a free port and a temp data dir. Called by .ci/run after the test suite.
+# Real-client smoke tests against the real `corelog` binary on a free port and a temp data dir:
+# - kcat (Debian's, librdkafka 2.0.2): metadata listing, and a produce/consume round trip with
+#   keys through every compression codec;
+# - kafka-python (scripts/kafka_python_smoke.py): admin create/list/delete, producer with
+#   headers, assigned consumer, end offsets, offsets for times.
+# Called by .ci/run after the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v kcat >/dev/null || { echo "kcat-smoke: kcat is not installed (scripts/setup.sh installs it)" >&2; exit 1; }
+command -v kcat >/dev/null || { echo "client-smoke: kcat is not installed (scripts/setup.sh installs it)" >&2; exit 1; }
+python3 -c 'import kafka' 2>/dev/null || { echo "client-smoke: kafka-python is not installed (scripts/setup.sh installs it)" >&2; exit 1; }
 cargo build --locked -q -p corelog-tools --bin corelog
 binary=target/debug/corelog
 data=$(mktemp -d)
@@ -14,7 +18,7 @@ broker=$!
 cleanup() { kill -TERM "$broker" 2>/dev/null || true; wait "$broker" 2>/dev/null || true; rm -rf "$data"; }
 trap cleanup EXIT
 for _ in $(seq 1 100); do grep -q "corelog ready" "$data/broker.log" && break; sleep 0.1; done
-grep -q "corelog ready" "$data/broker.log" || { echo "kcat-smoke: broker did not start"; cat "$data/broker.log"; exit 1; }
+grep -q "corelog ready" "$data/broker.log" || { echo "client-smoke: broker did not start"; cat "$data/broker.log"; exit 1; }
 
 broker_address="127.0.0.1:$port"
 passed=0
@@ -32,9 +36,12 @@ for codec in none gzip snappy lz4 zstd; do
 done
 listed=$(timeout 30 kcat -b "$broker_address" -L | grep -c 'topic "smoke-' || true)
 check "metadata lists the topics" "5" "$listed"
+echo "kcat: $passed passed, $failed failed"
+if timeout 300 python3 scripts/kafka_python_smoke.py "$broker_address"; then python_status=0; else python_status=$?; fi
+check "kafka-python smoke" "0" "$python_status"
 kill -TERM "$broker"
 wait "$broker" && stopped=0 || stopped=$?
 check "clean stop" "0" "$stopped"
 trap 'rm -rf "$data"' EXIT
-echo "kcat-smoke: $passed passed, $failed failed"
+echo "client-smoke: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
