@@ -34,8 +34,11 @@ for codec in none gzip snappy lz4 zstd; do
   count=$(timeout 60 kcat -b "$broker_address" -C -t "$topic" -o beginning -e -q | wc -l)
   check "$codec count" "200" "$count"
 done
+seq 1 500 | timeout 60 kcat -b "$broker_address" -P -t smoke-idempotent -X enable.idempotence=true
+count=$(timeout 60 kcat -b "$broker_address" -C -t smoke-idempotent -o beginning -e -q | wc -l)
+check "idempotent producer" "500" "$count"
 listed=$(timeout 30 kcat -b "$broker_address" -L | grep -c 'topic "smoke-' || true)
-check "metadata lists the topics" "5" "$listed"
+check "metadata lists the topics" "6" "$listed"
 echo "kcat: $passed passed, $failed failed"
 if timeout 300 python3 scripts/kafka_python_smoke.py "$broker_address"; then python_status=0; else python_status=$?; fi
 check "kafka-python smoke" "0" "$python_status"

@@ -39,8 +39,7 @@ def main(bootstrap):
     except TopicAlreadyExistsError:
         check("duplicate create refused", "error", "error")
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", compression_type="gzip", linger_ms=5,
-                             enable_idempotence=False)  # InitProducerId is not implemented yet
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", compression_type="gzip", linger_ms=5)
     start_ms = int(time.time() * 1000)
     futures = [producer.send("py-events", key=f"k{i}".encode(), value=f"v{i}".encode(),
                              headers=[("n", str(i).encode())], partition=i % 3) for i in range(300)]

@@ -241,6 +241,18 @@ pub fn stamp(bytes: &mut [u8], base_offset: i64, partition_leader_epoch: i32) {
 /// Builds a valid uncompressed batch of `record_count` records whose values are `value`.
 /// For tests and benchmarks: the log never builds batches itself.
 pub fn build_test_batch(record_count: i32, value: &[u8], timestamp_ms: i64) -> Vec<u8> {
+    build_idempotent_test_batch(record_count, value, timestamp_ms, -1, -1, -1)
+}
+
+/// Like [`build_test_batch`], from an idempotent producer (id, epoch, first sequence).
+pub fn build_idempotent_test_batch(
+    record_count: i32,
+    value: &[u8],
+    timestamp_ms: i64,
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+) -> Vec<u8> {
     assert!(record_count > 0);
     let mut records = Vec::with_capacity(value.len() * record_count as usize + 16);
     for i in 0..record_count {
@@ -264,9 +276,9 @@ pub fn build_test_batch(record_count: i32, value: &[u8], timestamp_ms: i64) -> V
     out[23..27].copy_from_slice(&(record_count - 1).to_be_bytes());
     out[27..35].copy_from_slice(&timestamp_ms.to_be_bytes());
     out[35..43].copy_from_slice(&timestamp_ms.to_be_bytes());
-    out[43..51].copy_from_slice(&(-1i64).to_be_bytes());
-    out[51..53].copy_from_slice(&(-1i16).to_be_bytes());
-    out[53..57].copy_from_slice(&(-1i32).to_be_bytes());
+    out[43..51].copy_from_slice(&producer_id.to_be_bytes());
+    out[51..53].copy_from_slice(&producer_epoch.to_be_bytes());
+    out[53..57].copy_from_slice(&base_sequence.to_be_bytes());
     out[57..61].copy_from_slice(&record_count.to_be_bytes());
     let crc = crc32c::crc32c(&out[CRC_COVERED_FROM..]);
     out[17..21].copy_from_slice(&crc.to_be_bytes());

@@ -68,6 +68,8 @@ pub enum AppendError {
     Batch(#[from] BatchError),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Sequence(#[from] crate::log::producer::SequenceError),
 }
 
 impl AppendError {
@@ -75,6 +77,7 @@ impl AppendError {
         match self {
             AppendError::Batch(e) => e.kafka_error_code(),
             AppendError::Storage(e) => e.kafka_error_code(),
+            AppendError::Sequence(e) => e.kafka_error_code(),
         }
     }
 }

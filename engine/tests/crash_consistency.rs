@@ -203,5 +203,7 @@ fn a_crash_right_after_a_roll_loses_nothing() {
     let acked = write_and_crash(dir.path(), &config, 12, 3);
     let (recovered, report, _) = recover(dir.path(), &config);
     assert_prefix_kept(&acked, &recovered);
-    assert_eq!(report.stop, None, "{report:?}");
+    // The active segment may end in a torn write or the zero padding of its last block;
+    // nothing may look corrupt.
+    assert!(matches!(report.stop, None | Some(ScanStop::TornTail)), "{report:?}");
 }

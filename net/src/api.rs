@@ -23,6 +23,7 @@ pub const SUPPORTED: &[SupportedApi] = &[
     SupportedApi { key: ApiKey::CreateTopics, min_version: 2, max_version: 7 },
     SupportedApi { key: ApiKey::DeleteTopics, min_version: 1, max_version: 6 },
     SupportedApi { key: ApiKey::DeleteRecords, min_version: 0, max_version: 2 },
+    SupportedApi { key: ApiKey::InitProducerId, min_version: 0, max_version: 5 },
 ];
 
 pub fn supported(key: ApiKey) -> Option<SupportedApi> {

@@ -31,6 +31,8 @@ pub mod error_code {
     pub const INVALID_CONFIG: i16 = 40;
     pub const REQUEST_TIMED_OUT: i16 = 7;
     pub const UNKNOWN_TOPIC_ID: i16 = 100;
+    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
 }
 
@@ -121,6 +123,8 @@ pub enum ShardRequest {
         partition: TopicPartition,
         offset: i64,
     },
+    /// To the controller shard: a new idempotent-producer id.
+    AllocateProducerId,
 }
 
 /// A partition read, as sent back to the connection's shard.
@@ -149,6 +153,7 @@ pub enum ShardResponse {
     Offsets(Result<OffsetsReply, i16>),
     /// The new log start offset (low watermark), or a Kafka error code.
     RecordsDeleted(Result<i64, i16>),
+    ProducerId(Result<i64, String>),
 }
 
 pub struct ShardBroker {
@@ -210,6 +215,13 @@ impl ShardBroker {
             }
             ShardRequest::Offsets { partition, timestamp } => {
                 ShardResponse::Offsets(self.offsets_local(&partition, timestamp).await)
+            }
+            ShardRequest::AllocateProducerId => {
+                let _permit = self.controller_lock.acquire_permit(1).await;
+                let registry = Arc::clone(&self.registry);
+                ShardResponse::ProducerId(
+                    glommio::executor().spawn_blocking(move || registry.allocate_producer_id()).await,
+                )
             }
             ShardRequest::DeleteRecords { partition, offset } => ShardResponse::RecordsDeleted(
                 self.log.delete_records(&partition, offset).await.map_err(|e| e.kafka_error_code()),
@@ -417,6 +429,14 @@ impl ShardBroker {
             None => None,
         };
         Ok(OffsetsReply { offsets, offset_for_timestamp })
+    }
+
+    /// A new producer id from the controller shard.
+    pub async fn allocate_producer_id(&self) -> Result<i64, String> {
+        match self.ctx.call(CONTROLLER_SHARD, ShardRequest::AllocateProducerId).await {
+            Ok(ShardResponse::ProducerId(result)) => result,
+            other => Err(format!("controller unavailable: {other:?}")),
+        }
     }
 
     /// Sends a partition request to the partition's owner (or runs it here).

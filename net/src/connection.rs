@@ -13,7 +13,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteRecordsRequest, DeleteTopicsRequest, FetchRequest,
-    ListOffsetsRequest, MetadataRequest, ProduceRequest, RequestHeader, ResponseHeader,
+    InitProducerIdRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest, RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
@@ -21,7 +21,8 @@ use crate::api;
 use crate::broker::ShardBroker;
 use crate::frame::{self, FrameError};
 use crate::handlers::{
-    api_versions, create_topics, delete_records, delete_topics, fetch, list_offsets, metadata, produce,
+    api_versions, create_topics, delete_records, delete_topics, fetch, init_producer_id, list_offsets, metadata,
+    produce,
 };
 
 /// The limits of one connection (Kafka's names in brackets).
@@ -119,6 +120,9 @@ pub async fn handle(mut frame: Bytes, broker: &ShardBroker) -> Result<Option<Byt
             }
             ApiKey::Fetch => call.respond(|r: FetchRequest| fetch::handle(broker, r, version)).await,
             ApiKey::ListOffsets => call.respond(|r: ListOffsetsRequest| list_offsets::handle(broker, r, version)).await,
+            ApiKey::InitProducerId => {
+                call.respond(|r: InitProducerIdRequest| init_producer_id::handle(broker, r, version)).await
+            }
             ApiKey::DeleteRecords => {
                 call.respond(|r: DeleteRecordsRequest| delete_records::handle(broker, r, version)).await
             }

@@ -30,6 +30,9 @@ pub struct TopicRecord {
 struct RegistryFile {
     cluster_id: String,
     topics: BTreeMap<String, TopicRecord>,
+    /// The next idempotent-producer id to hand out.
+    #[serde(default)]
+    next_producer_id: i64,
 }
 
 pub type TopicMap = BTreeMap<String, TopicRecord>;
@@ -37,6 +40,7 @@ pub type TopicMap = BTreeMap<String, TopicRecord>;
 pub struct Registry {
     path: PathBuf,
     cluster_id: String,
+    next_producer_id: std::sync::atomic::AtomicI64,
     version: AtomicU64,
     topics: RwLock<Arc<TopicMap>>,
 }
@@ -79,7 +83,11 @@ impl Registry {
             Ok(bytes) => serde_json::from_slice::<RegistryFile>(&bytes)
                 .map_err(|e| format!("{} is unreadable: {e}", path.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let file = RegistryFile { cluster_id: cluster_id_text(&random_id()), topics: BTreeMap::new() };
+                let file = RegistryFile {
+                    cluster_id: cluster_id_text(&random_id()),
+                    topics: BTreeMap::new(),
+                    next_producer_id: 0,
+                };
                 std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
                 write_atomically(&path, &file)?;
                 file
@@ -88,6 +96,7 @@ impl Registry {
         };
         Ok(Arc::new(Self {
             path,
+            next_producer_id: std::sync::atomic::AtomicI64::new(file.next_producer_id),
             cluster_id: file.cluster_id,
             version: AtomicU64::new(1),
             topics: RwLock::new(Arc::new(file.topics)),
@@ -112,7 +121,11 @@ impl Registry {
     /// Replaces the topic map durably. Controller shard only (blocking: call it from the
     /// blocking pool).
     pub fn store(&self, topics: TopicMap) -> Result<(), String> {
-        let file = RegistryFile { cluster_id: self.cluster_id.clone(), topics };
+        let file = RegistryFile {
+            cluster_id: self.cluster_id.clone(),
+            topics,
+            next_producer_id: self.next_producer_id.load(Ordering::Acquire),
+        };
         write_atomically(&self.path, &file)?;
         let mut guard = match self.topics.write() {
             Ok(guard) => guard,
@@ -121,6 +134,16 @@ impl Registry {
         *guard = Arc::new(file.topics);
         self.version.fetch_add(1, Ordering::Release);
         Ok(())
+    }
+}
+
+impl Registry {
+    /// Hands out a new producer id, durably (an id is never given twice, even across a crash).
+    /// Controller shard only (blocking: call it from the blocking pool).
+    pub fn allocate_producer_id(&self) -> Result<i64, String> {
+        let id = self.next_producer_id.fetch_add(1, Ordering::AcqRel);
+        self.store((*self.snapshot()).clone())?;
+        Ok(id)
     }
 }
 

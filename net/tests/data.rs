@@ -252,3 +252,46 @@ fn delete_records_moves_the_log_start_durably() {
     let response: ListOffsetsResponse = client.call(ApiKey::ListOffsets, 7, &list_offsets("trim", -2));
     assert_eq!(response.topics[0].partitions[0].offset, 10, "the log start survives a restart");
 }
+
+#[test]
+fn idempotent_producers_get_ids_and_retries_are_not_duplicated() {
+    use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
+    let broker = Broker::start(Options { shards: 2, ..Options::default() });
+    let mut client = broker.client();
+    create_topic(&mut client, "idem", 1);
+    let first: InitProducerIdResponse =
+        client.call(ApiKey::InitProducerId, 4, &InitProducerIdRequest::default().with_transaction_timeout_ms(60_000));
+    let second: InitProducerIdResponse = client.call(ApiKey::InitProducerId, 0, &InitProducerIdRequest::default());
+    assert_eq!(first.error_code, 0);
+    assert_ne!(first.producer_id, second.producer_id, "ids are unique");
+    let id = first.producer_id.0;
+    let send = |client: &mut Client, epoch: i16, sequence: i32| {
+        produce(client, 9, "idem", 0, batch::build_idempotent_test_batch(2, b"i", 5, id, epoch, sequence))
+    };
+    assert_eq!(send(&mut client, 0, 0), (0, 0));
+    assert_eq!(send(&mut client, 0, 2), (0, 2));
+    assert_eq!(send(&mut client, 0, 0), (0, 0), "a retry gets its original offset");
+    assert_eq!(send(&mut client, 0, 9).0, 45, "OUT_OF_ORDER_SEQUENCE_NUMBER");
+    let bumped: InitProducerIdResponse = client.call(
+        ApiKey::InitProducerId,
+        4,
+        &InitProducerIdRequest::default().with_producer_id(ProducerId(id)).with_producer_epoch(0),
+    );
+    assert_eq!((bumped.producer_id.0, bumped.producer_epoch), (id, 1));
+    assert_eq!(send(&mut client, 1, 0), (0, 4));
+    assert_eq!(send(&mut client, 0, 4).0, 47, "INVALID_PRODUCER_EPOCH");
+    let transactional: InitProducerIdResponse = client.call(
+        ApiKey::InitProducerId,
+        4,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(Some(kafka_protocol::messages::TransactionalId(StrBytes::from_static_str("tx")))),
+    );
+    assert_ne!(transactional.error_code, 0, "transactions are refused");
+    // ids stay unique across a restart
+    drop(client);
+    let dir = broker.stop();
+    let broker = Broker::start_in(dir, Options::default());
+    let mut client = broker.client();
+    let after: InitProducerIdResponse = client.call(ApiKey::InitProducerId, 4, &InitProducerIdRequest::default());
+    assert!(after.producer_id.0 > second.producer_id.0.max(id));
+}

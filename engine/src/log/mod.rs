@@ -4,6 +4,7 @@ pub mod cache;
 pub mod config;
 pub mod index;
 pub mod partition;
+pub mod producer;
 pub mod segment;
 pub mod shard_log;
 

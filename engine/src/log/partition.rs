@@ -21,7 +21,8 @@ use crate::batch::BatchHeader;
 use crate::error::{IoFailure, StorageError};
 use crate::log::config::{FlushPolicy, LogConfig};
 use crate::log::index::SegmentIndex;
-use crate::log::segment::{self, ScanStop, Segment};
+use crate::log::producer::ProducerStates;
+use crate::log::segment::{self, ProducerReplay, ScanStop, Segment};
 
 /// A topic partition; its directory under the data dir is `{topic}-{partition}`, as in Kafka.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -64,6 +65,8 @@ pub struct PartitionOffsets {
 }
 
 const LOG_START_CHECKPOINT: &str = "log-start-offset";
+/// The idempotent-producer state snapshot (format in `producer.rs`).
+pub(crate) const PRODUCER_STATE: &str = "producer-state";
 
 /// What start-up recovery found and did, for logs and tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -80,6 +83,8 @@ pub(crate) struct Partition {
     pub dir: PathBuf,
     pub config: LogConfig,
     pub segments: BTreeMap<i64, Segment>,
+    /// Idempotent-producer state (sequences and offsets of recent batches per producer).
+    pub producers: ProducerStates,
     pub log_start_offset: i64,
     pub leader_epoch: i32,
     /// Appends waiting for durability: (offset that must become durable, completion).
@@ -179,6 +184,22 @@ impl Partition {
         let (tx, rx) = oneshot::channel();
         self.waiters.push_back((header.next_offset(), tx));
         rx
+    }
+
+    /// A waiter that resolves once offsets below `next_offset` are acknowledged by the policy
+    /// (for a duplicate batch, answered with its original offsets only when those are safe).
+    pub fn wait_for(&mut self, next_offset: i64) -> oneshot::Receiver<Result<(), StorageError>> {
+        let (tx, rx) = oneshot::channel();
+        self.waiters.push_back((next_offset, tx));
+        self.complete_waiters();
+        rx
+    }
+
+    /// Writes the producer-state snapshot of everything durable now. Called before a segment
+    /// gets its index files and at a clean stop, so a segment start-up trusts without scanning
+    /// is always covered by the snapshot.
+    pub fn producer_snapshot(&self) -> (PathBuf, Vec<u8>) {
+        (self.dir.join(PRODUCER_STATE), self.producers.encode(self.durable_end_offset()))
     }
 
     /// Completes every append now acknowledged by the policy (synced, or written).
@@ -298,6 +319,9 @@ impl Partition {
     ) -> Result<(Self, RecoveryReport), StorageError> {
         let listing = list_partition_dir(&dir).await?;
         let checkpoint = read_log_start_checkpoint(&dir).await?;
+        let snapshot = segment::read_small_file(&dir.join(PRODUCER_STATE)).await?;
+        let (snapshot_offset, mut producers) =
+            snapshot.as_deref().and_then(ProducerStates::decode).unwrap_or((0, ProducerStates::default()));
         let mut report = RecoveryReport::default();
         let mut segments = BTreeMap::new();
         let mut expected_next: Option<i64> = None;
@@ -328,6 +352,7 @@ impl Partition {
                         base,
                         expected_next.unwrap_or(base),
                         config.index_interval_bytes,
+                        &mut ProducerReplay { states: &mut producers, from_offset: snapshot_offset },
                     )
                     .await?;
                     (outcome.index, outcome.stop)
@@ -388,11 +413,18 @@ impl Partition {
             let base = checkpoint.unwrap_or(0);
             segments.insert(base, Segment::new(&dir, base, config.index_interval_bytes));
         }
+        // A snapshot covering more than survived (a damaged tail was cut) could report a lost
+        // batch as a duplicate: start from nothing instead (producers then reset, KIP-360).
+        if snapshot_offset > log_end.unwrap_or(0) {
+            tracing::warn!(partition = %name, snapshot_offset, "producer state snapshot is ahead of the log: dropped");
+            producers = ProducerStates::default();
+        }
         let partition = Self {
             name,
             dir,
             config,
             segments,
+            producers,
             log_start_offset,
             leader_epoch: 0,
             waiters: VecDeque::new(),

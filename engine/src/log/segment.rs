@@ -384,6 +384,13 @@ pub enum ScanStop {
     OffsetsNotIncreasing,
 }
 
+/// Where a recovery scan replays idempotent-producer state: batches at or after
+/// `from_offset` (what the snapshot does not cover) are recorded in `states`.
+pub(crate) struct ProducerReplay<'a> {
+    pub states: &'a mut crate::log::producer::ProducerStates,
+    pub from_offset: i64,
+}
+
 /// The result of validating a segment file from its start.
 pub(crate) struct ScanOutcome {
     pub index: SegmentIndex,
@@ -401,6 +408,7 @@ pub(crate) async fn scan_segment(
     base_offset: i64,
     expected_next_offset: i64,
     index_interval_bytes: u64,
+    producers: &mut ProducerReplay<'_>,
 ) -> Result<ScanOutcome, IoFailure> {
     let mut index = SegmentIndex::new(base_offset, index_interval_bytes);
     let mut next_offset = expected_next_offset.max(base_offset);
@@ -438,6 +446,9 @@ pub(crate) async fn scan_segment(
             return Ok(ScanOutcome { index, stop: Some(ScanStop::OffsetsNotIncreasing) });
         }
         index.on_batch(&header, position);
+        if header.base_offset >= producers.from_offset {
+            producers.states.record(&header);
+        }
         next_offset = header.next_offset();
         position += claimed as u64;
     }

@@ -27,6 +27,7 @@ use crate::error::{AppendError, IoFailure, StorageError};
 use crate::log::cache::{BatchCache, CacheStats, PartitionId};
 use crate::log::config::{FlushPolicy, LogConfig};
 use crate::log::partition::{self, FileReadPlan, Partition, PartitionOffsets, RecoveryReport, TopicPartition};
+use crate::log::producer::Verdict;
 use crate::log::segment::{self, Segment, WriteShape};
 use crate::side_ring::SideRing;
 
@@ -294,10 +295,20 @@ impl ShardLog {
             return Err(error.into());
         }
         let mut header = batch::validate_produced(&batch, partition.config.max_message_bytes)?;
+        if let Verdict::Duplicate(original) = partition.producers.check(&header)? {
+            // A retry of a batch already in the log: its original offsets, once they are safe.
+            let waiter = partition.wait_for(original.last_offset + 1);
+            return Ok(Appended {
+                base_offset: original.base_offset,
+                last_offset: original.last_offset,
+                durable: Durable(Some(waiter)),
+            });
+        }
         header.base_offset = partition.log_end_offset();
         header.partition_leader_epoch = partition.leader_epoch;
         batch::stamp(&mut batch, header.base_offset, header.partition_leader_epoch);
         let bytes = batch.freeze();
+        partition.producers.record(&header);
         let waiter = partition.append(&header, bytes.clone(), now_ms);
         cache.insert(*id, header.base_offset, header.last_offset(), bytes);
         stats.appends += 1;
@@ -494,7 +505,15 @@ impl ShardLog {
         if let Some(task) = task {
             task.await;
         }
-        // Active segments get the same treatment as sealed ones: exact size and indexes.
+        // Producer state first (everything is durable now), then the active segments get the
+        // same treatment as sealed ones: exact size and indexes.
+        let snapshots: Vec<(PathBuf, Vec<u8>)> = {
+            let inner = self.inner.borrow();
+            inner.partitions.values().filter(|(_, p)| p.failed.is_none()).map(|(_, p)| p.producer_snapshot()).collect()
+        };
+        for (path, snapshot) in snapshots {
+            segment::write_small_file(&path, snapshot).await?;
+        }
         let active: Vec<(PathBuf, Rc<DmaFile>, PathBuf, crate::log::index::SegmentIndex)> = {
             let inner = self.inner.borrow();
             inner
@@ -679,10 +698,15 @@ impl ShardLog {
                 glommio::spawn_local(async move { this.sync_segment(name, base, dir).await }).detach();
             }
             // 4. A sealed segment, now complete on disk, gets its exact size and indexes.
+            //    The producer-state snapshot goes first: a segment start-up trusts without
+            //    scanning must be covered by it.
             let finalize = self
-                .with_segment(name, base, |_, s| s.ready_to_finalize().then(|| (s.file.clone(), s.index.clone())))
+                .with_segment(name, base, |p, s| {
+                    s.ready_to_finalize().then(|| (s.file.clone(), s.index.clone(), p.producer_snapshot()))
+                })
                 .flatten();
-            if let Some((Some(file), index)) = finalize {
+            if let Some((Some(file), index, (snapshot_path, snapshot))) = finalize {
+                segment::write_small_file(&snapshot_path, snapshot).await?;
                 segment::finalize(&dir, &file, &segment::log_path(&dir, base), &index).await?;
                 self.with_segment(name, base, |_, s| s.finalized = true);
             }
