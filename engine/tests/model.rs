@@ -117,7 +117,12 @@ fn check(ops: Vec<Op>, config: LogConfig) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    // A fixed seed keeps CI deterministic; PROPTEST_CASES / a changed seed explore further.
+    #![proptest_config(ProptestConfig {
+        cases: 24,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x00c0_4e10_6000_0002),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn the_log_behaves_like_its_model(

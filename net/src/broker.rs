@@ -15,6 +15,10 @@ use corelog_engine::runtime::{ShardContext, ShardId};
 
 use crate::registry::{self, Registry, TopicRecord};
 
+/// Most partitions one topic may have: creating a topic is sequential work on the controller
+/// shard, and a request asking for millions would hold every metadata change behind it.
+pub const PARTITIONS_PER_TOPIC_MAX: i32 = 10_000;
+
 /// The controller shard: it serialises every metadata change.
 pub const CONTROLLER_SHARD: ShardId = 0;
 
@@ -260,6 +264,12 @@ impl ShardBroker {
         let partitions = if spec.partitions == -1 { self.settings.num_partitions } else { spec.partitions };
         if partitions <= 0 {
             return Err((error_code::INVALID_PARTITIONS, "number of partitions must be at least 1".into()));
+        }
+        if partitions > PARTITIONS_PER_TOPIC_MAX {
+            return Err((
+                error_code::INVALID_PARTITIONS,
+                format!("{partitions} partitions: at most {PARTITIONS_PER_TOPIC_MAX} per topic"),
+            ));
         }
         if !(spec.replication_factor == -1 || spec.replication_factor == 1) {
             return Err((

@@ -79,30 +79,56 @@ fn encode(input: &Input) -> Vec<u8> {
     }
 }
 
-/// Sends the input; returns once the broker answered or closed the connection.
+/// Sends the input; returns once the broker answered or closed the connection. A request that
+/// legitimately gets no answer yet (Produce with acks=0, a long-polling Fetch) must not stop
+/// the connection from serving the next one: after a short wait an ApiVersions request is
+/// sent behind it and must be answered.
 fn exchange(broker: &Broker, frame: &[u8]) -> Result<(), String> {
     let mut stream = broker.connect();
-    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let _ = stream.write_all(frame);
-    let mut size = [0u8; 4];
-    match stream.read_exact(&mut size) {
-        Ok(()) => {
-            let size = i32::from_be_bytes(size);
-            if size < 4 {
-                return Err(format!("response frame of {size} bytes"));
+    stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut pinged = false;
+    loop {
+        let mut size = [0u8; 4];
+        match stream.read_exact(&mut size) {
+            Ok(()) => {
+                let size = i32::from_be_bytes(size);
+                if size < 4 {
+                    return Err(format!("response frame of {size} bytes"));
+                }
+                let mut body = vec![0u8; size as usize];
+                stream.read_exact(&mut body).map_err(|e| format!("truncated response: {e}"))?;
+                let correlation_id = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                if !pinged || correlation_id == PING_ID {
+                    return Ok(());
+                }
             }
-            let mut body = vec![0u8; size as usize];
-            stream.read_exact(&mut body).map_err(|e| format!("truncated response: {e}"))
+            Err(e)
+                if e.kind() == std::io::ErrorKind::UnexpectedEof || e.kind() == std::io::ErrorKind::ConnectionReset =>
+            {
+                return Ok(());
+            }
+            Err(e) if !pinged && matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                pinged = true;
+                stream.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+                let ping = request_frame(ApiKey::ApiVersions, 3, PING_ID, &ApiVersionsRequest::default());
+                stream.write_all(&ping).map_err(|e| format!("connection unusable: {e}"))?;
+            }
+            Err(e) => return Err(format!("neither a response nor a close: {e}")),
         }
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof || e.kind() == std::io::ErrorKind::ConnectionReset => {
-            Ok(())
-        }
-        Err(e) => Err(format!("neither a response nor a close: {e}")),
     }
 }
 
+const PING_ID: i32 = 4242;
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, failure_persistence: None, ..ProptestConfig::default() })]
+    // A fixed seed keeps CI deterministic; PROPTEST_CASES / a changed seed explore further.
+    #![proptest_config(ProptestConfig {
+        cases: 300,
+        failure_persistence: None,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x00c0_4e10_6000_0001),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn hostile_requests_get_an_answer_or_a_close_and_the_broker_keeps_serving(inputs in proptest::collection::vec(input(), 1..8)) {

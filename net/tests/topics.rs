@@ -68,6 +68,7 @@ fn created_topics_appear_in_metadata_and_bad_requests_get_kafka_codes() {
             creatable("bad config", 1, 1, &[]),
             creatable("bad-config", 1, 1, &[("no.such.config", "1")]),
             creatable("empty", 0, 1, &[]),
+            creatable("huge", 10_001, 1, &[]),
         ],
         false,
     );
@@ -77,6 +78,7 @@ fn created_topics_appear_in_metadata_and_bad_requests_get_kafka_codes() {
     assert_eq!(error_of(&response, "bad config"), 17, "INVALID_TOPIC_EXCEPTION");
     assert_eq!(error_of(&response, "bad-config"), 40, "INVALID_CONFIG");
     assert_eq!(error_of(&response, "empty"), 37, "INVALID_PARTITIONS");
+    assert_eq!(error_of(&response, "huge"), 37, "more than the per-topic partition limit");
     let orders = response.topics.iter().find(|t| t.name.0.as_str() == "orders").unwrap();
     assert_eq!(orders.num_partitions, 4);
     assert!(!orders.topic_id.is_nil());
