@@ -14,3 +14,9 @@ pub mod runtime;
 pub mod side_ring;
 
 pub use error::{AppendError, IoFailure, StorageError};
+
+/// Wall-clock milliseconds since the Unix epoch: the `now` that drivers pass into the log
+/// (appends, retention). Logic takes `now` as an argument; only drivers read the clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}

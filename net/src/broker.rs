@@ -408,8 +408,7 @@ impl ShardBroker {
         wait: bool,
         timeout: std::time::Duration,
     ) -> Result<(i64, i64), i16> {
-        let now_ms =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let now_ms = corelog_engine::now_ms();
         let appended = self.log.append(partition, batch, now_ms).map_err(|e| e.kafka_error_code())?;
         if wait {
             let durable = appended.durable;

@@ -169,8 +169,7 @@ pub async fn run_shard(
     let retention = glommio::spawn_local(async move {
         loop {
             glommio::timer::sleep(interval).await;
-            let now_ms =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+            let now_ms = corelog_engine::now_ms();
             match retention_log.enforce_retention(now_ms).await {
                 Ok(0) => {}
                 Ok(deleted) => tracing::info!(shard, deleted, "retention deleted segments"),

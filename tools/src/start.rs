@@ -146,7 +146,7 @@ fn start(config: BrokerConfig) -> Result<(), String> {
         node_id = config.node_id,
         "starting corelog"
     );
-    tracing::info!(shards, cpus = ?cpus, cache_budget_bytes_per_shard = config.cache_budget_bytes_per_shard, "shard plan");
+    tracing::info!(shards, cpus = ?cpus, cache_budget_bytes_per_shard = config.cache_budget_bytes_per_shard, "shards");
     let placement = PlacementTable::new(shards);
     let registry = server::prepare(&config.data_dir, &placement)?;
     let topics = registry.snapshot().len();

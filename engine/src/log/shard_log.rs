@@ -29,6 +29,7 @@ use crate::log::config::{FlushPolicy, LogConfig};
 use crate::log::partition::{self, FileReadPlan, Partition, PartitionOffsets, RecoveryReport, TopicPartition};
 use crate::log::producer::Verdict;
 use crate::log::segment::{self, Segment, WriteShape};
+use crate::now_ms;
 use crate::side_ring::SideRing;
 
 /// Most fdatasyncs a shard runs at once (io-wq workers of its side ring). Measured on ext4:
@@ -188,10 +189,6 @@ pub struct ShardLog {
     inner: RefCell<Inner>,
     flusher_wake: Notify,
     flusher: RefCell<Option<glommio::task::JoinHandle<()>>>,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 impl ShardLog {
