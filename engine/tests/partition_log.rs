@@ -361,3 +361,40 @@ fn a_backlog_larger_than_one_write_is_written_in_several() {
         log.close().await.unwrap();
     });
 }
+
+#[test]
+fn config_updates_apply_to_a_live_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let log = open_log(dir.path(), 64 << 20).await;
+        let never_synced = LogConfig { flush: FlushPolicy::None, ..small_segments() };
+        log.open_partition(&tp(), never_synced.clone()).await.unwrap();
+        for seed in 0..40 {
+            log.append(&tp(), batch_for(seed, 2, 500), 1_000).unwrap().durable.await.unwrap();
+        }
+        log.settle().await;
+        let offsets = log.offsets(&tp()).unwrap();
+        assert_eq!(offsets.high_watermark, 80, "flush=none: visible once written");
+        assert!(offsets.durable_end_offset < 80, "flush=none never syncs the active segment: {offsets:?}");
+
+        // Switched to `always`: the unsynced tail is synced without a new append.
+        log.update_config(&tp(), LogConfig { flush: FlushPolicy::Always, ..never_synced.clone() }).unwrap();
+        log.settle().await;
+        assert_eq!(log.offsets(&tp()).unwrap().durable_end_offset, 80);
+
+        // A smaller retention.bytes takes effect at the next retention pass.
+        let segments_before = segment_files(dir.path(), &tp(), "log").len();
+        log.update_config(&tp(), LogConfig { retention_bytes: Some(8 << 10), ..small_segments() }).unwrap();
+        assert!(log.enforce_retention(2_000).await.unwrap() > 0);
+        assert!(segment_files(dir.path(), &tp(), "log").len() < segments_before);
+        assert!(log.offsets(&tp()).unwrap().log_start_offset > 0);
+
+        // Invalid configs and unknown partitions are refused; the old config stays.
+        let bad = LogConfig { segment_bytes: 3, ..small_segments() };
+        assert!(log.update_config(&tp(), bad).is_err());
+        let unknown = TopicPartition::new("nope", 0);
+        assert!(matches!(log.update_config(&unknown, small_segments()), Err(StorageError::UnknownPartition(_))));
+        log.append(&tp(), batch_for(99, 1, 10), 1_000).unwrap().durable.await.unwrap();
+        log.close().await.unwrap();
+    });
+}

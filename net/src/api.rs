@@ -24,6 +24,12 @@ pub const SUPPORTED: &[SupportedApi] = &[
     SupportedApi { key: ApiKey::DeleteTopics, min_version: 1, max_version: 6 },
     SupportedApi { key: ApiKey::DeleteRecords, min_version: 0, max_version: 2 },
     SupportedApi { key: ApiKey::InitProducerId, min_version: 0, max_version: 5 },
+    SupportedApi { key: ApiKey::OffsetForLeaderEpoch, min_version: 2, max_version: 4 },
+    SupportedApi { key: ApiKey::CreatePartitions, min_version: 0, max_version: 3 },
+    SupportedApi { key: ApiKey::DescribeConfigs, min_version: 1, max_version: 4 },
+    SupportedApi { key: ApiKey::AlterConfigs, min_version: 0, max_version: 2 },
+    SupportedApi { key: ApiKey::IncrementalAlterConfigs, min_version: 0, max_version: 1 },
+    SupportedApi { key: ApiKey::DescribeCluster, min_version: 0, max_version: 2 },
 ];
 
 pub fn supported(key: ApiKey) -> Option<SupportedApi> {

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use corelog_engine::log::{LogConfig, PartitionOffsets, ShardLog, TopicPartition};
 use corelog_engine::runtime::{ShardContext, ShardId};
 
+use crate::configs::{self, ConfigChange};
 use crate::registry::{self, Registry, TopicRecord};
 
 /// Most partitions one topic may have: creating a topic is sequential work on the controller
@@ -33,6 +34,7 @@ pub mod error_code {
     pub const INVALID_REQUEST: i16 = 42;
     pub const INVALID_RECORD: i16 = 87;
     pub const INVALID_CONFIG: i16 = 40;
+    pub const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
     pub const REQUEST_TIMED_OUT: i16 = 7;
     pub const UNKNOWN_TOPIC_ID: i16 = 100;
     pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
@@ -51,6 +53,8 @@ pub struct BrokerSettings {
     pub num_partitions: i32,
     /// `auto.create.topics.enable`.
     pub auto_create_topics: bool,
+    /// Other read-only broker configs DescribeConfigs reports: (Kafka name, value, source).
+    pub broker_configs: Vec<(&'static str, String, i8)>,
 }
 
 /// A topic to create, as requested.
@@ -129,6 +133,39 @@ pub enum ShardRequest {
     },
     /// To the controller shard: a new idempotent-producer id.
     AllocateProducerId,
+    /// To the controller shard: change topics' configs.
+    AlterTopicConfigs {
+        edits: Vec<(String, ConfigEdit)>,
+        validate_only: bool,
+    },
+    /// To the controller shard: grow topics to `count` partitions each.
+    CreatePartitions {
+        topics: Vec<PartitionGrowth>,
+        validate_only: bool,
+    },
+    /// Replace a partition's log config on its owner (after the registry has the change).
+    UpdatePartitionConfig {
+        partition: TopicPartition,
+        config: LogConfig,
+    },
+}
+
+/// How a topic's explicit configs change.
+#[derive(Debug, Clone)]
+pub enum ConfigEdit {
+    /// AlterConfigs: the given configs replace all explicit ones.
+    Replace(BTreeMap<String, String>),
+    /// IncrementalAlterConfigs: set, delete, append to or subtract from single keys.
+    Incremental(Vec<ConfigChange>),
+}
+
+/// A CreatePartitions request for one topic.
+#[derive(Debug, Clone)]
+pub struct PartitionGrowth {
+    pub name: String,
+    /// The partition count wanted (must be larger than the current one).
+    pub count: i32,
+    pub has_assignments: bool,
 }
 
 /// A partition read, as sent back to the connection's shard.
@@ -230,6 +267,15 @@ impl ShardBroker {
             ShardRequest::DeleteRecords { partition, offset } => ShardResponse::RecordsDeleted(
                 self.log.delete_records(&partition, offset).await.map_err(|e| e.kafka_error_code()),
             ),
+            ShardRequest::AlterTopicConfigs { edits, validate_only } => {
+                ShardResponse::Topics(self.controller_alter_configs(edits, validate_only).await)
+            }
+            ShardRequest::CreatePartitions { topics, validate_only } => {
+                ShardResponse::Topics(self.controller_create_partitions(topics, validate_only).await)
+            }
+            ShardRequest::UpdatePartitionConfig { partition, config } => {
+                ShardResponse::Done(self.log.update_config(&partition, config).map_err(|e| e.to_string()))
+            }
         }
     }
 
@@ -245,6 +291,28 @@ impl ShardBroker {
     /// Deletes topics through the controller shard.
     pub async fn delete_topics(&self, names: Vec<String>) -> Vec<TopicOutcome> {
         match self.ctx.call(CONTROLLER_SHARD, ShardRequest::DeleteTopics { names: names.clone() }).await {
+            Ok(ShardResponse::Topics(outcomes)) => outcomes,
+            other => unavailable(&names, &format!("controller unavailable: {other:?}")),
+        }
+    }
+
+    /// Changes topic configs through the controller shard.
+    pub async fn alter_topic_configs(
+        &self,
+        edits: Vec<(String, ConfigEdit)>,
+        validate_only: bool,
+    ) -> Vec<TopicOutcome> {
+        let names: Vec<String> = edits.iter().map(|(name, _)| name.clone()).collect();
+        match self.ctx.call(CONTROLLER_SHARD, ShardRequest::AlterTopicConfigs { edits, validate_only }).await {
+            Ok(ShardResponse::Topics(outcomes)) => outcomes,
+            other => unavailable(&names, &format!("controller unavailable: {other:?}")),
+        }
+    }
+
+    /// Adds partitions to topics through the controller shard.
+    pub async fn create_partitions(&self, topics: Vec<PartitionGrowth>, validate_only: bool) -> Vec<TopicOutcome> {
+        let names: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
+        match self.ctx.call(CONTROLLER_SHARD, ShardRequest::CreatePartitions { topics, validate_only }).await {
             Ok(ShardResponse::Topics(outcomes)) => outcomes,
             other => unavailable(&names, &format!("controller unavailable: {other:?}")),
         }
@@ -329,8 +397,17 @@ impl ShardBroker {
     }
 
     async fn open_partitions(&self, record: &TopicRecord, config: &LogConfig) -> Result<(), String> {
+        self.open_partition_range(record, 0..record.partitions, config).await
+    }
+
+    async fn open_partition_range(
+        &self,
+        record: &TopicRecord,
+        indexes: std::ops::Range<i32>,
+        config: &LogConfig,
+    ) -> Result<(), String> {
         let table = self.ctx.placement.table();
-        for index in 0..record.partitions {
+        for index in indexes {
             let partition = TopicPartition::new(record.name.clone(), index);
             let owner = table.assign(&partition);
             let request =
@@ -395,6 +472,163 @@ impl ShardBroker {
             }
         }
         tracing::info!(topics = ?removed.iter().map(|r| &r.name).collect::<Vec<_>>(), "deleted topics");
+        outcomes
+    }
+}
+
+impl ShardBroker {
+    /// Applies config edits: each topic's new explicit configs are validated as a whole,
+    /// stored in the registry (the truth, read again at start), then pushed to the owners of
+    /// its partitions.
+    async fn controller_alter_configs(
+        &self,
+        edits: Vec<(String, ConfigEdit)>,
+        validate_only: bool,
+    ) -> Vec<TopicOutcome> {
+        let Ok(_permit) = self.controller_lock.acquire_permit(1).await else {
+            return unavailable(&edits.into_iter().map(|(n, _)| n).collect::<Vec<_>>(), "controller stopping");
+        };
+        let mut topics = (*self.registry.snapshot()).clone();
+        let mut outcomes = Vec::with_capacity(edits.len());
+        let mut changed: Vec<(TopicRecord, LogConfig)> = Vec::new();
+        for (name, edit) in edits {
+            let Some(record) = topics.get(&name) else {
+                let message = format!("unknown topic {name}");
+                outcomes.push(TopicOutcome::error(&name, error_code::UNKNOWN_TOPIC_OR_PARTITION, message));
+                continue;
+            };
+            let explicit = match edit {
+                ConfigEdit::Replace(configs) => Ok(configs),
+                ConfigEdit::Incremental(changes) => configs::apply_incremental(&record.configs, &changes),
+            };
+            let validated = explicit.and_then(|explicit| {
+                registry::log_config(&self.settings.default_log, &explicit)
+                    .map(|config| (explicit, config))
+                    .map_err(|message| (error_code::INVALID_CONFIG, message))
+            });
+            match validated {
+                Ok((explicit, config)) => {
+                    if !validate_only {
+                        let record = TopicRecord { configs: explicit, ..record.clone() };
+                        topics.insert(name.clone(), record.clone());
+                        changed.push((record, config));
+                    }
+                    outcomes.push(TopicOutcome { name, error_code: error_code::NONE, message: None, record: None });
+                }
+                Err((code, message)) => outcomes.push(TopicOutcome::error(&name, code, message)),
+            }
+        }
+        if changed.is_empty() {
+            return outcomes;
+        }
+        let registry = Arc::clone(&self.registry);
+        if let Err(message) = glommio::executor().spawn_blocking(move || registry.store(topics)).await {
+            tracing::error!(%message, "cannot persist the topic registry");
+            let names: Vec<String> = changed.iter().map(|(r, _)| r.name.clone()).collect();
+            for outcome in outcomes.iter_mut().filter(|o| names.contains(&o.name)) {
+                *outcome = TopicOutcome::error(&outcome.name, error_code::KAFKA_STORAGE_ERROR, message.clone());
+            }
+            return outcomes;
+        }
+        for (record, config) in &changed {
+            for index in 0..record.partitions {
+                let partition = TopicPartition::new(record.name.clone(), index);
+                let request =
+                    ShardRequest::UpdatePartitionConfig { partition: partition.clone(), config: config.clone() };
+                let outcome = self.partition_call(&partition, request).await;
+                if !matches!(outcome, Ok(ShardResponse::Done(Ok(())))) {
+                    // The registry has the change, so the next start applies it.
+                    tracing::warn!(%partition, ?outcome, "config change not applied to the open partition");
+                }
+            }
+            tracing::info!(topic = %record.name, configs = ?record.configs, "altered topic configs");
+        }
+        outcomes
+    }
+
+    /// Grows topics: opens the new partitions on their owners, then records the new count.
+    /// A crash in between leaves directories the next start removes (they are beyond the
+    /// registry's count).
+    async fn controller_create_partitions(
+        &self,
+        growths: Vec<PartitionGrowth>,
+        validate_only: bool,
+    ) -> Vec<TopicOutcome> {
+        let Ok(_permit) = self.controller_lock.acquire_permit(1).await else {
+            return unavailable(&growths.into_iter().map(|g| g.name).collect::<Vec<_>>(), "controller stopping");
+        };
+        let mut topics = (*self.registry.snapshot()).clone();
+        let mut outcomes = Vec::with_capacity(growths.len());
+        let mut grown = Vec::new();
+        for (i, growth) in growths.iter().enumerate() {
+            let name = growth.name.as_str();
+            if growths[..i].iter().chain(&growths[i + 1..]).any(|g| g.name == growth.name) {
+                let message = format!("topic {name} appears more than once in the request");
+                outcomes.push(TopicOutcome::error(name, error_code::INVALID_REQUEST, message));
+                continue;
+            }
+            let Some(record) = topics.get(name).cloned() else {
+                let message = format!("unknown topic {name}");
+                outcomes.push(TopicOutcome::error(name, error_code::UNKNOWN_TOPIC_OR_PARTITION, message));
+                continue;
+            };
+            let refusal = if growth.has_assignments {
+                Some((error_code::INVALID_REPLICA_ASSIGNMENT, "manual replica assignments are not supported".into()))
+            } else if growth.count <= record.partitions {
+                Some((
+                    error_code::INVALID_PARTITIONS,
+                    format!(
+                        "topic {name} has {} partitions; the new count must be larger, not {}",
+                        record.partitions, growth.count
+                    ),
+                ))
+            } else if growth.count > PARTITIONS_PER_TOPIC_MAX {
+                Some((
+                    error_code::INVALID_PARTITIONS,
+                    format!("{} partitions: at most {PARTITIONS_PER_TOPIC_MAX} per topic", growth.count),
+                ))
+            } else {
+                None
+            };
+            if let Some((code, message)) = refusal {
+                outcomes.push(TopicOutcome::error(name, code, message));
+                continue;
+            }
+            if !validate_only {
+                let config = match registry::log_config(&self.settings.default_log, &record.configs) {
+                    Ok(config) => config,
+                    Err(message) => {
+                        outcomes.push(TopicOutcome::error(name, error_code::INVALID_CONFIG, message));
+                        continue;
+                    }
+                };
+                if let Err(message) = self.open_partition_range(&record, record.partitions..growth.count, &config).await
+                {
+                    outcomes.push(TopicOutcome::error(name, error_code::KAFKA_STORAGE_ERROR, message));
+                    continue;
+                }
+                topics.insert(record.name.clone(), TopicRecord { partitions: growth.count, ..record });
+                grown.push(growth.name.clone());
+            }
+            outcomes.push(TopicOutcome {
+                name: growth.name.clone(),
+                error_code: error_code::NONE,
+                message: None,
+                record: None,
+            });
+        }
+        if grown.is_empty() {
+            return outcomes;
+        }
+        let registry = Arc::clone(&self.registry);
+        if let Err(message) = glommio::executor().spawn_blocking(move || registry.store(topics)).await {
+            tracing::error!(%message, "cannot persist the topic registry");
+            for outcome in outcomes.iter_mut().filter(|o| grown.contains(&o.name)) {
+                *outcome = TopicOutcome::error(&outcome.name, error_code::KAFKA_STORAGE_ERROR, message.clone());
+            }
+        } else {
+            tracing::info!(topics = ?grown, "added partitions");
+        }
         outcomes
     }
 }

@@ -12,8 +12,10 @@ use std::future::Future;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteRecordsRequest, DeleteTopicsRequest, FetchRequest,
-    InitProducerIdRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest, RequestHeader, ResponseHeader,
+    AlterConfigsRequest, ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest,
+    DeleteRecordsRequest, DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest, FetchRequest,
+    IncrementalAlterConfigsRequest, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest,
+    OffsetForLeaderEpochRequest, ProduceRequest, RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
@@ -21,8 +23,8 @@ use crate::api;
 use crate::broker::ShardBroker;
 use crate::frame::{self, FrameError};
 use crate::handlers::{
-    api_versions, create_topics, delete_records, delete_topics, fetch, init_producer_id, list_offsets, metadata,
-    produce,
+    alter_configs, api_versions, create_partitions, create_topics, delete_records, delete_topics, describe_cluster,
+    describe_configs, fetch, init_producer_id, list_offsets, metadata, offset_for_leader_epoch, produce,
 };
 
 /// The limits of one connection (Kafka's names in brackets).
@@ -125,6 +127,25 @@ pub async fn handle(mut frame: Bytes, broker: &ShardBroker) -> Result<Option<Byt
             }
             ApiKey::DeleteRecords => {
                 call.respond(|r: DeleteRecordsRequest| delete_records::handle(broker, r, version)).await
+            }
+            ApiKey::OffsetForLeaderEpoch => {
+                call.respond(|r: OffsetForLeaderEpochRequest| offset_for_leader_epoch::handle(broker, r, version)).await
+            }
+            ApiKey::CreatePartitions => {
+                call.respond(|r: CreatePartitionsRequest| create_partitions::handle(broker, r, version)).await
+            }
+            ApiKey::DescribeConfigs => {
+                call.respond(|r: DescribeConfigsRequest| describe_configs::handle(broker, r, version)).await
+            }
+            ApiKey::AlterConfigs => {
+                call.respond(|r: AlterConfigsRequest| alter_configs::handle(broker, r, version)).await
+            }
+            ApiKey::IncrementalAlterConfigs => {
+                call.respond(|r: IncrementalAlterConfigsRequest| alter_configs::handle_incremental(broker, r, version))
+                    .await
+            }
+            ApiKey::DescribeCluster => {
+                call.respond(|r: DescribeClusterRequest| describe_cluster::handle(broker, r, version)).await
             }
             _ => Err(ConnectionError::UnsupportedVersion { key, version }),
         }

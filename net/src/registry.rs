@@ -190,20 +190,6 @@ pub fn valid_topic_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
-/// The topic configs corelog understands; anything else is refused with INVALID_CONFIG.
-pub const TOPIC_CONFIG_KEYS: &[&str] = &[
-    "retention.ms",
-    "retention.bytes",
-    "segment.bytes",
-    "segment.ms",
-    "index.interval.bytes",
-    "max.message.bytes",
-    "cleanup.policy",
-    "message.timestamp.type",
-    "min.insync.replicas",
-    "corelog.flush.policy",
-];
-
 /// Applies topic configs over the broker defaults; an error names the key and the problem.
 pub fn log_config(defaults: &LogConfig, configs: &BTreeMap<String, String>) -> Result<LogConfig, String> {
     let mut config = defaults.clone();

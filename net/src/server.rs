@@ -155,6 +155,7 @@ pub async fn run_shard(
         default_log: config.default_log.clone(),
         num_partitions: config.num_partitions,
         auto_create_topics: config.auto_create_topics,
+        broker_configs: broker_configs(&config, actual),
     });
     let broker = ShardBroker::start(ctx, Rc::clone(&log), registry, settings);
     for peer in 0..broker.ctx.shard_count {
@@ -187,4 +188,33 @@ pub async fn run_shard(
     let stats = log.stats();
     tracing::info!(shard, appends = stats.appends, syncs = stats.syncs, "shard stopped");
     Ok(())
+}
+
+/// The broker configs DescribeConfigs shows besides the log defaults. Values set at start
+/// (config file, flags, environment) are STATIC_BROKER_CONFIG; the rest Kafka's defaults.
+fn broker_configs(config: &ServerConfig, listen: SocketAddr) -> Vec<(&'static str, String, i8)> {
+    use crate::configs::source::{DEFAULT_CONFIG, STATIC_BROKER_CONFIG};
+    let defaults = ConnectionLimits::default();
+    let chosen = |differs: bool| if differs { STATIC_BROKER_CONFIG } else { DEFAULT_CONFIG };
+    let advertised = config.advertised.unwrap_or(listen);
+    vec![
+        ("node.id", config.node_id.to_string(), STATIC_BROKER_CONFIG),
+        ("broker.id", config.node_id.to_string(), STATIC_BROKER_CONFIG),
+        ("log.dirs", config.data_dir.display().to_string(), STATIC_BROKER_CONFIG),
+        ("listeners", format!("PLAINTEXT://{listen}"), STATIC_BROKER_CONFIG),
+        ("advertised.listeners", format!("PLAINTEXT://{advertised}"), chosen(config.advertised.is_some())),
+        ("num.partitions", config.num_partitions.to_string(), chosen(config.num_partitions != 1)),
+        ("auto.create.topics.enable", config.auto_create_topics.to_string(), chosen(!config.auto_create_topics)),
+        ("default.replication.factor", "1".into(), DEFAULT_CONFIG),
+        (
+            "socket.request.max.bytes",
+            config.limits.max_frame_bytes.to_string(),
+            chosen(config.limits.max_frame_bytes != defaults.max_frame_bytes),
+        ),
+        (
+            "connections.max.idle.ms",
+            config.limits.idle_timeout.as_millis().to_string(),
+            chosen(config.limits.idle_timeout != defaults.idle_timeout),
+        ),
+    ]
 }

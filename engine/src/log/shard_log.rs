@@ -246,6 +246,25 @@ impl ShardLog {
         Ok(report)
     }
 
+    /// Replaces a partition's configuration (AlterConfigs). Retention, roll and size limits
+    /// apply from the next append or retention pass; the index interval from the next segment.
+    /// A partition switched to `flush = always` has whatever it holds unsynced synced in the
+    /// next wave; until then its high watermark is the durable end again, as the policy says.
+    pub fn update_config(&self, name: &TopicPartition, config: LogConfig) -> Result<(), StorageError> {
+        validate_config(&config)?;
+        let mut inner = self.inner.borrow_mut();
+        let (_, partition) =
+            inner.partitions.get_mut(name).ok_or_else(|| StorageError::UnknownPartition(name.to_string()))?;
+        let now_syncs = config.flush == FlushPolicy::Always && partition.config.flush != FlushPolicy::Always;
+        partition.config = config;
+        if now_syncs && partition.has_unsynced() {
+            inner.dirty.insert(name.clone());
+            drop(inner);
+            self.flusher_wake.notify();
+        }
+        Ok(())
+    }
+
     /// Removes a partition and all its files (DeleteTopics). Appends still waiting for
     /// durability fail with UNKNOWN_TOPIC_OR_PARTITION; reads in progress keep their open
     /// files. Removing a partition that is not open still removes its directory.

@@ -16,7 +16,7 @@ use crate::broker::{ShardBroker, TopicSpec, error_code};
 use crate::registry::{self, TopicRecord};
 
 /// Kafka's "authorized operations not requested" marker.
-const OPERATIONS_NOT_REQUESTED: i32 = i32::MIN;
+pub const OPERATIONS_NOT_REQUESTED: i32 = i32::MIN;
 
 pub fn topic_uuid(record: &TopicRecord) -> uuid::Uuid {
     registry::parse_hex_id(&record.id).map_or(uuid::Uuid::nil(), uuid::Uuid::from_bytes)
@@ -31,7 +31,11 @@ fn topic_response(record: &TopicRecord, node_id: i32, version: i16) -> MetadataR
                 .with_leader_id(BrokerId(node_id))
                 .with_replica_nodes(vec![BrokerId(node_id)])
                 .with_isr_nodes(vec![BrokerId(node_id)]);
-            if version >= 7 { partition.with_leader_epoch(0) } else { partition }
+            if version >= 7 {
+                partition.with_leader_epoch(crate::handlers::offset_for_leader_epoch::LEADER_EPOCH)
+            } else {
+                partition
+            }
         })
         .collect();
     let topic = MetadataResponseTopic::default()
