@@ -398,3 +398,23 @@ fn config_updates_apply_to_a_live_partition() {
         log.close().await.unwrap();
     });
 }
+
+#[test]
+fn long_polls_wake_when_the_high_watermark_passes_their_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let log = open_log(dir.path(), 64 << 20).await;
+        log.open_partition(&tp(), default_config()).await.unwrap();
+        let mut waiting = log.wait_for_data_beyond(&tp(), 0).unwrap();
+        assert_eq!(waiting.try_recv(), Ok(None), "nothing to read yet");
+        let appended = log.append(&tp(), batch_for(1, 3, 10), 0).unwrap();
+        // flush=always: visible (and the poll woken) only once synced.
+        appended.durable.await.unwrap();
+        assert_eq!(waiting.await, Ok(()));
+        let mut ahead = log.wait_for_data_beyond(&tp(), 3).unwrap();
+        assert!(log.wait_for_data_beyond(&tp(), 2).unwrap().await.is_ok(), "already beyond: at once");
+        log.close().await.unwrap();
+        assert_eq!(ahead.try_recv(), Ok(Some(())), "a stopping shard releases its long polls");
+        assert!(log.wait_for_data_beyond(&tp(), 3).is_err());
+    });
+}

@@ -121,6 +121,13 @@ pub enum ShardRequest {
         offset: i64,
         max_bytes: usize,
     },
+    /// Answer once the partition's high watermark is beyond `offset`, or after `timeout`
+    /// (the long poll of Fetch, on the partition's owner).
+    WaitForData {
+        partition: TopicPartition,
+        offset: i64,
+        timeout: std::time::Duration,
+    },
     /// Offsets of a partition and, for a timestamp ≥ 0, the first offset at or after it.
     Offsets {
         partition: TopicPartition,
@@ -253,6 +260,17 @@ impl ShardBroker {
             }
             ShardRequest::Read { partition, offset, max_bytes } => {
                 ShardResponse::Read(self.read_local(&partition, offset, max_bytes).await)
+            }
+            ShardRequest::WaitForData { partition, offset, timeout } => {
+                let result = match self.log.wait_for_data_beyond(&partition, offset) {
+                    Ok(arrived) => {
+                        // Timing out is an answer too: the fetch then responds with what it has.
+                        let _ = glommio::timer::timeout(timeout, async { Ok(arrived.await) }).await;
+                        Ok(())
+                    }
+                    Err(error) => Err(error.to_string()),
+                };
+                ShardResponse::Done(result)
             }
             ShardRequest::Offsets { partition, timestamp } => {
                 ShardResponse::Offsets(self.offsets_local(&partition, timestamp).await)

@@ -295,3 +295,33 @@ fn idempotent_producers_get_ids_and_retries_are_not_duplicated() {
     let after: InitProducerIdResponse = client.call(ApiKey::InitProducerId, 4, &InitProducerIdRequest::default());
     assert!(after.producer_id.0 > second.producer_id.0.max(id));
 }
+
+#[test]
+fn a_long_poll_is_woken_by_an_append_on_another_shard() {
+    let broker = Broker::start(Options { shards: 2, ..Options::default() });
+    let mut client = broker.client();
+    let id = create_topic(&mut client, "wake", 2);
+    for partition in 0..2 {
+        // Waits with nothing to read: answered when an append on that partition's owner lands,
+        // long before the 20 s max wait.
+        let mut fetcher = broker.connect();
+        let request = fetch_request("wake", id, partition, 0, 20_000, 12);
+        fetcher.write_all(&request_frame(ApiKey::Fetch, 12, 7, &request)).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let started = Instant::now();
+        let records = batch::build_test_batch(2, b"wake up", 1);
+        assert_eq!(produce(&mut client, 9, "wake", partition, records.clone()).0, 0);
+        let (correlation_id, response): (i32, FetchResponse) =
+            decode_response(read_frame(&mut fetcher), ApiKey::Fetch, 12);
+        assert_eq!(correlation_id, 7);
+        assert!(started.elapsed() < Duration::from_secs(10), "woken by the append, not the max wait");
+        let data = &response.responses[0].partitions[0];
+        assert_eq!(batches(data.records.as_ref().unwrap()), vec![(0, records[batch::BATCH_HEADER_BYTES..].to_vec())]);
+    }
+    // More min_bytes than will come: the answer comes at max_wait with what there is.
+    let started = Instant::now();
+    let request = fetch_request("wake", id, 0, 0, 300, 12).with_min_bytes(1 << 20);
+    let response: FetchResponse = client.call(ApiKey::Fetch, 12, &request);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(batches(response.responses[0].partitions[0].records.as_ref().unwrap()).len(), 1);
+}

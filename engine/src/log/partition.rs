@@ -89,6 +89,9 @@ pub(crate) struct Partition {
     pub leader_epoch: i32,
     /// Appends waiting for durability: (offset that must become durable, completion).
     waiters: VecDeque<(i64, oneshot::Sender<Result<(), StorageError>>)>,
+    /// Long-poll fetches waiting for the high watermark to pass an offset. Woken whenever it
+    /// moves; abandoned ones are dropped then and at each new registration.
+    readers: Vec<(i64, oneshot::Sender<()>)>,
     pub failed: Option<String>,
     pub last_sync_ms: i64,
     pub checkpoint_generation: u64,
@@ -183,7 +186,35 @@ impl Partition {
         self.active_mut().append(header, bytes, now_ms);
         let (tx, rx) = oneshot::channel();
         self.waiters.push_back((header.next_offset(), tx));
+        if !self.config.flush.acknowledges_after_sync() {
+            self.wake_readers();
+        }
         rx
+    }
+
+    /// Resolves once the high watermark is beyond `offset` (at once if it already is), or the
+    /// partition goes offline or away. The long poll of Fetch.
+    pub fn wait_for_data_beyond(&mut self, offset: i64) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        if self.high_watermark() > offset || self.failed.is_some() {
+            let _ = tx.send(());
+        } else {
+            self.readers.retain(|(_, reader)| !reader.is_canceled());
+            self.readers.push((offset, tx));
+        }
+        rx
+    }
+
+    fn wake_readers(&mut self) {
+        if self.readers.is_empty() {
+            return;
+        }
+        let high_watermark = self.high_watermark();
+        for (_, reader) in
+            self.readers.extract_if(.., |(offset, reader)| *offset < high_watermark || reader.is_canceled())
+        {
+            let _ = reader.send(());
+        }
     }
 
     /// A waiter that resolves once offsets below `next_offset` are acknowledged by the policy
@@ -214,6 +245,7 @@ impl Partition {
                 let _ = tx.send(Ok(()));
             }
         }
+        self.wake_readers();
     }
 
     /// Takes the partition offline after a failed write or sync: waiting appends fail,
@@ -224,6 +256,15 @@ impl Partition {
         for (_, tx) in self.waiters.drain(..) {
             let _ = tx.send(Err(StorageError::Offline { partition: self.name.to_string(), cause: cause.to_string() }));
         }
+        self.release_readers();
+    }
+
+    /// Wakes every long poll (the partition is going offline or away, or the shard stops):
+    /// each re-reads and gets the error or what there is.
+    pub fn release_readers(&mut self) {
+        for (_, reader) in self.readers.drain(..) {
+            let _ = reader.send(());
+        }
     }
 
     /// Fails every waiting append with `error` (the partition is being deleted).
@@ -231,6 +272,7 @@ impl Partition {
         for (_, tx) in self.waiters.drain(..) {
             let _ = tx.send(Err(error.clone()));
         }
+        self.release_readers();
     }
 
     pub fn offline_error(&self) -> Option<StorageError> {
@@ -428,6 +470,7 @@ impl Partition {
             log_start_offset,
             leader_epoch: 0,
             waiters: VecDeque::new(),
+            readers: Vec::new(),
             failed: None,
             last_sync_ms: now_ms,
             checkpoint_generation: 0,

@@ -347,6 +347,22 @@ impl ShardLog {
         Ok(partition.offsets())
     }
 
+    /// Resolves once the partition's high watermark is beyond `offset`, or it goes offline or
+    /// away, or the shard stops: the wake-up of a Fetch long poll (which bounds the wait).
+    pub fn wait_for_data_beyond(
+        &self,
+        name: &TopicPartition,
+        offset: i64,
+    ) -> Result<futures_channel::oneshot::Receiver<()>, StorageError> {
+        let mut inner = self.inner.borrow_mut();
+        if inner.stopping {
+            return Err(StorageError::Stopping);
+        }
+        let (_, partition) =
+            inner.partitions.get_mut(name).ok_or_else(|| StorageError::UnknownPartition(name.to_string()))?;
+        Ok(partition.wait_for_data_beyond(offset))
+    }
+
     /// Reads from `offset` up to the high watermark: from the cache when the batch holding
     /// `offset` is there, else a file range. At least one whole batch when any is visible.
     pub async fn read(&self, name: &TopicPartition, offset: i64, max_bytes: usize) -> Result<ReadResult, StorageError> {
@@ -515,7 +531,13 @@ impl ShardLog {
     /// Graceful stop: refuse new appends, write and sync everything, finalize every segment's
     /// indexes so the next start need not scan, then stop the flusher.
     pub async fn close(&self) -> Result<(), StorageError> {
-        self.inner.borrow_mut().stopping = true;
+        {
+            let mut inner = self.inner.borrow_mut();
+            inner.stopping = true;
+            for (_, partition) in inner.partitions.values_mut() {
+                partition.release_readers();
+            }
+        }
         self.flusher_wake.notify();
         let task = self.flusher.borrow_mut().take();
         if let Some(task) = task {

@@ -4,10 +4,12 @@
 //! larger, as in Kafka). Offsets below the log start or beyond the log end get
 //! OFFSET_OUT_OF_RANGE; high watermark, last stable offset and log start offset are reported.
 //!
+//! While fewer than `min_bytes` are there, the fetch waits on each partition's owner for its
+//! high watermark to move (woken by the append or the fsync that moves it), then reads again.
+//!
 //! Not yet (issue 3): incremental fetch sessions (session id 0 is returned, which clients
-//! treat as "no session" and keep sending full requests), the hand-written zero-copy response
-//! (records are copied into the response here), and a wake-up on append instead of the
-//! bounded 5 ms re-poll while waiting for `min_bytes`.
+//! treat as "no session" and keep sending full requests) and the hand-written zero-copy
+//! response (records are copied into the response here).
 
 use std::time::{Duration, Instant};
 
@@ -26,7 +28,6 @@ struct Wanted {
     max_bytes: usize,
 }
 
-const REPOLL: Duration = Duration::from_millis(5);
 /// Longest long poll honoured, whatever `max_wait_ms` asks (a bound on what one request holds).
 const MAX_WAIT_MAX: Duration = Duration::from_secs(30);
 
@@ -83,11 +84,49 @@ pub async fn handle(broker: &ShardBroker, request: FetchRequest, version: i16) -
             results.push(result);
         }
         let errors = results.iter().any(Result::is_err);
-        if total >= min_bytes.max(1) || errors || started.elapsed() >= max_wait {
+        let remaining = max_wait.saturating_sub(started.elapsed());
+        if total >= min_bytes.max(1) || errors || remaining.is_zero() {
             return respond(version, &topics, &wanted, results);
         }
-        glommio::timer::sleep(REPOLL.min(max_wait.saturating_sub(started.elapsed()))).await;
+        if !wait_for_data(broker, &wanted, &results, remaining).await {
+            return respond(version, &topics, &wanted, results);
+        }
     }
+}
+
+/// Waits until one of the partitions has data beyond what this pass saw, or `remaining`
+/// has passed. False when a wait failed (partition gone, shard stopping): answer now.
+async fn wait_for_data(
+    broker: &ShardBroker,
+    wanted: &[Wanted],
+    results: &[Result<Option<crate::broker::ReadReply>, i16>],
+    remaining: Duration,
+) -> bool {
+    let waits: Vec<_> = wanted
+        .iter()
+        .zip(results)
+        .filter_map(|(want, result)| {
+            let seen = match result {
+                Ok(Some(reply)) => reply.offsets.high_watermark.max(want.offset),
+                _ => return None,
+            };
+            let request =
+                ShardRequest::WaitForData { partition: want.partition.clone(), offset: seen, timeout: remaining };
+            Some(Box::pin(broker.partition_call(&want.partition, request)))
+        })
+        .collect();
+    if waits.is_empty() {
+        glommio::timer::sleep(remaining).await;
+        return true;
+    }
+    futures_lite::future::or(
+        async { matches!(futures_util::future::select_all(waits).await.0, Ok(ShardResponse::Done(Ok(())))) },
+        async {
+            glommio::timer::sleep(remaining).await;
+            true
+        },
+    )
+    .await
 }
 
 fn respond(
