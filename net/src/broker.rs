@@ -107,12 +107,17 @@ pub enum ShardRequest {
     DeleteTopics {
         names: Vec<String>,
     },
-    /// Append a produced batch on the partition's owner; with `wait`, reply once it is
-    /// acknowledged by the partition's durability policy (bounded by `timeout`).
+    /// Append a produced batch on the partition's owner; the reply comes once it is in the
+    /// log (offsets assigned), before it is acknowledged: see `WaitDurable`.
     Append {
         partition: TopicPartition,
         batch: bytes::BytesMut,
-        wait: bool,
+    },
+    /// Reply once offsets below `next_offset` are acknowledged by the partition's durability
+    /// policy, or REQUEST_TIMED_OUT after `timeout`.
+    WaitDurable {
+        partition: TopicPartition,
+        next_offset: i64,
         timeout: std::time::Duration,
     },
     /// Read from `offset` on the partition's owner.
@@ -175,6 +180,14 @@ pub struct PartitionGrowth {
     pub has_assignments: bool,
 }
 
+/// Where an appended batch went.
+#[derive(Debug, Clone, Copy)]
+pub struct AppendReply {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub log_start_offset: i64,
+}
+
 /// A partition read, as sent back to the connection's shard.
 #[derive(Debug)]
 pub struct ReadReply {
@@ -195,8 +208,9 @@ pub enum ShardResponse {
     Pong,
     Done(Result<(), String>),
     Topics(Vec<TopicOutcome>),
-    /// Base offset and log start offset, or a Kafka error code.
-    Appended(Result<(i64, i64), i16>),
+    Appended(Result<AppendReply, i16>),
+    /// An acknowledgement (`WaitDurable`), or a Kafka error code.
+    Acknowledged(Result<(), i16>),
     Read(Result<ReadReply, i16>),
     Offsets(Result<OffsetsReply, i16>),
     /// The new log start offset (low watermark), or a Kafka error code.
@@ -255,8 +269,9 @@ impl ShardBroker {
                 ShardResponse::Topics(self.controller_create_topics(topics, validate_only).await)
             }
             ShardRequest::DeleteTopics { names } => ShardResponse::Topics(self.controller_delete_topics(names).await),
-            ShardRequest::Append { partition, batch, wait, timeout } => {
-                ShardResponse::Appended(self.append_local(&partition, batch, wait, timeout).await)
+            ShardRequest::Append { partition, batch } => ShardResponse::Appended(self.append_local(&partition, batch)),
+            ShardRequest::WaitDurable { partition, next_offset, timeout } => {
+                ShardResponse::Acknowledged(self.wait_durable_local(&partition, next_offset, timeout).await)
             }
             ShardRequest::Read { partition, offset, max_bytes } => {
                 ShardResponse::Read(self.read_local(&partition, offset, max_bytes).await)
@@ -653,25 +668,27 @@ impl ShardBroker {
 
 impl ShardBroker {
     /// Appends on this shard (the owner). Errors are Kafka codes.
-    async fn append_local(
+    fn append_local(&self, partition: &TopicPartition, batch: bytes::BytesMut) -> Result<AppendReply, i16> {
+        let now_ms = corelog_engine::now_ms();
+        // The append's own `durable` is let go: a produce waits with `WaitDurable`, so that a
+        // connection can append its pipelined requests in order and wait for them together.
+        let appended = self.log.append(partition, batch, now_ms).map_err(|e| e.kafka_error_code())?;
+        let log_start_offset = self.log.offsets(partition).map(|o| o.log_start_offset).unwrap_or(-1);
+        Ok(AppendReply { base_offset: appended.base_offset, last_offset: appended.last_offset, log_start_offset })
+    }
+
+    async fn wait_durable_local(
         &self,
         partition: &TopicPartition,
-        batch: bytes::BytesMut,
-        wait: bool,
+        next_offset: i64,
         timeout: std::time::Duration,
-    ) -> Result<(i64, i64), i16> {
-        let now_ms = corelog_engine::now_ms();
-        let appended = self.log.append(partition, batch, now_ms).map_err(|e| e.kafka_error_code())?;
-        if wait {
-            let durable = appended.durable;
-            match glommio::timer::timeout(timeout, async { Ok(durable.await) }).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => return Err(error.kafka_error_code()),
-                Err(_) => return Err(error_code::REQUEST_TIMED_OUT),
-            }
+    ) -> Result<(), i16> {
+        let durable = self.log.wait_durable(partition, next_offset).map_err(|e| e.kafka_error_code())?;
+        match glommio::timer::timeout(timeout, async { Ok(durable.await) }).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(error.kafka_error_code()),
+            Err(_) => Err(error_code::REQUEST_TIMED_OUT),
         }
-        let log_start = self.log.offsets(partition).map(|o| o.log_start_offset).unwrap_or(-1);
-        Ok((appended.base_offset, log_start))
     }
 
     /// Reads on this shard (the owner); the bytes are copied out so they can cross shards.

@@ -1,13 +1,24 @@
-//! One client connection: read a frame, decode its header, dispatch to the API's handler,
-//! write the response; responses go back in request order. Any framing or decoding failure
-//! closes this connection only (as Kafka does for requests it cannot parse); the shard keeps
-//! serving everyone else.
+//! One client connection, pipelined: a reader takes requests off the socket in order and
+//! runs each one's ordered stage (decoding; for Produce, the appends, so one producer's
+//! batches keep their order; every control-plane request entirely), then queues it; a writer
+//! finishes the queued requests in order (Produce acknowledgements, Fetch reads and long
+//! polls) and writes their responses, so responses go back in request order while the next
+//! requests are already being read and appended. At most `max_in_flight_requests` requests
+//! and `max_in_flight_bytes` of request frames are queued; past that the reader stops
+//! reading (TCP backpressure).
+//!
+//! Any framing or decoding failure closes this connection only (as Kafka does for requests
+//! it cannot parse), after the responses to the requests before it; the shard keeps serving
+//! everyone else.
 //!
 //! Runs on the shard that accepted the connection.
 
-use std::time::Duration;
-
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -22,6 +33,7 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 use crate::api;
 use crate::broker::ShardBroker;
 use crate::frame::{self, FrameError};
+use crate::handlers::produce::PendingProduce;
 use crate::handlers::{
     alter_configs, api_versions, create_partitions, create_topics, delete_records, delete_topics, describe_cluster,
     describe_configs, fetch, init_producer_id, list_offsets, metadata, offset_for_leader_epoch, produce,
@@ -32,13 +44,23 @@ use crate::handlers::{
 pub struct ConnectionLimits {
     /// Largest request frame accepted [`socket.request.max.bytes`, 100 MiB].
     pub max_frame_bytes: usize,
-    /// A connection silent this long is closed [`connections.max.idle.ms`, 10 min].
+    /// A connection that sends no request for this long is closed [`connections.max.idle.ms`, 10 min].
     pub idle_timeout: Duration,
+    /// Requests read but not yet answered, per connection.
+    pub max_in_flight_requests: usize,
+    /// Request bytes read but not yet answered, per connection (one frame may exceed it; the
+    /// next is read once the queue is below it again).
+    pub max_in_flight_bytes: usize,
 }
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
-        Self { max_frame_bytes: 100 << 20, idle_timeout: Duration::from_secs(600) }
+        Self {
+            max_frame_bytes: 100 << 20,
+            idle_timeout: Duration::from_secs(600),
+            max_in_flight_requests: 64,
+            max_in_flight_bytes: 100 << 20,
+        }
     }
 }
 
@@ -61,28 +83,174 @@ pub enum ConnectionError {
     Write(std::io::Error),
 }
 
+/// A request past its ordered stage, waiting for its turn to be answered.
+enum Pending {
+    /// The response is ready (or there is none).
+    Done(Option<BytesMut>),
+    Produce(Call, PendingProduce),
+    Fetch(Call, FetchRequest),
+}
+
+impl Pending {
+    /// The rest of the work, then the response frame (or none).
+    async fn finish(self, broker: &ShardBroker) -> Result<Option<BytesMut>, ConnectionError> {
+        match self {
+            Pending::Done(response) => Ok(response),
+            Pending::Produce(call, pending) => {
+                let responds = pending.responds();
+                let response = pending.finish(broker).await;
+                if responds { call.encode(&response).map(Some) } else { Ok(None) }
+            }
+            Pending::Fetch(call, request) => {
+                let response = fetch::handle(broker, request, call.version).await;
+                call.encode(&response).map(Some)
+            }
+        }
+    }
+}
+
+/// The queue between the reader and the writer of one connection.
+#[derive(Default)]
+struct Queue {
+    entries: RefCell<VecDeque<(Pending, usize)>>,
+    bytes: Cell<usize>,
+    reader_done: Cell<bool>,
+    /// The writer waits for entries; the reader for room.
+    writer: Cell<Option<Waker>>,
+    reader: Cell<Option<Waker>>,
+}
+
+impl Queue {
+    fn wake(slot: &Cell<Option<Waker>>) {
+        if let Some(waker) = slot.take() {
+            waker.wake();
+        }
+    }
+
+    fn push(&self, pending: Pending, bytes: usize) {
+        self.entries.borrow_mut().push_back((pending, bytes));
+        self.bytes.set(self.bytes.get() + bytes);
+        Self::wake(&self.writer);
+    }
+
+    /// Waits until the queue has room for one more request.
+    async fn room(&self, limits: &ConnectionLimits) {
+        std::future::poll_fn(|cx| {
+            let full = self.entries.borrow().len() >= limits.max_in_flight_requests.max(1)
+                || self.bytes.get() >= limits.max_in_flight_bytes.max(1);
+            if full {
+                self.reader.set(Some(cx.waker().clone()));
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await
+    }
+
+    /// The next request to answer; None once the reader is done and everything is answered.
+    async fn next(&self) -> Option<(Pending, usize)> {
+        std::future::poll_fn(|cx| {
+            if let Some(entry) = self.entries.borrow_mut().pop_front() {
+                return Poll::Ready(Some(entry));
+            }
+            if self.reader_done.get() {
+                return Poll::Ready(None);
+            }
+            self.writer.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await
+    }
+
+    fn answered(&self, bytes: usize) {
+        self.bytes.set(self.bytes.get() - bytes);
+        Self::wake(&self.reader);
+    }
+
+    fn finish_reading(&self) {
+        self.reader_done.set(true);
+        Self::wake(&self.writer);
+    }
+}
+
+/// One half of a stream shared by the reader and the writer of a connection. Both run in
+/// the connection's one task, so the borrow in each poll never overlaps the other's.
+struct Half<'a, S>(&'a RefCell<&'a mut S>);
+
+impl<S: AsyncRead + Unpin> AsyncRead for Half<'_, S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut **self.0.borrow_mut()).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Half<'_, S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut **self.0.borrow_mut()).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut **self.0.borrow_mut()).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut **self.0.borrow_mut()).poll_close(cx)
+    }
+}
+
 /// Serves requests on `stream` until the peer closes it (Ok) or the broker must (Err).
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     limits: &ConnectionLimits,
     broker: &ShardBroker,
 ) -> Result<(), ConnectionError> {
+    let shared = RefCell::new(stream);
+    let queue = Queue::default();
+    let read_result: Cell<Option<Result<(), ConnectionError>>> = Cell::new(None);
+    let reader = async {
+        let result = read_requests(&mut Half(&shared), limits, broker, &queue).await;
+        read_result.set(Some(result));
+        queue.finish_reading();
+        // The writer ends the connection once it has answered everything queued.
+        std::future::pending::<Result<(), ConnectionError>>().await
+    };
+    let writer = async {
+        let mut out = Half(&shared);
+        while let Some((pending, bytes)) = queue.next().await {
+            if let Some(response) = pending.finish(broker).await? {
+                out.write_all(&response).await.map_err(ConnectionError::Write)?;
+            }
+            queue.answered(bytes);
+        }
+        Ok(())
+    };
+    futures_lite::future::or(writer, reader).await?;
+    read_result.take().unwrap_or(Ok(()))
+}
+
+/// The reader: frames off the socket, each one's ordered stage, then into the queue.
+async fn read_requests<R: AsyncRead + Unpin>(
+    input: &mut R,
+    limits: &ConnectionLimits,
+    broker: &ShardBroker,
+    queue: &Queue,
+) -> Result<(), ConnectionError> {
     loop {
-        let read = frame::read_frame(stream, limits.max_frame_bytes);
+        queue.room(limits).await;
+        let read = frame::read_frame(input, limits.max_frame_bytes);
         let frame = match glommio::timer::timeout(limits.idle_timeout, async { Ok(read.await) }).await {
             Ok(result) => result?,
             Err(_) => return Err(ConnectionError::Idle(limits.idle_timeout)),
         };
         let Some(frame) = frame else { return Ok(()) };
-        if let Some(response) = handle(frame.freeze(), broker).await? {
-            stream.write_all(&response).await.map_err(ConnectionError::Write)?;
-        }
+        let bytes = frame.len();
+        let pending = start(frame.freeze(), broker).await?;
+        queue.push(pending, bytes);
     }
 }
 
-/// Decodes one request frame and returns the response frame (size prefix included), or
-/// nothing for a request that gets no response (Produce with `acks=0`).
-pub async fn handle(mut frame: Bytes, broker: &ShardBroker) -> Result<Option<BytesMut>, ConnectionError> {
+/// Decodes one request frame and runs its ordered stage.
+async fn start(mut frame: Bytes, broker: &ShardBroker) -> Result<Pending, ConnectionError> {
     if frame.len() < 8 {
         return Err(ConnectionError::ShortHeader(frame.len()));
     }
@@ -96,7 +264,8 @@ pub async fn handle(mut frame: Bytes, broker: &ShardBroker) -> Result<Option<Byt
     if !(supported.min_version..=supported.max_version).contains(&version) {
         if key == ApiKey::ApiVersions {
             // KIP-511: answer in v0 (which every client can read) with the supported ranges.
-            return encode_response(correlation_id, 0, 0, &api_versions::unsupported_version()).map(Some);
+            let response = encode_response(correlation_id, 0, 0, &api_versions::unsupported_version())?;
+            return Ok(Pending::Done(Some(response)));
         }
         return Err(ConnectionError::UnsupportedVersion { key, version });
     }
@@ -120,7 +289,6 @@ pub async fn handle(mut frame: Bytes, broker: &ShardBroker) -> Result<Option<Byt
             ApiKey::DeleteTopics => {
                 call.respond(|r: DeleteTopicsRequest| delete_topics::handle(broker, r, version)).await
             }
-            ApiKey::Fetch => call.respond(|r: FetchRequest| fetch::handle(broker, r, version)).await,
             ApiKey::ListOffsets => call.respond(|r: ListOffsetsRequest| list_offsets::handle(broker, r, version)).await,
             ApiKey::InitProducerId => {
                 call.respond(|r: InitProducerIdRequest| init_producer_id::handle(broker, r, version)).await
@@ -150,12 +318,17 @@ pub async fn handle(mut frame: Bytes, broker: &ShardBroker) -> Result<Option<Byt
             _ => Err(ConnectionError::UnsupportedVersion { key, version }),
         }
     };
-    if key == ApiKey::Produce {
-        let (request, call) = call.decode::<ProduceRequest>()?;
-        let (response, send) = produce::handle(broker, request, version).await;
-        return if send { call.encode(&response).map(Some) } else { Ok(None) };
+    match key {
+        ApiKey::Produce => {
+            let (request, call) = call.decode::<ProduceRequest>()?;
+            Ok(Pending::Produce(call, produce::append(broker, request, version).await))
+        }
+        ApiKey::Fetch => {
+            let (request, call) = call.decode::<FetchRequest>()?;
+            Ok(Pending::Fetch(call, request))
+        }
+        _ => respond(call).await.map(|response| Pending::Done(Some(response))),
     }
-    respond(call).await.map(Some)
 }
 
 /// One decoded request header and the body bytes after it.

@@ -325,3 +325,46 @@ fn a_long_poll_is_woken_by_an_append_on_another_shard() {
     assert!(started.elapsed() >= Duration::from_millis(300));
     assert_eq!(batches(response.responses[0].partitions[0].records.as_ref().unwrap()).len(), 1);
 }
+
+#[test]
+fn pipelined_produces_keep_their_order_and_are_answered_in_request_order() {
+    let broker = Broker::start(Options { shards: 2, ..Options::default() });
+    let mut client = broker.client();
+    let id = create_topic(&mut client, "piped", 2);
+    // 40 produce requests and a fetch, written at once before any answer is read; the
+    // partitions' owners are both shards, so appends cross shards while later requests arrive.
+    let mut stream = broker.connect();
+    let mut wire = Vec::new();
+    for i in 0..40i32 {
+        let records = Bytes::from(batch::build_test_batch(3, format!("req {i}").as_bytes(), 1));
+        wire.extend(request_frame(ApiKey::Produce, 9, 1000 + i, &produce_request("piped", i % 2, records, -1)));
+    }
+    wire.extend(request_frame(ApiKey::Fetch, 12, 2000, &fetch_request("piped", id, 1, 0, 0, 12)));
+    stream.write_all(&wire).unwrap();
+    for i in 0..40i32 {
+        let (correlation_id, response): (i32, ProduceResponse) =
+            decode_response(read_frame(&mut stream), ApiKey::Produce, 9);
+        assert_eq!(correlation_id, 1000 + i, "responses in request order");
+        let partition = &response.responses[0].partition_responses[0];
+        assert_eq!((partition.error_code, partition.base_offset), (0, i64::from(i / 2) * 3), "appends in order");
+    }
+    let (correlation_id, response): (i32, FetchResponse) = decode_response(read_frame(&mut stream), ApiKey::Fetch, 12);
+    assert_eq!(correlation_id, 2000);
+    let fetched = batches(response.responses[0].partitions[0].records.as_ref().unwrap());
+    let expected: Vec<Vec<u8>> = (0..20)
+        .map(|k| {
+            batch::build_test_batch(3, format!("req {}", 2 * k + 1).as_bytes(), 1)[batch::BATCH_HEADER_BYTES..].to_vec()
+        })
+        .collect();
+    assert_eq!(fetched.into_iter().map(|(_, b)| b).collect::<Vec<_>>(), expected);
+
+    // A malformed request behind valid ones: those are answered, then the connection closes.
+    let mut wire = request_frame(ApiKey::Metadata, 12, 1, &MetadataRequest::default());
+    wire.extend_from_slice(&[0, 0, 0, 9, 0, 3, 0, 12, 0, 0, 0, 2, 0xff]);
+    stream.write_all(&wire).unwrap();
+    let (correlation_id, _): (i32, MetadataResponse) = decode_response(read_frame(&mut stream), ApiKey::Metadata, 12);
+    assert_eq!(correlation_id, 1);
+    assert!(common::is_closed(&mut stream));
+    // Everyone else is still served.
+    assert_eq!(produce(&mut client, 9, "piped", 0, batch::build_test_batch(1, b"after", 1)).0, 0);
+}

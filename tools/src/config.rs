@@ -45,6 +45,10 @@ pub struct FileConfig {
     /// `connections.max.idle.ms`.
     pub connections_max_idle_ms: Option<u64>,
     pub max_connections_per_shard: Option<usize>,
+    /// Requests read from one connection and not yet answered (pipelining depth).
+    pub max_in_flight_requests_per_connection: Option<usize>,
+    /// Request bytes read from one connection and not yet answered.
+    pub max_in_flight_bytes_per_connection: Option<usize>,
     #[serde(default)]
     pub log: LogSection,
 }
@@ -73,6 +77,8 @@ pub struct BrokerConfig {
     pub socket_request_max_bytes: usize,
     pub connections_max_idle_ms: u64,
     pub max_connections_per_shard: usize,
+    pub max_in_flight_requests_per_connection: usize,
+    pub max_in_flight_bytes_per_connection: usize,
     pub log: LogConfig,
     pub retention_check_interval_ms: u64,
     /// Where the settings came from, for the start-up log.
@@ -148,6 +154,14 @@ impl BrokerConfig {
         if max_connections_per_shard == 0 {
             return Err(invalid("max_connections_per_shard", "must be at least 1"));
         }
+        let max_in_flight_requests_per_connection = file.max_in_flight_requests_per_connection.unwrap_or(64);
+        if max_in_flight_requests_per_connection == 0 {
+            return Err(invalid("max_in_flight_requests_per_connection", "must be at least 1"));
+        }
+        let max_in_flight_bytes_per_connection = file.max_in_flight_bytes_per_connection.unwrap_or(100 << 20);
+        if max_in_flight_bytes_per_connection == 0 {
+            return Err(invalid("max_in_flight_bytes_per_connection", "must be at least 1"));
+        }
         let log = log_config(&file.log)?;
         let retention_check_interval_ms = file.log.retention_check_interval_ms.unwrap_or(300_000);
         if retention_check_interval_ms == 0 {
@@ -166,6 +180,8 @@ impl BrokerConfig {
             socket_request_max_bytes,
             connections_max_idle_ms,
             max_connections_per_shard,
+            max_in_flight_requests_per_connection,
+            max_in_flight_bytes_per_connection,
             log,
             retention_check_interval_ms,
             source,

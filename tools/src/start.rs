@@ -174,6 +174,8 @@ fn start(config: BrokerConfig) -> Result<(), String> {
         limits: ConnectionLimits {
             max_frame_bytes: config.socket_request_max_bytes,
             idle_timeout: Duration::from_millis(config.connections_max_idle_ms),
+            max_in_flight_requests: config.max_in_flight_requests_per_connection,
+            max_in_flight_bytes: config.max_in_flight_bytes_per_connection,
         },
         max_connections_per_shard: config.max_connections_per_shard,
         default_log: config.log.clone(),

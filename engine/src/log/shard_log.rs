@@ -347,6 +347,19 @@ impl ShardLog {
         Ok(partition.offsets())
     }
 
+    /// Resolves once every offset below `next_offset` is acknowledged by the partition's
+    /// policy (the same wait as an append's `durable`, for a caller that appended earlier and
+    /// let that future go, e.g. a pipelined produce answered in request order).
+    pub fn wait_durable(&self, name: &TopicPartition, next_offset: i64) -> Result<Durable, StorageError> {
+        let mut inner = self.inner.borrow_mut();
+        let (_, partition) =
+            inner.partitions.get_mut(name).ok_or_else(|| StorageError::UnknownPartition(name.to_string()))?;
+        if let Some(error) = partition.offline_error() {
+            return Err(error);
+        }
+        Ok(Durable(Some(partition.wait_for(next_offset))))
+    }
+
     /// Resolves once the partition's high watermark is beyond `offset`, or it goes offline or
     /// away, or the shard stops: the wake-up of a Fetch long poll (which bounds the wait).
     pub fn wait_for_data_beyond(
