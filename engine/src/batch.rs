@@ -253,12 +253,27 @@ pub fn build_idempotent_test_batch(
     producer_epoch: i16,
     base_sequence: i32,
 ) -> Vec<u8> {
+    build_batch(record_count, value, timestamp_ms, 0, (producer_id, producer_epoch, base_sequence))
+}
+
+/// Like [`build_test_batch`], with record `i` stamped `timestamp_ms + i * step_ms`.
+pub fn build_spread_test_batch(record_count: i32, value: &[u8], timestamp_ms: i64, step_ms: i64) -> Vec<u8> {
+    build_batch(record_count, value, timestamp_ms, step_ms, (-1, -1, -1))
+}
+
+fn build_batch(
+    record_count: i32,
+    value: &[u8],
+    timestamp_ms: i64,
+    step_ms: i64,
+    (producer_id, producer_epoch, base_sequence): (i64, i16, i32),
+) -> Vec<u8> {
     assert!(record_count > 0);
     let mut records = Vec::with_capacity(value.len() * record_count as usize + 16);
     for i in 0..record_count {
         let mut body = Vec::with_capacity(value.len() + 12);
         body.push(0); // attributes
-        put_varint(&mut body, 0); // timestamp delta
+        put_varint(&mut body, i64::from(i) * step_ms); // timestamp delta
         put_varint(&mut body, i64::from(i)); // offset delta
         put_varint(&mut body, -1); // null key
         put_varint(&mut body, value.len() as i64);
@@ -275,7 +290,8 @@ pub fn build_idempotent_test_batch(
     out[16] = MAGIC_V2;
     out[23..27].copy_from_slice(&(record_count - 1).to_be_bytes());
     out[27..35].copy_from_slice(&timestamp_ms.to_be_bytes());
-    out[35..43].copy_from_slice(&timestamp_ms.to_be_bytes());
+    let max_timestamp_ms = timestamp_ms + i64::from(record_count - 1) * step_ms.max(0);
+    out[35..43].copy_from_slice(&max_timestamp_ms.to_be_bytes());
     out[43..51].copy_from_slice(&producer_id.to_be_bytes());
     out[51..53].copy_from_slice(&producer_epoch.to_be_bytes());
     out[53..57].copy_from_slice(&base_sequence.to_be_bytes());

@@ -3,6 +3,7 @@
 //! - [`runtime`]: one pinned glommio executor per core, cross-shard messages, placement.
 //! - [`log`]: segments, indexes, recovery, retention, the batch cache and group commit.
 //! - [`batch`]: RecordBatch v2 validation and offset stamping.
+//! - [`records`]: the records inside a batch (decompressed when needed).
 //! - [`side_ring`]: the per-shard io_uring ring for splice and socket writability.
 //! - [`device`]: start-up preparation of data devices (glommio's IOPOLL probe).
 
@@ -10,6 +11,7 @@ pub mod batch;
 pub mod device;
 pub mod error;
 pub mod log;
+pub mod records;
 pub mod runtime;
 pub mod side_ring;
 

@@ -3,10 +3,13 @@
 
 mod common;
 
+use bytes::BytesMut;
 use common::*;
+use corelog_engine::batch;
 use corelog_engine::batch::BatchError;
 use corelog_engine::error::kafka_error;
 use corelog_engine::log::{FlushPolicy, LogConfig, ReadData, TopicPartition};
+use corelog_engine::records::RecordStamp;
 use corelog_engine::{AppendError, StorageError};
 
 #[test]
@@ -259,11 +262,38 @@ fn offset_for_timestamp_finds_the_first_batch_at_or_after_it() {
             last = Some(log.append(&tp(), batch_for(seed, 3, 200), 0).unwrap().durable);
         }
         last.unwrap().await.unwrap();
-        assert_eq!(log.offset_for_timestamp(&tp(), 0).await.unwrap(), Some(0));
-        assert_eq!(log.offset_for_timestamp(&tp(), 1000).await.unwrap(), Some(0));
-        assert_eq!(log.offset_for_timestamp(&tp(), 1017).await.unwrap(), Some(51));
-        assert_eq!(log.offset_for_timestamp(&tp(), 1049).await.unwrap(), Some(147));
+        let found = |stamp: Option<RecordStamp>| stamp.map(|s| (s.offset, s.timestamp));
+        assert_eq!(found(log.offset_for_timestamp(&tp(), 0).await.unwrap()), Some((0, 1000)));
+        assert_eq!(found(log.offset_for_timestamp(&tp(), 1000).await.unwrap()), Some((0, 1000)));
+        assert_eq!(found(log.offset_for_timestamp(&tp(), 1017).await.unwrap()), Some((51, 1017)));
+        assert_eq!(found(log.offset_for_timestamp(&tp(), 1049).await.unwrap()), Some((147, 1049)));
         assert_eq!(log.offset_for_timestamp(&tp(), 1050).await.unwrap(), None);
+        assert_eq!(found(log.max_timestamp_record(&tp()).await.unwrap()), Some((147, 1049)));
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn timestamp_lookups_find_the_exact_record_inside_a_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let log = open_log(dir.path(), 0).await;
+        log.open_partition(&tp(), small_segments()).await.unwrap();
+        assert_eq!(log.max_timestamp_record(&tp()).await.unwrap(), None, "empty log");
+        // Batch k: 10 records at 10_000 k + 0, 100, ..., 900; the third batch holds the maximum.
+        let starts = [0, 10_000, 50_000, 20_000];
+        for (k, start) in starts.iter().enumerate() {
+            let batch = batch::build_spread_test_batch(10, &[k as u8; 50], *start, 100);
+            log.append(&tp(), BytesMut::from(&batch[..]), 0).unwrap().durable.await.unwrap();
+        }
+        let found = |stamp: Option<RecordStamp>| stamp.map(|s| (s.offset, s.timestamp));
+        assert_eq!(found(log.offset_for_timestamp(&tp(), 10_250).await.unwrap()), Some((13, 10_300)));
+        assert_eq!(found(log.offset_for_timestamp(&tp(), 10_900).await.unwrap()), Some((19, 10_900)));
+        assert_eq!(found(log.offset_for_timestamp(&tp(), 10_901).await.unwrap()), Some((20, 50_000)));
+        assert_eq!(found(log.max_timestamp_record(&tp()).await.unwrap()), Some((29, 50_900)));
+        // Below the log start nothing is found, even inside the batch that straddles it.
+        log.delete_records(&tp(), 15).await.unwrap();
+        assert_eq!(found(log.offset_for_timestamp(&tp(), 10_000).await.unwrap()), Some((15, 10_500)));
         log.close().await.unwrap();
     });
 }

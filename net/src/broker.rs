@@ -11,6 +11,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use corelog_engine::log::{LogConfig, PartitionOffsets, ShardLog, TopicPartition};
+use corelog_engine::records::RecordStamp;
 use corelog_engine::runtime::{ShardContext, ShardId};
 
 use crate::configs::{self, ConfigChange};
@@ -133,10 +134,10 @@ pub enum ShardRequest {
         offset: i64,
         timeout: std::time::Duration,
     },
-    /// Offsets of a partition and, for a timestamp ≥ 0, the first offset at or after it.
+    /// Offsets of a partition and, when asked, a record found by time.
     Offsets {
         partition: TopicPartition,
-        timestamp: Option<i64>,
+        lookup: TimeLookup,
     },
     /// Move the log start offset (DeleteRecords); -1 means the high watermark.
     DeleteRecords {
@@ -195,12 +196,22 @@ pub struct ReadReply {
     pub records: bytes::Bytes,
 }
 
+/// A record to find by time along with a partition's offsets (ListOffsets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeLookup {
+    None,
+    /// The first record whose timestamp is at or after this one.
+    AtOrAfter(i64),
+    /// The first record with the largest timestamp (KIP-734).
+    MaxTimestamp,
+}
+
 /// Offsets of a partition, and the answer to a timestamp lookup.
 #[derive(Debug)]
 pub struct OffsetsReply {
     pub offsets: PartitionOffsets,
-    /// First batch base offset whose max timestamp is ≥ the requested one (None: none is).
-    pub offset_for_timestamp: Option<i64>,
+    /// The record the lookup found (None: none matches, or no lookup).
+    pub found: Option<RecordStamp>,
 }
 
 #[derive(Debug)]
@@ -287,8 +298,8 @@ impl ShardBroker {
                 };
                 ShardResponse::Done(result)
             }
-            ShardRequest::Offsets { partition, timestamp } => {
-                ShardResponse::Offsets(self.offsets_local(&partition, timestamp).await)
+            ShardRequest::Offsets { partition, lookup } => {
+                ShardResponse::Offsets(self.offsets_local(&partition, lookup).await)
             }
             ShardRequest::AllocateProducerId => {
                 let _permit = self.controller_lock.acquire_permit(1).await;
@@ -698,15 +709,14 @@ impl ShardBroker {
         Ok(ReadReply { offsets: result.offsets, records: bytes::Bytes::from(records) })
     }
 
-    async fn offsets_local(&self, partition: &TopicPartition, timestamp: Option<i64>) -> Result<OffsetsReply, i16> {
+    async fn offsets_local(&self, partition: &TopicPartition, lookup: TimeLookup) -> Result<OffsetsReply, i16> {
         let offsets = self.log.offsets(partition).map_err(|e| e.kafka_error_code())?;
-        let offset_for_timestamp = match timestamp {
-            Some(timestamp) => {
-                self.log.offset_for_timestamp(partition, timestamp).await.map_err(|e| e.kafka_error_code())?
-            }
-            None => None,
+        let found = match lookup {
+            TimeLookup::None => Ok(None),
+            TimeLookup::AtOrAfter(timestamp) => self.log.offset_for_timestamp(partition, timestamp).await,
+            TimeLookup::MaxTimestamp => self.log.max_timestamp_record(partition).await,
         };
-        Ok(OffsetsReply { offsets, offset_for_timestamp })
+        Ok(OffsetsReply { offsets, found: found.map_err(|e| e.kafka_error_code())? })
     }
 
     /// A new producer id from the controller shard.

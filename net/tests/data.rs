@@ -168,7 +168,9 @@ fn list_offsets_and_fetch_bounds() {
     let mut client = broker.client();
     let id = create_topic(&mut client, "o", 1);
     for round in 0..5i64 {
-        let records = batch::build_test_batch(2, b"v", 1000 + 100 * round);
+        // Records at 1000 + 100 round and 10 ms later; the newest is in the middle batch.
+        let start = if round == 2 { 5000 } else { 1000 + 100 * round };
+        let records = batch::build_spread_test_batch(2, b"v", start, 10);
         assert_eq!(produce(&mut client, 9, "o", 0, records).0, 0);
     }
     let offset = |client: &mut Client, version: i16, ts: i64| {
@@ -179,8 +181,12 @@ fn list_offsets_and_fetch_bounds() {
     for version in 1..=8 {
         assert_eq!(offset(&mut client, version, -2), (0, 0), "earliest v{version}");
         assert_eq!(offset(&mut client, version, -1), (0, 10), "latest v{version}");
-        assert_eq!(offset(&mut client, version, 1250), (0, 6), "by time v{version}");
+        assert_eq!(offset(&mut client, version, 1005), (0, 1), "by time, inside a batch v{version}");
+        assert_eq!(offset(&mut client, version, 1305), (0, 4), "the first record at or after it v{version}");
         assert_eq!(offset(&mut client, version, 9999), (0, -1), "after the last v{version}");
+        let max = if version >= 7 { (0, 5) } else { (42, -1) };
+        assert_eq!(offset(&mut client, version, -3), max, "max timestamp v{version}");
+        assert_eq!(offset(&mut client, version, -7).0, 42, "INVALID_REQUEST v{version}");
     }
     // beyond the log end: OFFSET_OUT_OF_RANGE
     let response: FetchResponse = client.call(ApiKey::Fetch, 12, &fetch_request("o", id, 0, 11, 0, 12));

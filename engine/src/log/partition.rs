@@ -23,6 +23,7 @@ use crate::log::config::{FlushPolicy, LogConfig};
 use crate::log::index::SegmentIndex;
 use crate::log::producer::ProducerStates;
 use crate::log::segment::{self, ProducerReplay, ScanStop, Segment};
+use crate::records::RecordStamp;
 
 /// A topic partition; its directory under the data dir is `{topic}-{partition}`, as in Kafka.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -337,6 +338,29 @@ impl Partition {
         })
     }
 
+    /// Where the record with the largest timestamp is: the segment summaries give the batch
+    /// (the first segment holding the maximum, as Kafka picks); a batch not readable from its
+    /// file yet is answered at batch level.
+    pub fn plan_max_timestamp_lookup(&self) -> Option<MaxTimestampPlan> {
+        let high_watermark = self.high_watermark();
+        let mut best: Option<&Segment> = None;
+        for segment in self.segments.values().filter(|s| s.base_offset < high_watermark && s.size_bytes() > 0) {
+            if best.is_none_or(|b| segment.index.summary().max_timestamp > b.index.summary().max_timestamp) {
+                best = Some(segment);
+            }
+        }
+        let summary = best?.index.summary();
+        let offset = summary.offset_of_max_timestamp.max(self.log_start_offset);
+        let batch_level = RecordStamp { offset, timestamp: summary.max_timestamp };
+        if offset >= high_watermark {
+            return Some(MaxTimestampPlan::Batch(batch_level));
+        }
+        Some(match self.plan_file_read(offset, high_watermark) {
+            Some(plan) => MaxTimestampPlan::Read(plan),
+            None => MaxTimestampPlan::Batch(batch_level),
+        })
+    }
+
     /// Where a search for the first batch with max timestamp ≥ `timestamp` starts.
     pub fn plan_timestamp_lookup(&self, timestamp: i64) -> Option<FileReadPlan> {
         let high_watermark = self.high_watermark();
@@ -484,6 +508,13 @@ fn unreachable_no_segment(name: &TopicPartition) -> ! {
 }
 
 /// A file read to resolve: scan batch headers from `scan_from` for the batch holding `offset`.
+pub(crate) enum MaxTimestampPlan {
+    /// Read the batch at the plan's offset and pick its record with the max timestamp.
+    Read(FileReadPlan),
+    /// Answer with this (batch base offset, max timestamp).
+    Batch(RecordStamp),
+}
+
 pub(crate) struct FileReadPlan {
     pub file: Rc<DmaFile>,
     pub splice_reader: Rc<std::fs::File>,

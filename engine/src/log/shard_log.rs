@@ -26,10 +26,13 @@ use crate::batch;
 use crate::error::{AppendError, IoFailure, StorageError};
 use crate::log::cache::{BatchCache, CacheStats, PartitionId};
 use crate::log::config::{FlushPolicy, LogConfig};
-use crate::log::partition::{self, FileReadPlan, Partition, PartitionOffsets, RecoveryReport, TopicPartition};
+use crate::log::partition::{
+    self, FileReadPlan, MaxTimestampPlan, Partition, PartitionOffsets, RecoveryReport, TopicPartition,
+};
 use crate::log::producer::Verdict;
 use crate::log::segment::{self, Segment, WriteShape};
 use crate::now_ms;
+use crate::records::{self, RecordStamp};
 use crate::side_ring::SideRing;
 
 /// Most fdatasyncs a shard runs at once (io-wq workers of its side ring). Measured on ext4:
@@ -422,30 +425,48 @@ impl ShardLog {
         Ok(ReadResult { offsets, data })
     }
 
-    /// The base offset of the first visible batch whose max timestamp is ≥ `timestamp`
-    /// (ListOffsets by time narrows this to the record inside the batch). None if no batch
-    /// has such a timestamp.
+    /// The first visible record at or after the log start whose timestamp is ≥ `timestamp`
+    /// (ListOffsets by time): the time index narrows the search to a batch, whose records are
+    /// then read (decompressed if need be). None if no record is that recent.
     pub async fn offset_for_timestamp(
         &self,
         name: &TopicPartition,
         timestamp: i64,
-    ) -> Result<Option<i64>, StorageError> {
-        let plan = {
+    ) -> Result<Option<RecordStamp>, StorageError> {
+        let (plan, log_start_offset) = {
             let inner = self.inner.borrow();
             let (_, partition) =
                 inner.partitions.get(name).ok_or_else(|| StorageError::UnknownPartition(name.to_string()))?;
-            partition.plan_timestamp_lookup(timestamp)
+            (partition.plan_timestamp_lookup(timestamp), partition.log_start_offset)
         };
         let Some(plan) = plan else { return Ok(None) };
         let start = plan.offset;
         let found = locate_batch(&plan, |h| h.last_offset() >= start && h.max_timestamp >= timestamp).await?;
-        match found {
-            None => Ok(None),
-            Some((position, _)) => {
-                let header = read_header(&plan.file, &plan.path, position).await?;
-                Ok(Some(header.base_offset))
+        let Some((position, size)) = found else { return Ok(None) };
+        let bytes = segment::read_range(&plan.file, &plan.path, position, size as usize).await?;
+        Ok(pick_record(name, &bytes, |r| r.offset >= log_start_offset && r.timestamp >= timestamp))
+    }
+
+    /// The first visible record with the largest timestamp in the log (ListOffsets
+    /// MAX_TIMESTAMP, KIP-734). None for an empty log.
+    pub async fn max_timestamp_record(&self, name: &TopicPartition) -> Result<Option<RecordStamp>, StorageError> {
+        let plan = {
+            let inner = self.inner.borrow();
+            let (_, partition) =
+                inner.partitions.get(name).ok_or_else(|| StorageError::UnknownPartition(name.to_string()))?;
+            match partition.plan_max_timestamp_lookup() {
+                Some(MaxTimestampPlan::Read(plan)) => plan,
+                Some(MaxTimestampPlan::Batch(stamp)) => return Ok(Some(stamp)),
+                None => return Ok(None),
             }
-        }
+        };
+        let offset = plan.offset;
+        let Some((position, size)) = locate_batch(&plan, |h| h.last_offset() >= offset).await? else {
+            return Ok(None);
+        };
+        let bytes = segment::read_range(&plan.file, &plan.path, position, size as usize).await?;
+        let max_timestamp = batch::parse_stored_header(&bytes).map_or(-1, |h| h.max_timestamp);
+        Ok(pick_record(name, &bytes, |r| r.timestamp == max_timestamp))
     }
 
     /// Moves the log start offset to `offset` (Kafka DeleteRecords; -1 means the high
@@ -828,14 +849,18 @@ fn validate_config(config: &LogConfig) -> Result<(), StorageError> {
     Ok(())
 }
 
-async fn read_header(file: &DmaFile, path: &Path, position: u64) -> Result<batch::BatchHeader, IoFailure> {
-    let bytes = segment::read_range(file, path, position, batch::BATCH_HEADER_BYTES).await?;
-    batch::parse_stored_header(&bytes).ok_or_else(|| IoFailure {
-        operation: "read",
-        path: path.to_path_buf(),
-        message: format!("no batch header at {position}"),
-        os_error: None,
-    })
+/// The first record of a stored batch matching `wanted`. A batch whose records cannot be
+/// read (the broker does not decompress at produce time, so a client's bad payload is only
+/// found here) answers at batch level: its base offset and max timestamp.
+fn pick_record(name: &TopicPartition, bytes: &[u8], wanted: impl Fn(&RecordStamp) -> bool) -> Option<RecordStamp> {
+    let header = batch::parse_stored_header(bytes)?;
+    match records::record_stamps(bytes) {
+        Ok(stamps) => stamps.into_iter().find(wanted),
+        Err(error) => {
+            tracing::warn!(partition = %name, offset = header.base_offset, %error, "records unreadable; answering per batch");
+            Some(RecordStamp { offset: header.base_offset, timestamp: header.max_timestamp })
+        }
+    }
 }
 
 const HEADER_WINDOW_BYTES: usize = 16 << 10;

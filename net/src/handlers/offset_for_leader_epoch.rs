@@ -9,7 +9,7 @@ use corelog_engine::log::TopicPartition;
 use kafka_protocol::messages::offset_for_leader_epoch_response::{EpochEndOffset, OffsetForLeaderTopicResult};
 use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
 
-use crate::broker::{ShardBroker, ShardRequest, ShardResponse, error_code};
+use crate::broker::{ShardBroker, ShardRequest, ShardResponse, TimeLookup, error_code};
 
 /// Every partition's leader epoch on a single broker.
 pub const LEADER_EPOCH: i32 = 0;
@@ -37,7 +37,10 @@ pub async fn handle(
             let result = match fenced {
                 Some(code) => Err(code),
                 None => match broker
-                    .partition_call(&partition, ShardRequest::Offsets { partition: partition.clone(), timestamp: None })
+                    .partition_call(
+                        &partition,
+                        ShardRequest::Offsets { partition: partition.clone(), lookup: TimeLookup::None },
+                    )
                     .await
                 {
                     Ok(ShardResponse::Offsets(Ok(reply))) => Ok(reply.offsets.log_end_offset),
