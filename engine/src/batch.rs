@@ -314,6 +314,62 @@ fn put_varint(out: &mut Vec<u8>, value: i64) {
     }
 }
 
+/// A record's key and value for [`encode_batch`]; `None` is null.
+pub type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
+/// Builds one uncompressed batch holding `records` (key, value; `None` is null) in order:
+/// base offset 0 and partition leader epoch -1 for the log to stamp, no producer id,
+/// every record stamped `timestamp_ms`, no headers. Used by the broker to write its own
+/// records (consumer-group state) into internal topics.
+///
+/// Panics if `records` is empty (Kafka has no empty batch) or the batch would exceed
+/// `i32::MAX` bytes: both are bugs in the caller, which bounds what it writes.
+pub fn encode_batch(records: &[KeyValue<'_>], timestamp_ms: i64) -> Vec<u8> {
+    assert!(!records.is_empty(), "encoding a batch of no records");
+    let mut out = vec![0u8; BATCH_HEADER_BYTES];
+    let mut body = Vec::new();
+    for (offset_delta, (key, value)) in records.iter().enumerate() {
+        body.clear();
+        body.push(0); // attributes
+        put_varint(&mut body, 0); // timestamp delta
+        put_varint(&mut body, offset_delta as i64);
+        put_nullable_bytes(&mut body, *key);
+        put_nullable_bytes(&mut body, *value);
+        put_varint(&mut body, 0); // header count
+        put_varint(&mut out, body.len() as i64);
+        out.extend_from_slice(&body);
+    }
+    // Every record takes at least one byte, so this bound also keeps the count in an i32.
+    assert!(out.len() - BATCH_LENGTH_PREFIX_BYTES <= i32::MAX as usize, "encoded batch exceeds i32::MAX bytes");
+    let batch_length = (out.len() - BATCH_LENGTH_PREFIX_BYTES) as i32;
+    let record_count = records.len() as i32;
+    out[8..12].copy_from_slice(&batch_length.to_be_bytes());
+    out[12..16].copy_from_slice(&(-1i32).to_be_bytes()); // partition leader epoch
+    out[16] = MAGIC_V2;
+    // attributes (21..23) stay 0: uncompressed, CreateTime, not transactional, not control.
+    out[23..27].copy_from_slice(&(record_count - 1).to_be_bytes());
+    out[27..35].copy_from_slice(&timestamp_ms.to_be_bytes());
+    out[35..43].copy_from_slice(&timestamp_ms.to_be_bytes());
+    out[43..51].copy_from_slice(&(-1i64).to_be_bytes()); // producer id
+    out[51..53].copy_from_slice(&(-1i16).to_be_bytes()); // producer epoch
+    out[53..57].copy_from_slice(&(-1i32).to_be_bytes()); // base sequence
+    out[57..61].copy_from_slice(&record_count.to_be_bytes());
+    let crc = crc32c::crc32c(&out[CRC_COVERED_FROM..]);
+    out[17..21].copy_from_slice(&crc.to_be_bytes());
+    out
+}
+
+/// A record key or value: varint length (-1 for null), then the bytes.
+fn put_nullable_bytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        Some(bytes) => {
+            put_varint(out, bytes.len() as i64);
+            out.extend_from_slice(bytes);
+        }
+        None => put_varint(out, -1),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,5 +467,45 @@ mod tests {
         assert_eq!(claimed_batch_size(&batch[..12]), Some(batch.len()));
         assert_eq!(claimed_batch_size(&batch[..11]), None);
         assert_eq!(claimed_batch_size(&[0xff; 12]), None);
+    }
+
+    /// A record as the tests see it: offset, timestamp, key, value.
+    type Seen<'a> = (i64, i64, Option<&'a [u8]>, Option<&'a [u8]>);
+
+    #[test]
+    fn an_encoded_batch_validates_and_holds_each_record_in_order() {
+        let records: [KeyValue<'_>; 3] = [(Some(b"k0"), Some(b"v0")), (None, Some(b"")), (Some(b"k2"), None)];
+        let batch = encode_batch(&records, 1_700_000_000_123);
+        let header = validate_produced(&batch, 1 << 20).unwrap();
+        assert_eq!(header.base_offset, 0);
+        assert_eq!(header.partition_leader_epoch, -1);
+        assert_eq!(header.record_count, 3);
+        assert_eq!(header.last_offset_delta, 2);
+        assert_eq!(header.base_timestamp, 1_700_000_000_123);
+        assert_eq!(header.max_timestamp, 1_700_000_000_123);
+        assert_eq!((header.producer_id, header.producer_epoch, header.base_sequence), (-1, -1, -1));
+        assert_eq!(header.attributes, 0);
+
+        let decoded = crate::records::decode_records(&batch).unwrap();
+        let got: Vec<Seen<'_>> =
+            decoded.iter().map(|r| (r.offset, r.timestamp, r.key.as_deref(), r.value.as_deref())).collect();
+        let expected: Vec<Seen<'_>> =
+            records.iter().enumerate().map(|(i, (k, v))| (i as i64, 1_700_000_000_123, *k, *v)).collect();
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn an_encoded_batch_has_a_stable_layout() {
+        let batch = encode_batch(&[(Some(b"k"), None)], 0);
+        // One record, zigzag varints: length 7 | attributes 0 | timestamp delta 0
+        // | offset delta 0 | key length 1, "k" | value length -1 | header count 0.
+        assert_eq!(&batch[BATCH_HEADER_BYTES..], &[14, 0, 0, 0, 2, b'k', 1, 0]);
+        assert_eq!(claimed_batch_size(&batch), Some(BATCH_HEADER_BYTES + 8));
+    }
+
+    #[test]
+    #[should_panic(expected = "no records")]
+    fn encoding_no_records_is_a_bug() {
+        encode_batch(&[], 0);
     }
 }

@@ -30,6 +30,17 @@ pub const SUPPORTED: &[SupportedApi] = &[
     SupportedApi { key: ApiKey::AlterConfigs, min_version: 0, max_version: 2 },
     SupportedApi { key: ApiKey::IncrementalAlterConfigs, min_version: 0, max_version: 1 },
     SupportedApi { key: ApiKey::DescribeCluster, min_version: 0, max_version: 2 },
+    SupportedApi { key: ApiKey::FindCoordinator, min_version: 0, max_version: 6 },
+    SupportedApi { key: ApiKey::JoinGroup, min_version: 0, max_version: 9 },
+    SupportedApi { key: ApiKey::SyncGroup, min_version: 0, max_version: 5 },
+    SupportedApi { key: ApiKey::Heartbeat, min_version: 0, max_version: 4 },
+    SupportedApi { key: ApiKey::LeaveGroup, min_version: 0, max_version: 5 },
+    SupportedApi { key: ApiKey::OffsetCommit, min_version: 2, max_version: 9 },
+    SupportedApi { key: ApiKey::OffsetFetch, min_version: 1, max_version: 9 },
+    SupportedApi { key: ApiKey::DescribeGroups, min_version: 0, max_version: 5 },
+    SupportedApi { key: ApiKey::ListGroups, min_version: 0, max_version: 5 },
+    SupportedApi { key: ApiKey::DeleteGroups, min_version: 0, max_version: 2 },
+    SupportedApi { key: ApiKey::OffsetDelete, min_version: 0, max_version: 0 },
 ];
 
 pub fn supported(key: ApiKey) -> Option<SupportedApi> {

@@ -15,6 +15,8 @@ use corelog_engine::records::RecordStamp;
 use corelog_engine::runtime::{ShardContext, ShardId};
 
 use crate::configs::{self, ConfigChange};
+use crate::group::classic::{Committed, JoinOutcome, JoinRequest, MemberRef, SyncOutcome, SyncRequest};
+use crate::group::{self, GroupDescription, GroupService, OFFSETS_TOPIC, OffsetCommit};
 use crate::registry::{self, Registry, TopicRecord};
 
 /// Most partitions one topic may have: creating a topic is sequential work on the controller
@@ -54,6 +56,8 @@ pub struct BrokerSettings {
     pub num_partitions: i32,
     /// `auto.create.topics.enable`.
     pub auto_create_topics: bool,
+    /// `offsets.topic.num.partitions`: partitions of `__consumer_offsets`.
+    pub offsets_topic_partitions: i32,
     /// Other read-only broker configs DescribeConfigs reports: (Kafka name, value, source).
     pub broker_configs: Vec<(&'static str, String, i8)>,
 }
@@ -156,11 +160,70 @@ pub enum ShardRequest {
         topics: Vec<PartitionGrowth>,
         validate_only: bool,
     },
+    /// To the coordinator shard of a group (the owner of its `__consumer_offsets` partition).
+    Group(GroupCall),
     /// Replace a partition's log config on its owner (after the registry has the change).
     UpdatePartitionConfig {
         partition: TopicPartition,
         config: LogConfig,
     },
+}
+
+/// A consumer-group request, run on the group's coordinator shard.
+#[derive(Debug)]
+pub enum GroupCall {
+    Join {
+        request: JoinRequest,
+        partition: i32,
+    },
+    Sync {
+        request: SyncRequest,
+    },
+    Heartbeat {
+        group_id: String,
+        who: MemberRef,
+    },
+    Leave {
+        group_id: String,
+        members: Vec<MemberRef>,
+    },
+    Commit {
+        group_id: String,
+        partition: i32,
+        who: MemberRef,
+        commits: Vec<OffsetCommit>,
+    },
+    FetchOffsets {
+        group_id: String,
+        wanted: Option<Vec<(String, Vec<i32>)>>,
+    },
+    Describe {
+        group_id: String,
+    },
+    /// Every group of the receiving shard.
+    List,
+    Delete {
+        group_id: String,
+        partition: i32,
+    },
+    DeleteOffsets {
+        group_id: String,
+        partition: i32,
+        targets: Vec<(String, i32)>,
+    },
+}
+
+#[derive(Debug)]
+pub enum GroupAnswer {
+    Join(JoinOutcome),
+    Sync(SyncOutcome),
+    Code(i16),
+    Codes(Vec<i16>),
+    Committed(Result<Vec<i16>, i16>),
+    Offsets(Vec<(String, i32, Option<Committed>)>),
+    Described(Option<GroupDescription>),
+    Listed(Vec<(String, String, &'static str)>),
+    Deleted(Result<(), i16>),
 }
 
 /// How a topic's explicit configs change.
@@ -227,6 +290,7 @@ pub enum ShardResponse {
     /// The new log start offset (low watermark), or a Kafka error code.
     RecordsDeleted(Result<i64, i16>),
     ProducerId(Result<i64, String>),
+    Group(GroupAnswer),
 }
 
 pub struct ShardBroker {
@@ -234,6 +298,7 @@ pub struct ShardBroker {
     pub log: Rc<ShardLog>,
     pub registry: Arc<Registry>,
     pub settings: Arc<BrokerSettings>,
+    pub groups: Rc<GroupService>,
     controller_lock: glommio::sync::Semaphore,
 }
 
@@ -244,8 +309,10 @@ impl ShardBroker {
         log: Rc<ShardLog>,
         registry: Arc<Registry>,
         settings: Arc<BrokerSettings>,
+        groups: Rc<GroupService>,
     ) -> Rc<Self> {
-        let broker = Rc::new(Self { ctx, log, registry, settings, controller_lock: glommio::sync::Semaphore::new(1) });
+        let controller_lock = glommio::sync::Semaphore::new(1);
+        let broker = Rc::new(Self { ctx, log, registry, settings, groups, controller_lock });
         let handler = Rc::clone(&broker);
         broker.ctx.serve(move |request| Rc::clone(&handler).on_shard_request(request));
         broker
@@ -317,6 +384,7 @@ impl ShardBroker {
             ShardRequest::CreatePartitions { topics, validate_only } => {
                 ShardResponse::Topics(self.controller_create_partitions(topics, validate_only).await)
             }
+            ShardRequest::Group(call) => ShardResponse::Group(self.on_group_call(call).await),
             ShardRequest::UpdatePartitionConfig { partition, config } => {
                 ShardResponse::Done(self.log.update_config(&partition, config).map_err(|e| e.to_string()))
             }
@@ -477,6 +545,11 @@ impl ShardBroker {
         let mut outcomes = Vec::new();
         let mut removed = Vec::new();
         for name in names {
+            if name == OFFSETS_TOPIC {
+                let message = format!("{OFFSETS_TOPIC} is internal: it holds every group's state");
+                outcomes.push(TopicOutcome::error(&name, error_code::INVALID_REQUEST, message));
+                continue;
+            }
             match topics.remove(&name) {
                 Some(record) => {
                     removed.push(record.clone());
@@ -735,6 +808,62 @@ impl ShardBroker {
     ) -> Result<ShardResponse, i16> {
         let owner = self.owner(partition).ok_or(error_code::UNKNOWN_TOPIC_OR_PARTITION)?;
         self.ctx.call(owner, request).await.map_err(|_| error_code::KAFKA_STORAGE_ERROR)
+    }
+}
+
+impl ShardBroker {
+    /// The `__consumer_offsets` partition of a group.
+    pub fn group_partition(&self, group_id: &str) -> i32 {
+        group::partition_for(group_id, self.settings.offsets_topic_partitions)
+    }
+
+    /// Sends a group request to the group's coordinator shard. COORDINATOR_NOT_AVAILABLE
+    /// while `__consumer_offsets` does not exist yet.
+    pub async fn group_call(&self, group_id: &str, call: GroupCall) -> Result<GroupAnswer, i16> {
+        let partition = TopicPartition::new(OFFSETS_TOPIC, self.group_partition(group_id));
+        let owner = self.owner(&partition).ok_or(group::classic::error_code::COORDINATOR_NOT_AVAILABLE)?;
+        match self.ctx.call(owner, ShardRequest::Group(call)).await {
+            Ok(ShardResponse::Group(answer)) => Ok(answer),
+            _ => Err(group::classic::error_code::COORDINATOR_NOT_AVAILABLE),
+        }
+    }
+
+    /// Every shard's groups (ListGroups).
+    pub async fn list_groups(&self) -> Vec<(String, String, &'static str)> {
+        let mut all = Vec::new();
+        for shard in 0..self.ctx.shard_count {
+            if let Ok(ShardResponse::Group(GroupAnswer::Listed(groups))) =
+                self.ctx.call(shard, ShardRequest::Group(GroupCall::List)).await
+            {
+                all.extend(groups);
+            }
+        }
+        all.sort();
+        all
+    }
+
+    async fn on_group_call(&self, call: GroupCall) -> GroupAnswer {
+        let groups = &self.groups;
+        match call {
+            GroupCall::Join { request, partition } => GroupAnswer::Join(groups.join(request, partition).await),
+            GroupCall::Sync { request } => GroupAnswer::Sync(groups.sync(request).await),
+            GroupCall::Heartbeat { group_id, who } => GroupAnswer::Code(groups.heartbeat(&group_id, &who)),
+            GroupCall::Leave { group_id, members } => GroupAnswer::Codes(groups.leave(&group_id, &members).await),
+            GroupCall::Commit { group_id, partition, who, commits } => {
+                GroupAnswer::Committed(groups.commit(&group_id, partition, &who, &commits).await)
+            }
+            GroupCall::FetchOffsets { group_id, wanted } => {
+                GroupAnswer::Offsets(groups.fetch_offsets(&group_id, wanted.as_deref()))
+            }
+            GroupCall::Describe { group_id } => GroupAnswer::Described(groups.describe(&group_id)),
+            GroupCall::List => GroupAnswer::Listed(groups.list()),
+            GroupCall::Delete { group_id, partition } => {
+                GroupAnswer::Code(groups.delete_group(&group_id, partition).await)
+            }
+            GroupCall::DeleteOffsets { group_id, partition, targets } => {
+                GroupAnswer::Deleted(groups.delete_offsets(&group_id, partition, &targets).await)
+            }
+        }
     }
 }
 

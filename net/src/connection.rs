@@ -23,10 +23,12 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use kafka_protocol::messages::{
-    AlterConfigsRequest, ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest,
-    DeleteRecordsRequest, DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest, FetchRequest,
-    IncrementalAlterConfigsRequest, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest,
-    OffsetForLeaderEpochRequest, ProduceRequest, RequestHeader, ResponseHeader,
+    AlterConfigsRequest, ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest,
+    DeleteRecordsRequest, DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest,
+    FetchRequest, FindCoordinatorRequest, HeartbeatRequest, IncrementalAlterConfigsRequest, InitProducerIdRequest,
+    JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
+    OffsetDeleteRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest, RequestHeader,
+    ResponseHeader, SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
@@ -35,9 +37,19 @@ use crate::broker::ShardBroker;
 use crate::frame::{self, FrameError};
 use crate::handlers::produce::PendingProduce;
 use crate::handlers::{
-    alter_configs, api_versions, create_partitions, create_topics, delete_records, delete_topics, describe_cluster,
-    describe_configs, fetch, init_producer_id, list_offsets, metadata, offset_for_leader_epoch, produce,
+    alter_configs, api_versions, create_partitions, create_topics, delete_groups, delete_records, delete_topics,
+    describe_cluster, describe_configs, describe_groups, fetch, find_coordinator, heartbeat, init_producer_id,
+    join_group, leave_group, list_groups, list_offsets, metadata, offset_commit, offset_delete, offset_fetch,
+    offset_for_leader_epoch, produce, sync_group,
 };
+
+/// Who sent a request: its header's client id and the connection's peer address.
+#[derive(Debug, Clone, Default)]
+pub struct ClientInfo {
+    pub client_id: String,
+    /// Kafka's form: `/` and the peer's IP address.
+    pub host: String,
+}
 
 /// The limits of one connection (Kafka's names in brackets).
 #[derive(Debug, Clone)]
@@ -89,6 +101,8 @@ enum Pending {
     Done(Option<BytesMut>),
     Produce(Call, PendingProduce),
     Fetch(Call, FetchRequest),
+    Join(Call, JoinGroupRequest, ClientInfo),
+    Commit(Call, OffsetCommitRequest),
 }
 
 impl Pending {
@@ -103,6 +117,14 @@ impl Pending {
             }
             Pending::Fetch(call, request) => {
                 let response = fetch::handle(broker, request, call.version).await;
+                call.encode(&response).map(Some)
+            }
+            Pending::Join(call, request, client) => {
+                let response = join_group::handle(broker, request, call.version, &client).await;
+                call.encode(&response).map(Some)
+            }
+            Pending::Commit(call, request) => {
+                let response = offset_commit::handle(broker, request, call.version).await;
                 call.encode(&response).map(Some)
             }
         }
@@ -203,12 +225,14 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     limits: &ConnectionLimits,
     broker: &ShardBroker,
+    peer: Option<std::net::SocketAddr>,
 ) -> Result<(), ConnectionError> {
+    let host = peer.map(|p| format!("/{}", p.ip())).unwrap_or_default();
     let shared = RefCell::new(stream);
     let queue = Queue::default();
     let read_result: Cell<Option<Result<(), ConnectionError>>> = Cell::new(None);
     let reader = async {
-        let result = read_requests(&mut Half(&shared), limits, broker, &queue).await;
+        let result = read_requests(&mut Half(&shared), limits, broker, &queue, &host).await;
         read_result.set(Some(result));
         queue.finish_reading();
         // The writer ends the connection once it has answered everything queued.
@@ -234,6 +258,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
     limits: &ConnectionLimits,
     broker: &ShardBroker,
     queue: &Queue,
+    host: &str,
 ) -> Result<(), ConnectionError> {
     loop {
         queue.room(limits).await;
@@ -244,13 +269,13 @@ async fn read_requests<R: AsyncRead + Unpin>(
         };
         let Some(frame) = frame else { return Ok(()) };
         let bytes = frame.len();
-        let pending = start(frame.freeze(), broker).await?;
+        let pending = start(frame.freeze(), broker, host).await?;
         queue.push(pending, bytes);
     }
 }
 
 /// Decodes one request frame and runs its ordered stage.
-async fn start(mut frame: Bytes, broker: &ShardBroker) -> Result<Pending, ConnectionError> {
+async fn start(mut frame: Bytes, broker: &ShardBroker, host: &str) -> Result<Pending, ConnectionError> {
     if frame.len() < 8 {
         return Err(ConnectionError::ShortHeader(frame.len()));
     }
@@ -273,11 +298,11 @@ async fn start(mut frame: Bytes, broker: &ShardBroker) -> Result<Pending, Connec
         // Advertised from v0 for librdkafka's sake; message formats v0/v1 are not accepted.
         return Err(ConnectionError::UnsupportedVersion { key, version });
     }
-    RequestHeader::decode(&mut frame, key.request_header_version(version)).map_err(|e| ConnectionError::Malformed {
-        key,
-        version,
-        message: e.to_string(),
-    })?;
+    let header = RequestHeader::decode(&mut frame, key.request_header_version(version))
+        .map_err(|e| ConnectionError::Malformed { key, version, message: e.to_string() })?;
+    let client =
+        ClientInfo { client_id: header.client_id.map(|c| c.to_string()).unwrap_or_default(), host: host.to_string() };
+    let client = &client;
     let call = Call { frame, key, version, correlation_id };
     let respond = |call: Call| async move {
         match key {
@@ -315,6 +340,23 @@ async fn start(mut frame: Bytes, broker: &ShardBroker) -> Result<Pending, Connec
             ApiKey::DescribeCluster => {
                 call.respond(|r: DescribeClusterRequest| describe_cluster::handle(broker, r, version)).await
             }
+            ApiKey::FindCoordinator => {
+                call.respond(|r: FindCoordinatorRequest| find_coordinator::handle(broker, r, version)).await
+            }
+            ApiKey::SyncGroup => call.respond(|r: SyncGroupRequest| sync_group::handle(broker, r, version)).await,
+            ApiKey::Heartbeat => call.respond(|r: HeartbeatRequest| heartbeat::handle(broker, r, version)).await,
+            ApiKey::LeaveGroup => call.respond(|r: LeaveGroupRequest| leave_group::handle(broker, r, version)).await,
+            ApiKey::OffsetFetch => call.respond(|r: OffsetFetchRequest| offset_fetch::handle(broker, r, version)).await,
+            ApiKey::DescribeGroups => {
+                call.respond(|r: DescribeGroupsRequest| describe_groups::handle(broker, r, version)).await
+            }
+            ApiKey::ListGroups => call.respond(|r: ListGroupsRequest| list_groups::handle(broker, r, version)).await,
+            ApiKey::DeleteGroups => {
+                call.respond(|r: DeleteGroupsRequest| delete_groups::handle(broker, r, version)).await
+            }
+            ApiKey::OffsetDelete => {
+                call.respond(|r: OffsetDeleteRequest| offset_delete::handle(broker, r, version)).await
+            }
             _ => Err(ConnectionError::UnsupportedVersion { key, version }),
         }
     };
@@ -326,6 +368,17 @@ async fn start(mut frame: Bytes, broker: &ShardBroker) -> Result<Pending, Connec
         ApiKey::Fetch => {
             let (request, call) = call.decode::<FetchRequest>()?;
             Ok(Pending::Fetch(call, request))
+        }
+        // A join waits for the whole group (seconds): the writer finishes it in order while
+        // the reader goes on taking the connection's next requests.
+        ApiKey::JoinGroup => {
+            let (request, call) = call.decode::<JoinGroupRequest>()?;
+            Ok(Pending::Join(call, request, client.clone()))
+        }
+        // Commits wait for their fsync as produces do.
+        ApiKey::OffsetCommit => {
+            let (request, call) = call.decode::<OffsetCommitRequest>()?;
+            Ok(Pending::Commit(call, request))
         }
         _ => respond(call).await.map(|response| Pending::Done(Some(response))),
     }

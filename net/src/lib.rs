@@ -9,6 +9,7 @@ pub mod broker;
 pub mod configs;
 pub mod connection;
 pub mod frame;
+pub mod group;
 pub mod handlers;
 pub mod listener;
 pub mod registry;

@@ -76,7 +76,7 @@ impl Listener {
                     let peer = stream.peer_addr().ok();
                     let mut stream = stream;
                     let _ = stream.set_nodelay(true);
-                    if let Err(error) = connection::serve(&mut stream, &limits, &broker).await {
+                    if let Err(error) = connection::serve(&mut stream, &limits, &broker, peer).await {
                         tracing::debug!(?peer, %error, "closing connection");
                         Self::update(&stats, |s| s.closed_by_broker += 1);
                     }

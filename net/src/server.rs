@@ -11,8 +11,10 @@ use std::time::Duration;
 use corelog_engine::log::{LogConfig, ShardLog, ShardLogConfig, TopicPartition, WriteShape};
 use corelog_engine::runtime::{PlacementTable, ShardContext};
 
-use crate::broker::{BrokerSettings, ShardBroker, ShardRequest, ShardResponse};
+use crate::broker::{BrokerSettings, ShardBroker, ShardRequest, ShardResponse, TopicSpec};
 use crate::connection::ConnectionLimits;
+use crate::group::classic::CoordinatorConfig;
+use crate::group::{GroupService, OFFSETS_TOPIC};
 use crate::listener::Listener;
 use crate::registry::{self, Registry};
 
@@ -33,6 +35,10 @@ pub struct ServerConfig {
     pub num_partitions: i32,
     pub auto_create_topics: bool,
     pub retention_check_interval: Duration,
+    /// The group coordinator's limits and delays.
+    pub group: CoordinatorConfig,
+    /// `offsets.topic.num.partitions`, used when `__consumer_offsets` is created.
+    pub offsets_topic_partitions: i32,
 }
 
 /// What shards report to the process that started them.
@@ -155,13 +161,38 @@ pub async fn run_shard(
         default_log: config.default_log.clone(),
         num_partitions: config.num_partitions,
         auto_create_topics: config.auto_create_topics,
+        // The partition count of an existing `__consumer_offsets` wins: groups are placed by it.
+        offsets_topic_partitions: registry
+            .snapshot()
+            .get(OFFSETS_TOPIC)
+            .map_or(config.offsets_topic_partitions, |t| t.partitions),
         broker_configs: broker_configs(&config, actual),
     });
-    let broker = ShardBroker::start(ctx, Rc::clone(&log), registry, settings);
+    let member_id_prefix =
+        format!("{:08x}", u32::from_be_bytes(registry::random_id()[..4].try_into().unwrap_or([0; 4])));
+    let groups = GroupService::new(Rc::clone(&log), config.group.clone(), member_id_prefix);
+    for (partition, _) in owned.iter().filter(|(p, _)| p.topic == OFFSETS_TOPIC) {
+        match groups.load(partition.partition).await {
+            Ok((replayed, skipped)) => {
+                if replayed > 0 || skipped > 0 {
+                    tracing::info!(shard, %partition, replayed, skipped, "group state loaded");
+                }
+            }
+            Err(error) => return fail(format!("loading groups from {partition}: {error}")),
+        }
+    }
+    let group_timers = glommio::spawn_local(Rc::clone(&groups).run_timers()).detach();
+    let broker = ShardBroker::start(ctx, Rc::clone(&log), registry, settings, groups);
     for peer in 0..broker.ctx.shard_count {
         if let Err(error) = broker.ctx.call(peer, ShardRequest::Ping).await {
             return fail(format!("shard {peer} unreachable: {error}"));
         }
+    }
+    if shard == 0
+        && !broker.registry.snapshot().contains_key(OFFSETS_TOPIC)
+        && let Err(reason) = create_offsets_topic(&broker).await
+    {
+        return fail(reason);
     }
     let _ = events.send(ShardEvent::Ready { shard, partitions: owned.len(), listen: actual });
 
@@ -182,6 +213,7 @@ pub async fn run_shard(
 
     listener.run(Rc::clone(&broker), broker.ctx.stopped()).await;
     retention.cancel();
+    group_timers.cancel();
     if let Err(error) = log.close().await {
         return fail(format!("clean stop failed: {error}"));
     }
@@ -217,4 +249,24 @@ fn broker_configs(config: &ServerConfig, listen: SocketAddr) -> Vec<(&'static st
             chosen(config.limits.idle_timeout != defaults.idle_timeout),
         ),
     ]
+}
+
+/// Creates `__consumer_offsets` at the first start: offsets and group state are kept forever
+/// (never deleted by time or size), in 100 MiB segments as Kafka does.
+async fn create_offsets_topic(broker: &ShardBroker) -> Result<(), String> {
+    let spec = TopicSpec {
+        name: OFFSETS_TOPIC.to_string(),
+        partitions: broker.settings.offsets_topic_partitions,
+        replication_factor: 1,
+        configs: [("retention.ms", "-1"), ("retention.bytes", "-1"), ("segment.bytes", "104857600")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        has_assignments: false,
+    };
+    let outcome = broker.create_topics(vec![spec], false).await;
+    match outcome.first() {
+        Some(o) if o.error_code == 0 || o.error_code == crate::broker::error_code::TOPIC_ALREADY_EXISTS => Ok(()),
+        other => Err(format!("cannot create {OFFSETS_TOPIC}: {other:?}")),
+    }
 }

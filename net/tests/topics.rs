@@ -92,7 +92,7 @@ fn created_topics_appear_in_metadata_and_bad_requests_get_kafka_codes() {
         let response = metadata(&mut client, version, None, false);
         let mut names: Vec<String> = response.topics.iter().map(|t| t.name.as_ref().unwrap().0.to_string()).collect();
         names.sort();
-        assert_eq!(names, vec!["default-sized", "orders"], "v{version}");
+        assert_eq!(names, vec!["__consumer_offsets", "default-sized", "orders"], "v{version}");
         let orders = response.topics.iter().find(|t| t.name.as_ref().unwrap().0.as_str() == "orders").unwrap();
         assert_eq!(orders.partitions.len(), 4);
         assert!(orders.partitions.iter().all(|p| p.leader_id.0 == 0 && p.isr_nodes.len() == 1));

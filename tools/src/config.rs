@@ -45,6 +45,14 @@ pub struct FileConfig {
     /// `connections.max.idle.ms`.
     pub connections_max_idle_ms: Option<u64>,
     pub max_connections_per_shard: Option<usize>,
+    /// `offsets.topic.num.partitions`: partitions of `__consumer_offsets` when it is created.
+    pub offsets_topic_num_partitions: Option<i32>,
+    /// `group.initial.rebalance.delay.ms`.
+    pub group_initial_rebalance_delay_ms: Option<i64>,
+    /// `group.min.session.timeout.ms`.
+    pub group_min_session_timeout_ms: Option<i32>,
+    /// `group.max.session.timeout.ms`.
+    pub group_max_session_timeout_ms: Option<i32>,
     /// Requests read from one connection and not yet answered (pipelining depth).
     pub max_in_flight_requests_per_connection: Option<usize>,
     /// Request bytes read from one connection and not yet answered.
@@ -79,6 +87,10 @@ pub struct BrokerConfig {
     pub max_connections_per_shard: usize,
     pub max_in_flight_requests_per_connection: usize,
     pub max_in_flight_bytes_per_connection: usize,
+    pub offsets_topic_num_partitions: i32,
+    pub group_initial_rebalance_delay_ms: i64,
+    pub group_min_session_timeout_ms: i32,
+    pub group_max_session_timeout_ms: i32,
     pub log: LogConfig,
     pub retention_check_interval_ms: u64,
     /// Where the settings came from, for the start-up log.
@@ -162,6 +174,22 @@ impl BrokerConfig {
         if max_in_flight_bytes_per_connection == 0 {
             return Err(invalid("max_in_flight_bytes_per_connection", "must be at least 1"));
         }
+        let offsets_topic_num_partitions = file.offsets_topic_num_partitions.unwrap_or(50);
+        if !(1..=1000).contains(&offsets_topic_num_partitions) {
+            return Err(invalid("offsets_topic_num_partitions", "must be between 1 and 1000"));
+        }
+        let group_initial_rebalance_delay_ms = file.group_initial_rebalance_delay_ms.unwrap_or(3_000);
+        if group_initial_rebalance_delay_ms < 0 {
+            return Err(invalid("group_initial_rebalance_delay_ms", "must not be negative"));
+        }
+        let group_min_session_timeout_ms = file.group_min_session_timeout_ms.unwrap_or(6_000);
+        let group_max_session_timeout_ms = file.group_max_session_timeout_ms.unwrap_or(1_800_000);
+        if group_min_session_timeout_ms <= 0 || group_max_session_timeout_ms < group_min_session_timeout_ms {
+            return Err(invalid(
+                "group_min_session_timeout_ms",
+                "must be positive and at most group_max_session_timeout_ms",
+            ));
+        }
         let log = log_config(&file.log)?;
         let retention_check_interval_ms = file.log.retention_check_interval_ms.unwrap_or(300_000);
         if retention_check_interval_ms == 0 {
@@ -182,6 +210,10 @@ impl BrokerConfig {
             max_connections_per_shard,
             max_in_flight_requests_per_connection,
             max_in_flight_bytes_per_connection,
+            offsets_topic_num_partitions,
+            group_initial_rebalance_delay_ms,
+            group_min_session_timeout_ms,
+            group_max_session_timeout_ms,
             log,
             retention_check_interval_ms,
             source,

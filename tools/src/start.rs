@@ -16,6 +16,7 @@ use corelog_engine::log::WriteShape;
 use corelog_engine::runtime::{self, PlacementTable, Runtime, RuntimeConfig};
 use corelog_hardware::iotune::IoProfile;
 use corelog_net::ConnectionLimits;
+use corelog_net::group::classic::CoordinatorConfig;
 use corelog_net::server::{self, ServerConfig, ShardEvent};
 use nix::sys::signal::{SigSet, Signal};
 
@@ -182,6 +183,13 @@ fn start(config: BrokerConfig) -> Result<(), String> {
         num_partitions: config.num_partitions,
         auto_create_topics: config.auto_create_topics_enable,
         retention_check_interval: Duration::from_millis(config.retention_check_interval_ms),
+        group: CoordinatorConfig {
+            session_timeout_min_ms: config.group_min_session_timeout_ms,
+            session_timeout_max_ms: config.group_max_session_timeout_ms,
+            initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms,
+            ..CoordinatorConfig::default()
+        },
+        offsets_topic_partitions: config.offsets_topic_num_partitions,
     });
     let bound = Arc::new(OnceLock::new());
     let runtime = Runtime::start(&runtime_config, Arc::clone(&placement), move |ctx| {

@@ -41,7 +41,8 @@ fn topic_response(record: &TopicRecord, node_id: i32, version: i16) -> MetadataR
     let topic = MetadataResponseTopic::default()
         .with_name(Some(TopicName(StrBytes::from_string(record.name.clone()))))
         .with_partitions(partitions)
-        .with_topic_authorized_operations(OPERATIONS_NOT_REQUESTED);
+        .with_topic_authorized_operations(OPERATIONS_NOT_REQUESTED)
+        .with_is_internal(version >= 1 && record.name == crate::group::OFFSETS_TOPIC);
     if version >= 10 { topic.with_topic_id(topic_uuid(record)) } else { topic }
 }
 

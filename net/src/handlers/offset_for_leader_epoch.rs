@@ -30,7 +30,7 @@ pub async fn handle(
             // -1: the client does not know the current epoch and skips the fencing check.
             let fenced = match wanted.current_leader_epoch {
                 epoch if epoch > LEADER_EPOCH => Some(UNKNOWN_LEADER_EPOCH),
-                epoch if epoch >= 0 && epoch < LEADER_EPOCH => Some(FENCED_LEADER_EPOCH),
+                epoch if (0..LEADER_EPOCH).contains(&epoch) => Some(FENCED_LEADER_EPOCH),
                 _ => None,
             };
             let partition = TopicPartition::new(topic.topic.0.to_string(), wanted.partition);

@@ -41,6 +41,8 @@ pub async fn append(broker: &ShardBroker, request: ProduceRequest, version: i16)
             let records = data.records.clone();
             appends.push(async move {
                 let result = match records {
+                    // Only the group coordinator writes its internal topic (Kafka: INVALID_TOPIC).
+                    _ if partition.topic == crate::group::OFFSETS_TOPIC => Err(error_code::INVALID_TOPIC_EXCEPTION),
                     None => Err(error_code::INVALID_RECORD),
                     Some(records) => {
                         // The one copy on intake: the log stamps offsets in place.

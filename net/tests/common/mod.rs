@@ -26,6 +26,7 @@ pub struct Options {
     pub limits: ConnectionLimits,
     pub max_connections_per_shard: usize,
     pub auto_create_topics: bool,
+    pub group: corelog_net::group::classic::CoordinatorConfig,
 }
 
 impl Default for Options {
@@ -35,6 +36,11 @@ impl Default for Options {
             limits: ConnectionLimits::default(),
             max_connections_per_shard: 1000,
             auto_create_topics: true,
+            // Tests do not wait for more members to join an empty group.
+            group: corelog_net::group::classic::CoordinatorConfig {
+                initial_rebalance_delay_ms: 0,
+                ..Default::default()
+            },
         }
     }
 }
@@ -60,6 +66,8 @@ impl Broker {
             num_partitions: 1,
             auto_create_topics: options.auto_create_topics,
             retention_check_interval: Duration::from_secs(300),
+            group: options.group.clone(),
+            offsets_topic_partitions: 4,
         });
         let (tx, rx) = mpsc::channel();
         let bound = Arc::new(OnceLock::new());

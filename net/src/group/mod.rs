@@ -1,0 +1,445 @@
+//! Consumer groups: the coordinator of a group is the shard owning the group's partition of
+//! the internal topic `__consumer_offsets` (Java `String.hashCode` of the group id modulo the
+//! partition count, as Kafka places it). That partition holds the group's state as records in
+//! Kafka's own schemas ([`store`]); the shard keeps the state in memory ([`classic`]) and
+//! rebuilds it from the partition at start.
+//!
+//! [`GroupService`] is the driver: it runs the state machine, appends the records it asks
+//! for, waits until they are durable, then answers the requests that waited on them. A
+//! committed offset is visible to OffsetFetch only once its record is durable.
+//!
+//! Owner: one `GroupService` per shard, serving the groups of the partitions it owns.
+
+pub mod classic;
+pub mod store;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use corelog_engine::log::{ShardLog, TopicPartition};
+use futures_channel::oneshot;
+
+use classic::{Committed, Coordinator, CoordinatorConfig, Effects, JoinOutcome, JoinRequest, MemberRef, Reply};
+use classic::{SyncOutcome, SyncRequest, Ticket, error_code};
+use store::{OffsetValue, StoredRecord};
+
+/// The internal topic holding group state and committed offsets.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// How often the coordinator checks session timeouts and rebalance deadlines.
+const TICK: Duration = Duration::from_millis(20);
+
+/// The `__consumer_offsets` partition of a group: Java's `String.hashCode`, made
+/// non-negative as Kafka's `Utils.abs` does, modulo the partition count.
+pub fn partition_for(group_id: &str, partitions: i32) -> i32 {
+    let mut hash: i32 = 0;
+    for unit in group_id.encode_utf16() {
+        hash = hash.wrapping_mul(31).wrapping_add(i32::from(unit));
+    }
+    let positive = if hash == i32::MIN { 0 } else { hash.abs() };
+    positive % partitions.max(1)
+}
+
+/// One partition's commit in an OffsetCommit.
+#[derive(Debug, Clone)]
+pub struct OffsetCommit {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: Option<String>,
+}
+
+/// A group as DescribeGroups and ListGroups show it.
+#[derive(Debug, Clone, Default)]
+pub struct GroupDescription {
+    pub group_id: String,
+    pub state: &'static str,
+    pub protocol_type: String,
+    pub protocol: String,
+    /// (member id, instance id, client id, client host, metadata, assignment)
+    pub members: Vec<DescribedMember>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DescribedMember {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub metadata: bytes::Bytes,
+    pub assignment: bytes::Bytes,
+}
+
+enum Waiter {
+    Join(oneshot::Sender<JoinOutcome>),
+    Sync(oneshot::Sender<SyncOutcome>),
+}
+
+pub struct GroupService {
+    coordinator: RefCell<Coordinator>,
+    log: Rc<ShardLog>,
+    waiters: RefCell<HashMap<Ticket, Waiter>>,
+    next_ticket: Cell<Ticket>,
+}
+
+impl GroupService {
+    pub fn new(log: Rc<ShardLog>, config: CoordinatorConfig, member_id_prefix: String) -> Rc<Self> {
+        Rc::new(Self {
+            coordinator: RefCell::new(Coordinator::new(config, member_id_prefix)),
+            log,
+            waiters: RefCell::new(HashMap::new()),
+            next_ticket: Cell::new(0),
+        })
+    }
+
+    /// Rebuilds the groups of one owned `__consumer_offsets` partition from its records.
+    /// Returns (records replayed, records skipped as unreadable).
+    pub async fn load(&self, partition: i32) -> Result<(usize, usize), String> {
+        let name = TopicPartition::new(OFFSETS_TOPIC, partition);
+        let mut offset = self.log.offsets(&name).map_err(|e| e.to_string())?.log_start_offset;
+        let (mut replayed, mut skipped) = (0, 0);
+        let now_ms = corelog_engine::now_ms();
+        loop {
+            let result = self.log.read(&name, offset, 1 << 20).await.map_err(|e| e.to_string())?;
+            let bytes = result.to_vec().await.map_err(|e| e.to_string())?;
+            let Some(next) = next_offset_after_batches(&bytes) else {
+                break;
+            };
+            let (records, unreadable) = store::decode_batches(&bytes);
+            skipped += unreadable;
+            let mut coordinator = self.coordinator.borrow_mut();
+            for (log_offset, record) in records {
+                if log_offset >= offset {
+                    coordinator.replay(partition, log_offset, record, now_ms);
+                    replayed += 1;
+                }
+            }
+            offset = next.max(offset + 1);
+        }
+        Ok((replayed, skipped))
+    }
+
+    fn ticket(&self) -> Ticket {
+        let ticket = self.next_ticket.get() + 1;
+        self.next_ticket.set(ticket);
+        ticket
+    }
+
+    pub async fn join(&self, request: JoinRequest, partition: i32) -> JoinOutcome {
+        let member_id = request.member_id.clone();
+        let mut strings = vec![
+            request.group_id.as_str(),
+            &request.member_id,
+            &request.client_id,
+            &request.client_host,
+            &request.protocol_type,
+        ];
+        strings.extend(request.instance_id.as_deref());
+        strings.extend(request.protocols.iter().map(|(name, _)| name.as_str()));
+        if !strings_fit(&strings) {
+            return JoinOutcome {
+                error_code: error_code::INVALID_REQUEST,
+                member_id,
+                generation_id: -1,
+                ..JoinOutcome::default()
+            };
+        }
+        let ticket = self.ticket();
+        let (tx, rx) = oneshot::channel();
+        self.waiters.borrow_mut().insert(ticket, Waiter::Join(tx));
+        let effects = self.coordinator.borrow_mut().join(ticket, request, partition, corelog_engine::now_ms());
+        self.apply(effects).await;
+        rx.await.unwrap_or_else(|_| JoinOutcome {
+            error_code: error_code::COORDINATOR_NOT_AVAILABLE,
+            member_id,
+            ..JoinOutcome::default()
+        })
+    }
+
+    pub async fn sync(&self, request: SyncRequest) -> SyncOutcome {
+        let ticket = self.ticket();
+        let (tx, rx) = oneshot::channel();
+        self.waiters.borrow_mut().insert(ticket, Waiter::Sync(tx));
+        let effects = self.coordinator.borrow_mut().sync(ticket, request, corelog_engine::now_ms());
+        self.apply(effects).await;
+        rx.await.unwrap_or_else(|_| SyncOutcome {
+            error_code: error_code::COORDINATOR_NOT_AVAILABLE,
+            ..SyncOutcome::default()
+        })
+    }
+
+    pub fn heartbeat(&self, group_id: &str, who: &MemberRef) -> i16 {
+        self.coordinator.borrow_mut().heartbeat(group_id, who, corelog_engine::now_ms())
+    }
+
+    pub async fn leave(&self, group_id: &str, leaving: &[MemberRef]) -> Vec<i16> {
+        let (codes, effects) = self.coordinator.borrow_mut().leave(group_id, leaving, corelog_engine::now_ms());
+        self.apply(effects).await;
+        codes
+    }
+
+    /// OffsetCommit for one group: the group-level error, or one code per partition (in order).
+    /// Partitions of unknown topics must be filtered out by the caller.
+    pub async fn commit(
+        &self,
+        group_id: &str,
+        partition: i32,
+        who: &MemberRef,
+        commits: &[OffsetCommit],
+    ) -> Result<Vec<i16>, i16> {
+        let now_ms = corelog_engine::now_ms();
+        if !strings_fit(&[group_id, &who.member_id]) {
+            return Err(error_code::INVALID_REQUEST);
+        }
+        let (records, codes) = {
+            let mut coordinator = self.coordinator.borrow_mut();
+            coordinator.validate_commit(group_id, partition, who, now_ms)?;
+            let mut records = Vec::new();
+            let mut codes = Vec::with_capacity(commits.len());
+            for commit in commits {
+                if coordinator.metadata_too_large(commit.metadata.as_deref()) {
+                    codes.push(error_code::OFFSET_METADATA_TOO_LARGE);
+                    continue;
+                }
+                codes.push(error_code::NONE);
+                records.push(StoredRecord::Offset {
+                    group: group_id.to_string(),
+                    topic: commit.topic.clone(),
+                    partition: commit.partition,
+                    value: Some(OffsetValue {
+                        offset: commit.offset,
+                        leader_epoch: commit.leader_epoch,
+                        metadata: commit.metadata.clone().unwrap_or_default(),
+                        commit_timestamp_ms: now_ms,
+                    }),
+                });
+            }
+            (records, codes)
+        };
+        if records.is_empty() {
+            return Ok(codes);
+        }
+        let base_offset = self.persist(partition, &records).await.map_err(|_| error_code::COORDINATOR_NOT_AVAILABLE)?;
+        let mut coordinator = self.coordinator.borrow_mut();
+        for (index, record) in records.into_iter().enumerate() {
+            if let StoredRecord::Offset { topic, partition: topic_partition, value: Some(value), .. } = record {
+                let committed = Committed {
+                    offset: value.offset,
+                    leader_epoch: value.leader_epoch,
+                    metadata: value.metadata,
+                    commit_timestamp_ms: value.commit_timestamp_ms,
+                    log_offset: base_offset + index as i64,
+                };
+                coordinator.apply_offset(group_id, partition, (topic, topic_partition), Some(committed), now_ms);
+            }
+        }
+        Ok(codes)
+    }
+
+    /// Committed offsets of a group: all of them (`None`), or the requested partitions (those
+    /// without a commit answer offset -1).
+    pub fn fetch_offsets(
+        &self,
+        group_id: &str,
+        wanted: Option<&[(String, Vec<i32>)]>,
+    ) -> Vec<(String, i32, Option<Committed>)> {
+        let coordinator = self.coordinator.borrow();
+        let group = coordinator.group(group_id);
+        match wanted {
+            None => group
+                .map(|g| g.offsets.iter().map(|((t, p), c)| (t.clone(), *p, Some(c.clone()))).collect())
+                .unwrap_or_default(),
+            Some(topics) => topics
+                .iter()
+                .flat_map(|(topic, partitions)| {
+                    partitions.iter().map(move |p| {
+                        let committed = group.and_then(|g| g.offsets.get(&(topic.clone(), *p)).cloned());
+                        (topic.clone(), *p, committed)
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    pub fn describe(&self, group_id: &str) -> Option<GroupDescription> {
+        let coordinator = self.coordinator.borrow();
+        let group = coordinator.group(group_id)?;
+        let protocol = group.protocol.clone().unwrap_or_default();
+        Some(GroupDescription {
+            group_id: group.id.clone(),
+            state: group.state.name(),
+            protocol_type: group.protocol_type.clone().unwrap_or_default(),
+            protocol: protocol.clone(),
+            members: group
+                .members
+                .values()
+                .map(|m| DescribedMember {
+                    member_id: m.member_id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    metadata: m
+                        .protocols
+                        .iter()
+                        .find(|(n, _)| *n == protocol)
+                        .map(|(_, b)| b.clone())
+                        .unwrap_or_default(),
+                    assignment: m.assignment.clone(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Every group of this shard: (group id, protocol type, state).
+    pub fn list(&self) -> Vec<(String, String, &'static str)> {
+        self.coordinator
+            .borrow()
+            .groups()
+            .map(|g| (g.id.clone(), g.protocol_type.clone().unwrap_or_default(), g.state.name()))
+            .collect()
+    }
+
+    pub async fn delete_group(&self, group_id: &str, partition: i32) -> i16 {
+        let tombstones = match self.coordinator.borrow_mut().delete_group(group_id) {
+            Ok(tombstones) => tombstones,
+            Err(code) => return code,
+        };
+        match self.persist(partition, &tombstones).await {
+            Ok(_) => error_code::NONE,
+            Err(_) => error_code::COORDINATOR_NOT_AVAILABLE,
+        }
+    }
+
+    /// OffsetDelete: removes committed offsets of a group with no members consuming.
+    pub async fn delete_offsets(&self, group_id: &str, partition: i32, targets: &[(String, i32)]) -> Result<(), i16> {
+        let tombstones: Vec<StoredRecord> = {
+            let coordinator = self.coordinator.borrow();
+            let group = coordinator.group(group_id).ok_or(error_code::GROUP_ID_NOT_FOUND)?;
+            if targets.iter().any(|(topic, _)| group.is_subscribed_to(topic)) {
+                return Err(error_code::GROUP_SUBSCRIBED_TO_TOPIC);
+            }
+            targets
+                .iter()
+                .filter(|key| group.offsets.contains_key(key))
+                .map(|(topic, index)| StoredRecord::Offset {
+                    group: group_id.to_string(),
+                    topic: topic.clone(),
+                    partition: *index,
+                    value: None,
+                })
+                .collect()
+        };
+        if tombstones.is_empty() {
+            return Ok(());
+        }
+        self.persist(partition, &tombstones).await.map_err(|_| error_code::COORDINATOR_NOT_AVAILABLE)?;
+        let mut coordinator = self.coordinator.borrow_mut();
+        for record in tombstones {
+            if let StoredRecord::Offset { topic, partition: index, .. } = record {
+                coordinator.apply_offset(group_id, partition, (topic, index), None, corelog_engine::now_ms());
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends records to a `__consumer_offsets` partition and waits until they are durable.
+    /// Returns the offset of the first.
+    async fn persist(&self, partition: i32, records: &[StoredRecord]) -> Result<i64, String> {
+        for record in records {
+            record.check_encodable().map_err(|e| e.to_string())?;
+        }
+        let name = TopicPartition::new(OFFSETS_TOPIC, partition);
+        let now_ms = corelog_engine::now_ms();
+        let batch = BytesMut::from(&store::encode_batch(records, now_ms)[..]);
+        let appended = self.log.append(&name, batch, now_ms).map_err(|e| e.to_string())?;
+        appended.durable.await.map_err(|e| e.to_string())?;
+        Ok(appended.base_offset)
+    }
+
+    /// Persists what the state machine asked for, then delivers its replies (with
+    /// COORDINATOR_NOT_AVAILABLE if the records could not be made durable).
+    async fn apply(&self, effects: Effects) {
+        let mut by_partition: Vec<(i32, Vec<StoredRecord>)> = Vec::new();
+        for (partition, record) in effects.persist {
+            match by_partition.iter_mut().find(|(p, _)| *p == partition) {
+                Some((_, records)) => records.push(record),
+                None => by_partition.push((partition, vec![record])),
+            }
+        }
+        let mut failed = false;
+        for (partition, records) in &by_partition {
+            if let Err(error) = self.persist(*partition, records).await {
+                tracing::error!(partition, %error, "cannot persist group state");
+                failed = true;
+            }
+        }
+        let mut waiters = self.waiters.borrow_mut();
+        for reply in effects.replies {
+            match reply {
+                Reply::Join(ticket, mut outcome) => {
+                    if let Some(Waiter::Join(tx)) = waiters.remove(&ticket) {
+                        if failed {
+                            outcome.error_code = error_code::COORDINATOR_NOT_AVAILABLE;
+                        }
+                        let _ = tx.send(outcome);
+                    }
+                }
+                Reply::Sync(ticket, mut outcome) => {
+                    if let Some(Waiter::Sync(tx)) = waiters.remove(&ticket) {
+                        if failed {
+                            outcome.error_code = error_code::COORDINATOR_NOT_AVAILABLE;
+                        }
+                        let _ = tx.send(outcome);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs the coordinator's timers until the shard stops.
+    pub async fn run_timers(self: Rc<Self>) {
+        loop {
+            glommio::timer::sleep(TICK).await;
+            let effects = self.coordinator.borrow_mut().tick(corelog_engine::now_ms());
+            if !effects.persist.is_empty() || !effects.replies.is_empty() {
+                let this = Rc::clone(&self);
+                glommio::spawn_local(async move { this.apply(effects).await }).detach();
+            }
+        }
+    }
+}
+
+/// The offset after the last whole batch in a read (None: no whole batch in it).
+fn next_offset_after_batches(bytes: &[u8]) -> Option<i64> {
+    let mut at = 0;
+    let mut next = None;
+    while let Some(size) = corelog_engine::batch::claimed_batch_size(&bytes[at..]).filter(|s| at + s <= bytes.len()) {
+        next = corelog_engine::batch::parse_stored_header(&bytes[at..]).map(|h| h.next_offset());
+        at += size;
+    }
+    next
+}
+
+/// Strings of a group request that must fit Kafka's STRING encoding to be persisted.
+fn strings_fit(strings: &[&str]) -> bool {
+    strings.iter().all(|s| s.len() <= store::STRING_BYTES_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_are_placed_like_kafka_places_them() {
+        // Java: "my-group".hashCode() = -1906497762, so partition 1906497762 % 50 = 12.
+        assert_eq!(partition_for("my-group", 50), 12);
+        assert_eq!(partition_for("", 50), 0);
+        // "polygenelubricants".hashCode() is Integer.MIN_VALUE; Kafka's Utils.abs maps it to 0.
+        assert_eq!(partition_for("polygenelubricants", 50), 0);
+        assert!((0..50).contains(&partition_for("zzzzzzzzzzzzzzzzzzzzzz", 50)));
+    }
+}

@@ -1,0 +1,37 @@
+//! ListGroups (key 16), v0–v5: every group of every shard, filtered by state (v4+) and type
+//! (v5+; all groups here are "classic").
+
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::{GroupId, ListGroupsRequest, ListGroupsResponse};
+use kafka_protocol::protocol::StrBytes;
+
+use crate::broker::ShardBroker;
+
+const GROUP_TYPE: &str = "classic";
+
+pub async fn handle(broker: &ShardBroker, request: ListGroupsRequest, version: i16) -> ListGroupsResponse {
+    let wanted_state = |state: &str| {
+        request.states_filter.is_empty() || request.states_filter.iter().any(|s| s.eq_ignore_ascii_case(state))
+    };
+    let wanted_type =
+        request.types_filter.is_empty() || request.types_filter.iter().any(|t| t.eq_ignore_ascii_case(GROUP_TYPE));
+    let groups = broker
+        .list_groups()
+        .await
+        .into_iter()
+        .filter(|(_, _, state)| wanted_type && wanted_state(state))
+        .map(|(id, protocol_type, state)| {
+            let mut group = ListedGroup::default()
+                .with_group_id(GroupId(StrBytes::from_string(id)))
+                .with_protocol_type(StrBytes::from_string(protocol_type));
+            if version >= 4 {
+                group = group.with_group_state(StrBytes::from_static_str(state));
+            }
+            if version >= 5 {
+                group = group.with_group_type(StrBytes::from_static_str(GROUP_TYPE));
+            }
+            group
+        })
+        .collect();
+    ListGroupsResponse::default().with_groups(groups)
+}

@@ -1,0 +1,238 @@
+//! Consumer groups through real sockets against the real shard code: FindCoordinator, the
+//! classic join/sync/heartbeat/leave cycle, offset commits and fetches, describe, list and
+//! delete, across two shards and a restart.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
+mod common;
+
+use bytes::Bytes;
+use common::{Broker, Client, Options};
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+use kafka_protocol::messages::{
+    ApiKey, CreateTopicsRequest, CreateTopicsResponse, DeleteGroupsRequest, DeleteGroupsResponse,
+    DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
+    HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse,
+    ListGroupsRequest, ListGroupsResponse, MetadataRequest, MetadataResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+
+fn text(value: &str) -> StrBytes {
+    StrBytes::from_string(value.to_string())
+}
+
+fn group(id: &str) -> GroupId {
+    GroupId(text(id))
+}
+
+fn create_topic(client: &mut Client, topic: &str, partitions: i32) {
+    let request = CreateTopicsRequest::default().with_timeout_ms(10_000).with_topics(vec![
+        CreatableTopic::default()
+            .with_name(TopicName(text(topic)))
+            .with_num_partitions(partitions)
+            .with_replication_factor(1),
+    ]);
+    let response: CreateTopicsResponse = client.call(ApiKey::CreateTopics, 7, &request);
+    assert_eq!(response.topics[0].error_code, 0);
+}
+
+fn join(client: &mut Client, group_id: &str, member_id: &str) -> JoinGroupResponse {
+    let request = JoinGroupRequest::default()
+        .with_group_id(group(group_id))
+        .with_session_timeout_ms(10_000)
+        .with_rebalance_timeout_ms(10_000)
+        .with_member_id(text(member_id))
+        .with_protocol_type(text("consumer"))
+        .with_protocols(vec![
+            JoinGroupRequestProtocol::default().with_name(text("range")).with_metadata(Bytes::from_static(b"sub")),
+        ]);
+    client.call(ApiKey::JoinGroup, 9, &request)
+}
+
+fn sync(
+    client: &mut Client,
+    group_id: &str,
+    member_id: &str,
+    generation: i32,
+    assignment: &[(&str, &'static [u8])],
+) -> SyncGroupResponse {
+    let request = SyncGroupRequest::default()
+        .with_group_id(group(group_id))
+        .with_generation_id(generation)
+        .with_member_id(text(member_id))
+        .with_protocol_type(Some(text("consumer")))
+        .with_protocol_name(Some(text("range")))
+        .with_assignments(
+            assignment
+                .iter()
+                .map(|(m, a)| {
+                    SyncGroupRequestAssignment::default().with_member_id(text(m)).with_assignment(Bytes::from_static(a))
+                })
+                .collect(),
+        );
+    client.call(ApiKey::SyncGroup, 5, &request)
+}
+
+fn commit(
+    client: &mut Client,
+    group_id: &str,
+    member_id: &str,
+    generation: i32,
+    offsets: &[(&str, i32, i64)],
+) -> Vec<i16> {
+    let mut topics: Vec<OffsetCommitRequestTopic> = Vec::new();
+    for (topic, partition, offset) in offsets {
+        let entry = OffsetCommitRequestPartition::default()
+            .with_partition_index(*partition)
+            .with_committed_offset(*offset)
+            .with_committed_leader_epoch(0)
+            .with_committed_metadata(Some(text("meta")));
+        match topics.iter_mut().find(|t| t.name.0.as_str() == *topic) {
+            Some(t) => t.partitions.push(entry),
+            None => topics.push(
+                OffsetCommitRequestTopic::default().with_name(TopicName(text(topic))).with_partitions(vec![entry]),
+            ),
+        }
+    }
+    let request = OffsetCommitRequest::default()
+        .with_group_id(group(group_id))
+        .with_generation_id_or_member_epoch(generation)
+        .with_member_id(text(member_id))
+        .with_topics(topics);
+    let response: OffsetCommitResponse = client.call(ApiKey::OffsetCommit, 8, &request);
+    response.topics.iter().flat_map(|t| t.partitions.iter().map(|p| p.error_code)).collect()
+}
+
+fn fetch_offsets(client: &mut Client, group_id: &str, topic: &str, partitions: &[i32]) -> Vec<(i32, i64, String)> {
+    let request = OffsetFetchRequest::default().with_group_id(group(group_id)).with_topics(Some(vec![
+        OffsetFetchRequestTopic::default()
+            .with_name(TopicName(text(topic)))
+            .with_partition_indexes(partitions.to_vec()),
+    ]));
+    let response: OffsetFetchResponse = client.call(ApiKey::OffsetFetch, 7, &request);
+    assert_eq!(response.error_code, 0);
+    response.topics[0]
+        .partitions
+        .iter()
+        .map(|p| {
+            (p.partition_index, p.committed_offset, p.metadata.as_ref().map(|m| m.to_string()).unwrap_or_default())
+        })
+        .collect()
+}
+
+#[test]
+fn the_coordinator_is_found_and_offsets_topic_is_internal() {
+    let broker = Broker::start(Options { shards: 2, ..Options::default() });
+    let mut client = broker.client();
+    for version in 0..=3 {
+        let request = FindCoordinatorRequest::default().with_key(text("g1"));
+        let response: FindCoordinatorResponse = client.call(ApiKey::FindCoordinator, version, &request);
+        assert_eq!(response.error_code, 0, "v{version}");
+        assert_eq!(response.port, i32::from(broker.address.port()));
+    }
+    let request = FindCoordinatorRequest::default().with_coordinator_keys(vec![text("a"), text("b"), text("")]);
+    let response: FindCoordinatorResponse = client.call(ApiKey::FindCoordinator, 6, &request);
+    let codes: Vec<i16> = response.coordinators.iter().map(|c| c.error_code).collect();
+    assert_eq!(codes, vec![0, 0, 24]);
+    let transactions = FindCoordinatorRequest::default().with_key_type(1).with_coordinator_keys(vec![text("tx")]);
+    let response: FindCoordinatorResponse = client.call(ApiKey::FindCoordinator, 6, &transactions);
+    assert_eq!(response.coordinators[0].error_code, 15);
+    let metadata: MetadataResponse = client.call(ApiKey::Metadata, 12, &MetadataRequest::default().with_topics(None));
+    let internal =
+        metadata.topics.iter().find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == "__consumer_offsets"));
+    assert!(internal.is_some_and(|t| t.is_internal && t.partitions.len() == 4), "{metadata:?}");
+}
+
+#[test]
+fn two_members_form_a_group_commit_and_the_offsets_survive_a_restart() {
+    let broker = Broker::start(Options { shards: 2, ..Options::default() });
+    let mut a = broker.client();
+    let mut b = broker.client();
+    create_topic(&mut a, "events", 2);
+
+    // KIP-394: the first join hands out a member id.
+    let first = join(&mut a, "g1", "");
+    assert_eq!(first.error_code, 79);
+    let a_id = first.member_id.to_string();
+    let joined = join(&mut a, "g1", &a_id);
+    assert_eq!((joined.error_code, joined.generation_id, joined.leader.as_str()), (0, 1, a_id.as_str()));
+    assert_eq!(sync(&mut a, "g1", &a_id, 1, &[(&a_id, b"both")]).assignment, Bytes::from_static(b"both"));
+
+    // b joins on its own thread (its join waits for a to rejoin).
+    let b_id = join(&mut b, "g1", "").member_id.to_string();
+    let b_thread = std::thread::spawn(move || {
+        let joined = join(&mut b, "g1", &b_id);
+        (b, b_id, joined)
+    });
+    let heartbeat = |client: &mut Client, member: &str, generation: i32| -> i16 {
+        let request = HeartbeatRequest::default()
+            .with_group_id(group("g1"))
+            .with_member_id(text(member))
+            .with_generation_id(generation);
+        let response: HeartbeatResponse = client.call(ApiKey::Heartbeat, 4, &request);
+        response.error_code
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while heartbeat(&mut a, &a_id, 1) != 27 {
+        assert!(std::time::Instant::now() < deadline, "no rebalance announced");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let rejoined = join(&mut a, "g1", &a_id);
+    let (mut b, b_id, b_joined) = b_thread.join().unwrap();
+    assert_eq!((rejoined.generation_id, b_joined.generation_id), (2, 2));
+    assert_eq!(rejoined.members.len(), 2, "the leader sees both members");
+    assert!(b_joined.members.is_empty());
+    let b_member = b_id.clone();
+    let b_sync = std::thread::spawn(move || {
+        let response = sync(&mut b, "g1", &b_id, 2, &[]);
+        (b, b_id, response)
+    });
+    assert_eq!(
+        sync(&mut a, "g1", &a_id, 2, &[(&a_id, b"p0"), (&b_member, b"p1")]).assignment,
+        Bytes::from_static(b"p0")
+    );
+    let (mut b, b_id, b_synced) = b_sync.join().unwrap();
+    assert_eq!((b_synced.error_code, b_synced.assignment), (0, Bytes::from_static(b"p1")));
+
+    // Commits: members of the current generation only; unknown partitions refused per partition.
+    assert_eq!(commit(&mut a, "g1", &a_id, 2, &[("events", 0, 17), ("events", 1, 5), ("nope", 0, 1)]), vec![0, 0, 3]);
+    assert_eq!(commit(&mut b, "g1", &b_id, 1, &[("events", 1, 9)]), vec![22], "ILLEGAL_GENERATION");
+    assert_eq!(commit(&mut b, "g1", "stranger", 2, &[("events", 1, 9)]), vec![25], "UNKNOWN_MEMBER_ID");
+    assert_eq!(fetch_offsets(&mut b, "g1", "events", &[0, 1]), vec![(0, 17, "meta".into()), (1, 5, "meta".into())]);
+
+    let described: DescribeGroupsResponse = a.call(
+        ApiKey::DescribeGroups,
+        5,
+        &DescribeGroupsRequest::default().with_groups(vec![group("g1"), group("none")]),
+    );
+    assert_eq!(described.groups[0].group_state.as_str(), "Stable");
+    assert_eq!(described.groups[0].members.len(), 2);
+    assert_eq!(described.groups[1].group_state.as_str(), "Dead");
+    let listed: ListGroupsResponse = a.call(ApiKey::ListGroups, 5, &ListGroupsRequest::default());
+    assert_eq!(listed.groups.iter().map(|g| g.group_id.0.as_str()).collect::<Vec<_>>(), vec!["g1"]);
+
+    // Both leave; the empty group keeps its offsets across a restart, then can be deleted.
+    for (client, member) in [(&mut a, &a_id), (&mut b, &b_id)] {
+        let request = LeaveGroupRequest::default().with_group_id(group("g1")).with_member_id(text(member));
+        let response: LeaveGroupResponse = client.call(ApiKey::LeaveGroup, 2, &request);
+        assert_eq!(response.error_code, 0);
+    }
+    drop((a, b));
+    let broker = Broker::start_in(broker.stop(), Options { shards: 2, ..Options::default() });
+    let mut client = broker.client();
+    assert_eq!(
+        fetch_offsets(&mut client, "g1", "events", &[0, 1, 2]),
+        vec![(0, 17, "meta".into()), (1, 5, "meta".into()), (2, -1, String::new())]
+    );
+    let deleted: DeleteGroupsResponse = client.call(
+        ApiKey::DeleteGroups,
+        2,
+        &DeleteGroupsRequest::default().with_groups_names(vec![group("g1"), group("g1")]),
+    );
+    assert_eq!(deleted.results.iter().map(|r| r.error_code).collect::<Vec<_>>(), vec![0, 69]);
+    assert_eq!(fetch_offsets(&mut client, "g1", "events", &[0]), vec![(0, -1, String::new())]);
+}
