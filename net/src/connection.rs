@@ -393,13 +393,16 @@ struct Call {
 }
 
 impl Call {
-    /// Decodes the body as `Req`, which must use all of it.
+    /// Decodes the body as `Req`. Bytes after it are ignored, as Kafka ignores them:
+    /// librdkafka 2.x writes a null topic array in Metadata v9+ as four bytes instead of one
+    /// (confluentinc/librdkafka#5049), and refusing that would cut off every such client
+    /// listing all topics.
     fn decode<Req: Decodable>(mut self) -> Result<(Req, Self), ConnectionError> {
         let (key, version) = (self.key, self.version);
         let malformed = |message: String| ConnectionError::Malformed { key, version, message };
         let request = Req::decode(&mut self.frame, version).map_err(|e| malformed(e.to_string()))?;
         if self.frame.has_remaining() {
-            return Err(malformed(format!("{} trailing bytes", self.frame.remaining())));
+            tracing::debug!(?key, version, trailing = self.frame.remaining(), "ignoring bytes after the request");
         }
         Ok((request, self))
     }

@@ -29,6 +29,20 @@ pub struct Listener {
     stats: Rc<Cell<ListenerStats>>,
 }
 
+/// Fails if another process already listens on `address`. SO_REUSEPORT, which the shards
+/// need to share the port, would otherwise let a second broker (or anything else setting it)
+/// bind the same port silently and take a share of the connections. Called once, before the
+/// first shard binds; port 0 always gets a fresh port.
+pub fn check_address_free(address: SocketAddr) -> std::io::Result<()> {
+    if address.port() == 0 {
+        return Ok(());
+    }
+    // std's listener does not set SO_REUSEPORT: binding fails while anyone listens there.
+    std::net::TcpListener::bind(address).map(drop).map_err(|error| {
+        std::io::Error::new(error.kind(), format!("{address} is already in use by another process ({error})"))
+    })
+}
+
 impl Listener {
     /// Binds `address` on the calling shard.
     pub fn bind(address: SocketAddr, limits: ConnectionLimits, max_connections: usize) -> std::io::Result<Self> {

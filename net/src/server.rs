@@ -144,6 +144,11 @@ pub async fn run_shard(
             glommio::timer::sleep(Duration::from_millis(2)).await;
         }
     };
+    if shard == 0
+        && let Err(error) = crate::listener::check_address_free(address)
+    {
+        return fail(error.to_string());
+    }
     let listener = match Listener::bind(address, config.limits.clone(), config.max_connections_per_shard) {
         Ok(listener) => listener,
         Err(error) => return fail(format!("cannot listen on {address}: {error}")),

@@ -1,95 +1,14 @@
 //! `corelog start` end to end: the real binary on a temp data dir, stopped by signals.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+mod common;
+
+use std::time::Duration;
 
 use bytes::BytesMut;
+use common::Broker;
 use corelog_engine::batch;
 use corelog_engine::log::{LogConfig, ShardLog, ShardLogConfig, TopicPartition};
-
-const WAIT: Duration = Duration::from_secs(60);
-
-struct Broker {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Broker {
-    fn start(data_dir: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_corelog"))
-            .arg("start")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(extra)
-            .env("CORELOG_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn corelog");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self { child, lines, seen: Vec::new() }
-    }
-
-    /// Waits for a log line containing `needle`; panics with everything seen on timeout.
-    fn wait_for(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
-                self.seen.push(line.clone());
-                if line.contains(needle) {
-                    return line;
-                }
-            }
-        }
-        panic!("no line containing {needle:?} within {WAIT:?}; saw:\n{}", self.seen.join("\n"));
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: sending a signal to our own child process.
-        unsafe { libc::kill(self.child.id() as i32, signal) };
-    }
-
-    /// Waits for exit; returns the code and everything printed.
-    fn wait_exit(mut self) -> (Option<i32>, String) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
-                    self.seen.push(line);
-                }
-                return (status.code(), self.seen.join("\n"));
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("corelog did not exit within {WAIT:?}; saw:\n{}", self.seen.join("\n"));
-            }
-            while let Ok(line) = self.lines.try_recv() {
-                self.seen.push(line);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
 
 fn run<T>(f: impl std::future::Future<Output = T>) -> T {
     glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().unwrap().run(f)
@@ -180,6 +99,18 @@ fn a_second_broker_on_the_same_data_dir_is_refused() {
 }
 
 #[test]
+fn a_second_broker_on_a_port_in_use_is_refused_instead_of_sharing_it() {
+    // SO_REUSEPORT lets the shards share the port; it must not let another process in.
+    let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut first = Broker::start(first_dir.path(), &["--cores", "1"]);
+    let address = first.wait_ready();
+    let (code, output) = Broker::start_on(second_dir.path(), &address, &["--cores", "1"]).wait_exit();
+    assert_eq!(code, Some(70), "{output}");
+    assert!(output.contains("already in use"), "{output}");
+    first.stop();
+}
+
+#[test]
 fn an_unusable_data_dir_is_a_fail_stop_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("not-a-dir");
@@ -194,13 +125,7 @@ fn the_kafka_port_answers_api_versions_on_every_shard() {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Broker::start(dir.path(), &["--cores", "2"]);
-    let ready = broker.wait_for("corelog ready");
-    let address = ready
-        .split_whitespace()
-        .find_map(|word| word.strip_prefix("listen="))
-        .expect("the ready line names the listener")
-        .to_string();
-    assert!(!address.ends_with(":0"), "port 0 must be resolved: {ready}");
+    let address = broker.wait_ready();
     // Many connections, so that both shards' listeners (SO_REUSEPORT) get some.
     for correlation_id in 0..20i32 {
         let mut stream = std::net::TcpStream::connect(&address).unwrap();
