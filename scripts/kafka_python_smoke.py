@@ -3,8 +3,9 @@
 Usage: python3 scripts/kafka_python_smoke.py HOST:PORT
 
 Creates, lists and deletes topics with the admin client; round-trips keyed messages with
-headers through a producer (acks=all, gzip) and a consumer assigned to the partitions (no
-consumer group yet); checks offsets for times. Prints 'N passed, M failed' and exits non-zero
+headers through a producer (acks=all, gzip) and a consumer assigned to the partitions; checks
+offsets for times; consumes the topic again as a consumer group (subscribe, commit) and checks
+the committed offsets, the group's description and that a new member resumes after them. Prints 'N passed, M failed' and exits non-zero
 on any failure.
 """
 
@@ -68,6 +69,29 @@ def main(bootstrap):
     found = consumer.offsets_for_times({partitions[0]: start_ms - 60_000})
     check("offsets for times", 0, found[partitions[0]].offset if found[partitions[0]] else None)
     consumer.close()
+
+    group = KafkaConsumer("py-events", bootstrap_servers=bootstrap, group_id="py-group",
+                          auto_offset_reset="earliest", enable_auto_commit=False, consumer_timeout_ms=5000)
+    seen = 0
+    deadline = time.time() + 60
+    while seen < 300 and time.time() < deadline:
+        for records in group.poll(timeout_ms=1000).values():
+            seen += len(records)
+    group.commit()
+    check("group consumed", 300, seen)
+    check("group assignment", {0, 1, 2}, {tp.partition for tp in group.assignment()})
+    check("committed offsets", [100, 100, 100], [group.committed(tp) for tp in partitions])
+    group.close()
+    described = admin.describe_groups(["py-group"])["py-group"]
+    check("group described", ("Empty", "consumer", None), (described["group_state"], described["protocol_type"],
+                                                           described["error"]))
+    listed = {g["group_id"]: g["protocol_type"] for g in admin.list_groups()}
+    check("group listed", "consumer", listed.get("py-group"))
+    resumed = KafkaConsumer("py-events", bootstrap_servers=bootstrap, group_id="py-group",
+                            auto_offset_reset="earliest", enable_auto_commit=False, consumer_timeout_ms=3000)
+    again = sum(len(r) for _ in range(3) for r in resumed.poll(timeout_ms=1000).values())
+    check("a new member resumes after the commits", 0, again)
+    resumed.close()
 
     admin.delete_topics(["py-scratch"])
     time.sleep(0.5)

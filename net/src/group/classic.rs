@@ -976,8 +976,8 @@ fn maybe_complete_join(group: &mut Group, now_ms: i64, effects: &mut Effects) {
     group.generation += 1;
     group.initial_delay = false;
     if group.members.is_empty() {
+        // The protocol type stays: tools list an empty consumer group as a consumer group.
         group.protocol = None;
-        group.protocol_type = None;
         group.leader = None;
         group.phase_deadline_ms = i64::MAX;
         group.set_state(GroupState::Empty, now_ms);
