@@ -41,6 +41,8 @@ pub const SUPPORTED: &[SupportedApi] = &[
     SupportedApi { key: ApiKey::ListGroups, min_version: 0, max_version: 5 },
     SupportedApi { key: ApiKey::DeleteGroups, min_version: 0, max_version: 2 },
     SupportedApi { key: ApiKey::OffsetDelete, min_version: 0, max_version: 0 },
+    SupportedApi { key: ApiKey::ConsumerGroupHeartbeat, min_version: 0, max_version: 1 },
+    SupportedApi { key: ApiKey::ConsumerGroupDescribe, min_version: 0, max_version: 1 },
 ];
 
 pub fn supported(key: ApiKey) -> Option<SupportedApi> {

@@ -211,6 +211,13 @@ pub enum GroupCall {
         partition: i32,
         targets: Vec<(String, i32)>,
     },
+    ConsumerHeartbeat {
+        request: group::consumer::HeartbeatRequest,
+        partition: i32,
+    },
+    ConsumerDescribe {
+        group_id: String,
+    },
 }
 
 #[derive(Debug)]
@@ -222,7 +229,9 @@ pub enum GroupAnswer {
     Committed(Result<Vec<i16>, i16>),
     Offsets(Vec<(String, i32, Option<Committed>)>),
     Described(Option<GroupDescription>),
-    Listed(Vec<(String, String, &'static str)>),
+    Listed(Vec<group::ListedGroup>),
+    ConsumerHeartbeat(group::consumer::HeartbeatOutcome),
+    ConsumerDescribed(Option<group::ConsumerGroupView>),
     Deleted(Result<(), i16>),
 }
 
@@ -829,7 +838,7 @@ impl ShardBroker {
     }
 
     /// Every shard's groups (ListGroups).
-    pub async fn list_groups(&self) -> Vec<(String, String, &'static str)> {
+    pub async fn list_groups(&self) -> Vec<group::ListedGroup> {
         let mut all = Vec::new();
         for shard in 0..self.ctx.shard_count {
             if let Ok(ShardResponse::Group(GroupAnswer::Listed(groups))) =
@@ -862,6 +871,12 @@ impl ShardBroker {
             }
             GroupCall::DeleteOffsets { group_id, partition, targets } => {
                 GroupAnswer::Deleted(groups.delete_offsets(&group_id, partition, &targets).await)
+            }
+            GroupCall::ConsumerHeartbeat { request, partition } => {
+                GroupAnswer::ConsumerHeartbeat(groups.consumer_heartbeat(request, partition))
+            }
+            GroupCall::ConsumerDescribe { group_id } => {
+                GroupAnswer::ConsumerDescribed(groups.describe_consumer_group(&group_id))
             }
         }
     }

@@ -23,12 +23,12 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use kafka_protocol::messages::{
-    AlterConfigsRequest, ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest,
-    DeleteRecordsRequest, DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest,
-    FetchRequest, FindCoordinatorRequest, HeartbeatRequest, IncrementalAlterConfigsRequest, InitProducerIdRequest,
-    JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
-    OffsetDeleteRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest, RequestHeader,
-    ResponseHeader, SyncGroupRequest,
+    AlterConfigsRequest, ApiKey, ApiVersionsRequest, ConsumerGroupDescribeRequest, ConsumerGroupHeartbeatRequest,
+    CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest,
+    DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest,
+    HeartbeatRequest, IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
+    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest,
+    OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest, RequestHeader, ResponseHeader, SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
@@ -37,10 +37,10 @@ use crate::broker::ShardBroker;
 use crate::frame::{self, FrameError};
 use crate::handlers::produce::PendingProduce;
 use crate::handlers::{
-    alter_configs, api_versions, create_partitions, create_topics, delete_groups, delete_records, delete_topics,
-    describe_cluster, describe_configs, describe_groups, fetch, find_coordinator, heartbeat, init_producer_id,
-    join_group, leave_group, list_groups, list_offsets, metadata, offset_commit, offset_delete, offset_fetch,
-    offset_for_leader_epoch, produce, sync_group,
+    alter_configs, api_versions, consumer_group_describe, consumer_group_heartbeat, create_partitions, create_topics,
+    delete_groups, delete_records, delete_topics, describe_cluster, describe_configs, describe_groups, fetch,
+    find_coordinator, heartbeat, init_producer_id, join_group, leave_group, list_groups, list_offsets, metadata,
+    offset_commit, offset_delete, offset_fetch, offset_for_leader_epoch, produce, sync_group,
 };
 
 /// Who sent a request: its header's client id and the connection's peer address.
@@ -303,6 +303,7 @@ async fn start(mut frame: Bytes, broker: &ShardBroker, host: &str) -> Result<Pen
     let client =
         ClientInfo { client_id: header.client_id.map(|c| c.to_string()).unwrap_or_default(), host: host.to_string() };
     let client = &client;
+    tracing::trace!(?key, version, correlation_id, client_id = %client.client_id, "request");
     let call = Call { frame, key, version, correlation_id };
     let respond = |call: Call| async move {
         match key {
@@ -353,6 +354,16 @@ async fn start(mut frame: Bytes, broker: &ShardBroker, host: &str) -> Result<Pen
             ApiKey::ListGroups => call.respond(|r: ListGroupsRequest| list_groups::handle(broker, r, version)).await,
             ApiKey::DeleteGroups => {
                 call.respond(|r: DeleteGroupsRequest| delete_groups::handle(broker, r, version)).await
+            }
+            ApiKey::ConsumerGroupHeartbeat => {
+                call.respond(|r: ConsumerGroupHeartbeatRequest| {
+                    consumer_group_heartbeat::handle(broker, r, version, client)
+                })
+                .await
+            }
+            ApiKey::ConsumerGroupDescribe => {
+                call.respond(|r: ConsumerGroupDescribeRequest| consumer_group_describe::handle(broker, r, version))
+                    .await
             }
             ApiKey::OffsetDelete => {
                 call.respond(|r: OffsetDeleteRequest| offset_delete::handle(broker, r, version)).await

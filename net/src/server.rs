@@ -175,7 +175,7 @@ pub async fn run_shard(
     });
     let member_id_prefix =
         format!("{:08x}", u32::from_be_bytes(registry::random_id()[..4].try_into().unwrap_or([0; 4])));
-    let groups = GroupService::new(Rc::clone(&log), config.group.clone(), member_id_prefix);
+    let groups = GroupService::new(Rc::clone(&log), Arc::clone(&registry), config.group.clone(), member_id_prefix);
     for (partition, _) in owned.iter().filter(|(p, _)| p.topic == OFFSETS_TOPIC) {
         match groups.load(partition.partition).await {
             Ok((replayed, skipped)) => {

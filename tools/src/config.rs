@@ -53,6 +53,10 @@ pub struct FileConfig {
     pub group_min_session_timeout_ms: Option<i32>,
     /// `group.max.session.timeout.ms`.
     pub group_max_session_timeout_ms: Option<i32>,
+    /// `group.consumer.heartbeat.interval.ms` (KIP-848 groups).
+    pub group_consumer_heartbeat_interval_ms: Option<i32>,
+    /// `group.consumer.session.timeout.ms` (KIP-848 groups).
+    pub group_consumer_session_timeout_ms: Option<i64>,
     /// Requests read from one connection and not yet answered (pipelining depth).
     pub max_in_flight_requests_per_connection: Option<usize>,
     /// Request bytes read from one connection and not yet answered.
@@ -91,6 +95,8 @@ pub struct BrokerConfig {
     pub group_initial_rebalance_delay_ms: i64,
     pub group_min_session_timeout_ms: i32,
     pub group_max_session_timeout_ms: i32,
+    pub group_consumer_heartbeat_interval_ms: i32,
+    pub group_consumer_session_timeout_ms: i64,
     pub log: LogConfig,
     pub retention_check_interval_ms: u64,
     /// Where the settings came from, for the start-up log.
@@ -190,6 +196,16 @@ impl BrokerConfig {
                 "must be positive and at most group_max_session_timeout_ms",
             ));
         }
+        let group_consumer_heartbeat_interval_ms = file.group_consumer_heartbeat_interval_ms.unwrap_or(5_000);
+        let group_consumer_session_timeout_ms = file.group_consumer_session_timeout_ms.unwrap_or(45_000);
+        if group_consumer_heartbeat_interval_ms <= 0
+            || group_consumer_session_timeout_ms <= i64::from(group_consumer_heartbeat_interval_ms)
+        {
+            return Err(invalid(
+                "group_consumer_heartbeat_interval_ms",
+                "must be positive and below group_consumer_session_timeout_ms",
+            ));
+        }
         let log = log_config(&file.log)?;
         let retention_check_interval_ms = file.log.retention_check_interval_ms.unwrap_or(300_000);
         if retention_check_interval_ms == 0 {
@@ -214,6 +230,8 @@ impl BrokerConfig {
             group_initial_rebalance_delay_ms,
             group_min_session_timeout_ms,
             group_max_session_timeout_ms,
+            group_consumer_heartbeat_interval_ms,
+            group_consumer_session_timeout_ms,
             log,
             retention_check_interval_ms,
             source,

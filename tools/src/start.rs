@@ -17,6 +17,7 @@ use corelog_engine::runtime::{self, PlacementTable, Runtime, RuntimeConfig};
 use corelog_hardware::iotune::IoProfile;
 use corelog_net::ConnectionLimits;
 use corelog_net::group::classic::CoordinatorConfig;
+use corelog_net::group::consumer::ConsumerConfig;
 use corelog_net::server::{self, ServerConfig, ShardEvent};
 use nix::sys::signal::{SigSet, Signal};
 
@@ -187,6 +188,11 @@ fn start(config: BrokerConfig) -> Result<(), String> {
             session_timeout_min_ms: config.group_min_session_timeout_ms,
             session_timeout_max_ms: config.group_max_session_timeout_ms,
             initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms,
+            consumer: ConsumerConfig {
+                heartbeat_interval_ms: config.group_consumer_heartbeat_interval_ms,
+                session_timeout_ms: config.group_consumer_session_timeout_ms,
+                ..ConsumerConfig::default()
+            },
             ..CoordinatorConfig::default()
         },
         offsets_topic_partitions: config.offsets_topic_num_partitions,

@@ -28,11 +28,14 @@ const PARTITIONS: i32 = 12;
 const PER_PARTITION: i64 = 50;
 /// The child process that runs one consumer until it is killed (see `child_member`).
 const CHILD_ENV: &str = "CORELOG_TEST_CHILD_MEMBER";
+const CHILD_STRATEGY_ENV: &str = "CORELOG_TEST_CHILD_STRATEGY";
 
 /// A broker configured like a test cluster: no initial rebalance delay.
 fn start_broker(dir: &std::path::Path) -> (Broker, String) {
     let config = dir.join("corelog.toml");
-    std::fs::write(&config, "group_initial_rebalance_delay_ms = 0\noffsets_topic_num_partitions = 8\n").unwrap();
+    let settings = "group_initial_rebalance_delay_ms = 0\noffsets_topic_num_partitions = 8\n\
+                    group_consumer_heartbeat_interval_ms = 300\ngroup_consumer_session_timeout_ms = 6000\n";
+    std::fs::write(&config, settings).unwrap();
     let data = dir.join("data");
     let mut broker = Broker::start(&data, &["--cores", "2", "--config", config.to_str().unwrap()]);
     let address = broker.wait_ready();
@@ -85,16 +88,23 @@ impl ConsumerContext for Counting {
     }
 }
 
+/// `strategy` is a classic assignment strategy, or `consumer` for the KIP-848 protocol
+/// (the broker assigns; session and heartbeat timing come from the broker).
 fn consumer_config(address: &str, group: &str, strategy: &str, instance: Option<&str>) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", address)
         .set("group.id", group)
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "300")
         .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", strategy);
+        .set("auto.offset.reset", "earliest");
+    if strategy == "consumer" {
+        config.set("group.protocol", "consumer");
+    } else {
+        config
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "300")
+            .set("partition.assignment.strategy", strategy);
+    }
     if let Some(instance) = instance {
         config.set("group.instance.id", instance);
     }
@@ -223,7 +233,7 @@ fn every_message(count_per_partition: i64) -> BTreeSet<(i32, i64)> {
 
 #[test]
 fn members_share_partitions_rebalance_on_join_and_leave_and_resume_from_commits() {
-    for strategy in ["range", "cooperative-sticky"] {
+    for strategy in ["range", "cooperative-sticky", "consumer"] {
         let dir = tempfile::tempdir().unwrap();
         let (broker, address) = start_broker(dir.path());
         create_topic(&address);
@@ -264,24 +274,30 @@ fn members_share_partitions_rebalance_on_join_and_leave_and_resume_from_commits(
 
 #[test]
 fn a_static_member_restarting_within_its_session_keeps_its_partitions_without_a_rebalance() {
+    for strategy in ["range", "consumer"] {
+        static_member_restart(strategy);
+    }
+}
+
+fn static_member_restart(strategy: &str) {
     let dir = tempfile::tempdir().unwrap();
     let (broker, address) = start_broker(dir.path());
     create_topic(&address);
     let shared = Arc::new(Shared::default());
-    let config = |instance| consumer_config(&address, "static", "range", Some(instance));
+    let config = |instance| consumer_config(&address, "static", strategy, Some(instance));
     let stays = Member::start(0, config("host-a"), &shared);
     let restarts = Member::start(1, config("host-b"), &shared);
-    let before = wait_for_full_assignment(&shared, &[0, 1], "two static members");
+    let before = wait_for_full_assignment(&shared, &[0, 1], &format!("{strategy}: two static members"));
     // Let the generation settle: no rebalance is in flight when the restart happens.
     std::thread::sleep(Duration::from_millis(1_000));
     let rebalances_before = stays.rebalances();
 
     restarts.close(); // a static member does not leave the group when it closes
     let restarted = Member::start(1, config("host-b"), &shared);
-    let after = wait_for_full_assignment(&shared, &[0, 1], "the static member is back");
-    assert_eq!(after, before, "the same partitions, for both members");
+    let after = wait_for_full_assignment(&shared, &[0, 1], &format!("{strategy}: the static member is back"));
+    assert_eq!(after, before, "{strategy}: the same partitions, for both members");
     std::thread::sleep(Duration::from_millis(1_000));
-    assert_eq!(stays.rebalances(), rebalances_before, "the member that stayed saw no rebalance");
+    assert_eq!(stays.rebalances(), rebalances_before, "{strategy}: the member that stayed saw no rebalance");
     restarted.close();
     stays.close();
     broker.stop();
@@ -291,41 +307,49 @@ fn a_static_member_restarting_within_its_session_keeps_its_partitions_without_a_
 #[test]
 fn child_member() {
     let Ok(address) = std::env::var(CHILD_ENV) else { return };
-    let consumer: BaseConsumer = consumer_config(&address, "mortal", "range", None).create().unwrap();
+    let strategy = std::env::var(CHILD_STRATEGY_ENV).unwrap_or_else(|_| "range".into());
+    let consumer: BaseConsumer = consumer_config(&address, "mortal", &strategy, None).create().unwrap();
     consumer.subscribe(&[TOPIC]).unwrap();
     loop {
         consumer.poll(Duration::from_millis(50));
     }
 }
 
-fn spawn_child_member(address: &str) -> Child {
+fn spawn_child_member(address: &str, strategy: &str) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "child_member", "--nocapture", "--test-threads", "1"])
         .env(CHILD_ENV, address)
+        .env(CHILD_STRATEGY_ENV, strategy)
         .spawn()
         .expect("spawn the member process")
 }
 
 #[test]
 fn a_member_that_dies_is_removed_after_its_session_timeout_and_the_others_take_over() {
+    for strategy in ["range", "consumer"] {
+        member_dies(strategy);
+    }
+}
+
+fn member_dies(strategy: &str) {
     let dir = tempfile::tempdir().unwrap();
     let (broker, address) = start_broker(dir.path());
     create_topic(&address);
     let shared = Arc::new(Shared::default());
-    let survivor = Member::start(0, consumer_config(&address, "mortal", "range", None), &shared);
-    wait_for_full_assignment(&shared, &[0], "one member");
-    let mut child = spawn_child_member(&address);
+    let survivor = Member::start(0, consumer_config(&address, "mortal", strategy, None), &shared);
+    wait_for_full_assignment(&shared, &[0], &format!("{strategy}: one member"));
+    let mut child = spawn_child_member(&address, strategy);
     // The survivor gives up half of the partitions to the child member.
     let deadline = Instant::now() + WAIT;
     while shared.owned.lock().unwrap().get(&0).is_none_or(|p| p.len() == PARTITIONS as usize) {
-        assert!(Instant::now() < deadline, "the child member never got partitions");
+        assert!(Instant::now() < deadline, "{strategy}: the child member never got partitions");
         std::thread::sleep(Duration::from_millis(50));
     }
     let killed_at = Instant::now();
     child.kill().unwrap(); // SIGKILL: no LeaveGroup, only the session timeout tells
     child.wait().unwrap();
-    wait_for_full_assignment(&shared, &[0], "the survivor owns everything again");
-    assert!(killed_at.elapsed() >= Duration::from_secs(4), "taken over before the session could expire");
+    wait_for_full_assignment(&shared, &[0], &format!("{strategy}: the survivor owns everything again"));
+    assert!(killed_at.elapsed() >= Duration::from_secs(4), "{strategy}: taken over before the session could expire");
     survivor.close();
     broker.stop();
 }

@@ -77,6 +77,8 @@ pub struct CoordinatorConfig {
     pub group_size_max: usize,
     /// [`offset.metadata.max.bytes`, 4096]
     pub offset_metadata_bytes_max: usize,
+    /// Groups of the consumer protocol (KIP-848).
+    pub consumer: super::consumer::ConsumerConfig,
 }
 
 impl Default for CoordinatorConfig {
@@ -87,6 +89,7 @@ impl Default for CoordinatorConfig {
             initial_rebalance_delay_ms: 3_000,
             group_size_max: 10_000,
             offset_metadata_bytes_max: 4096,
+            consumer: Default::default(),
         }
     }
 }
@@ -359,6 +362,10 @@ impl Coordinator {
 
     pub fn group(&self, id: &str) -> Option<&Group> {
         self.groups.get(id)
+    }
+
+    pub fn config(&self) -> &CoordinatorConfig {
+        &self.config
     }
 
     pub fn groups(&self) -> impl Iterator<Item = &Group> {

@@ -11,6 +11,7 @@
 //! Owner: one `GroupService` per shard, serving the groups of the partitions it owns.
 
 pub mod classic;
+pub mod consumer;
 pub mod store;
 
 use std::cell::{Cell, RefCell};
@@ -24,7 +25,10 @@ use futures_channel::oneshot;
 
 use classic::{Committed, Coordinator, CoordinatorConfig, Effects, JoinOutcome, JoinRequest, MemberRef, Reply};
 use classic::{SyncOutcome, SyncRequest, Ticket, error_code};
+use consumer::{ConsumerCoordinator, HeartbeatOutcome, HeartbeatRequest};
 use store::{OffsetValue, StoredRecord};
+
+use crate::registry::Registry;
 
 /// The internal topic holding group state and committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -41,6 +45,40 @@ pub fn partition_for(group_id: &str, partitions: i32) -> i32 {
     }
     let positive = if hash == i32::MIN { 0 } else { hash.abs() };
     positive % partitions.max(1)
+}
+
+/// A group as ListGroups shows it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ListedGroup {
+    pub group_id: String,
+    pub protocol_type: String,
+    pub state: &'static str,
+    /// "classic" or "consumer".
+    pub group_type: &'static str,
+}
+
+/// A consumer-protocol group as ConsumerGroupDescribe shows it (partitions by topic name).
+#[derive(Debug, Clone)]
+pub struct ConsumerGroupView {
+    pub group_id: String,
+    pub state: &'static str,
+    pub epoch: i32,
+    pub assignment_epoch: i32,
+    pub assignor: String,
+    pub members: Vec<ConsumerMemberView>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerMemberView {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub rack_id: Option<String>,
+    pub epoch: i32,
+    pub client_id: String,
+    pub client_host: String,
+    pub subscribed: Vec<String>,
+    pub assigned: consumer::Assignment,
+    pub target: consumer::Assignment,
 }
 
 /// One partition's commit in an OffsetCommit.
@@ -81,14 +119,23 @@ enum Waiter {
 
 pub struct GroupService {
     coordinator: RefCell<Coordinator>,
+    consumers: RefCell<ConsumerCoordinator>,
+    registry: std::sync::Arc<Registry>,
     log: Rc<ShardLog>,
     waiters: RefCell<HashMap<Ticket, Waiter>>,
     next_ticket: Cell<Ticket>,
 }
 
 impl GroupService {
-    pub fn new(log: Rc<ShardLog>, config: CoordinatorConfig, member_id_prefix: String) -> Rc<Self> {
+    pub fn new(
+        log: Rc<ShardLog>,
+        registry: std::sync::Arc<Registry>,
+        config: CoordinatorConfig,
+        member_id_prefix: String,
+    ) -> Rc<Self> {
         Rc::new(Self {
+            consumers: RefCell::new(ConsumerCoordinator::new(config.consumer.clone())),
+            registry,
             coordinator: RefCell::new(Coordinator::new(config, member_id_prefix)),
             log,
             waiters: RefCell::new(HashMap::new()),
@@ -148,6 +195,10 @@ impl GroupService {
                 ..JoinOutcome::default()
             };
         }
+        if !self.consumers.borrow().is_empty_group(&request.group_id) {
+            let error_code = error_code::INCONSISTENT_GROUP_PROTOCOL;
+            return JoinOutcome { error_code, member_id, generation_id: -1, ..JoinOutcome::default() };
+        }
         let ticket = self.ticket();
         let (tx, rx) = oneshot::channel();
         self.waiters.borrow_mut().insert(ticket, Waiter::Join(tx));
@@ -197,7 +248,18 @@ impl GroupService {
         }
         let (records, codes) = {
             let mut coordinator = self.coordinator.borrow_mut();
-            coordinator.validate_commit(group_id, partition, who, now_ms)?;
+            if self.consumers.borrow().is_empty_group(group_id) {
+                coordinator.validate_commit(group_id, partition, who, now_ms)?;
+            } else {
+                // A consumer-protocol group: the member's current epoch (KIP-848).
+                let epoch = self.consumers.borrow().member_epoch(group_id, &who.member_id)?;
+                if who.generation_id > epoch {
+                    return Err(consumer::error_code::FENCED_MEMBER_EPOCH);
+                }
+                if who.generation_id < epoch {
+                    return Err(consumer::error_code::STALE_MEMBER_EPOCH);
+                }
+            }
             let mut records = Vec::new();
             let mut codes = Vec::with_capacity(commits.len());
             for commit in commits {
@@ -294,16 +356,89 @@ impl GroupService {
         })
     }
 
-    /// Every group of this shard: (group id, protocol type, state).
-    pub fn list(&self) -> Vec<(String, String, &'static str)> {
-        self.coordinator
-            .borrow()
+    /// Every group of this shard.
+    pub fn list(&self) -> Vec<ListedGroup> {
+        let consumers = self.consumers.borrow();
+        let mut listed: Vec<ListedGroup> = consumers
             .groups()
-            .map(|g| (g.id.clone(), g.protocol_type.clone().unwrap_or_default(), g.state.name()))
-            .collect()
+            .map(|g| ListedGroup {
+                group_id: g.id.clone(),
+                protocol_type: "consumer".into(),
+                state: g.state(),
+                group_type: "consumer",
+            })
+            .collect();
+        for group in self.coordinator.borrow().groups() {
+            if consumers.group(&group.id).is_none() {
+                listed.push(ListedGroup {
+                    group_id: group.id.clone(),
+                    protocol_type: group.protocol_type.clone().unwrap_or_default(),
+                    state: group.state.name(),
+                    group_type: "classic",
+                });
+            }
+        }
+        listed
+    }
+
+    /// ConsumerGroupHeartbeat (KIP-848).
+    pub fn consumer_heartbeat(&self, request: HeartbeatRequest, partition: i32) -> HeartbeatOutcome {
+        let strings_ok = strings_fit(&[&request.group_id, &request.member_id, &request.client_id])
+            && request.instance_id.as_deref().is_none_or(|i| strings_fit(&[i]));
+        if !strings_ok {
+            return HeartbeatOutcome {
+                error_code: error_code::INVALID_REQUEST,
+                member_epoch: -1,
+                ..Default::default()
+            };
+        }
+        if self.coordinator.borrow().group(&request.group_id).is_some_and(|g| !g.members.is_empty()) {
+            return HeartbeatOutcome {
+                error_code: error_code::INCONSISTENT_GROUP_PROTOCOL,
+                error_message: Some("the group is a classic group with members".into()),
+                member_id: request.member_id,
+                member_epoch: -1,
+                ..Default::default()
+            };
+        }
+        let topics = self.registry.snapshot();
+        let partitions_of = |topic: &str| topics.get(topic).map(|t| t.partitions);
+        self.consumers.borrow_mut().heartbeat(request, partition, &partitions_of, corelog_engine::now_ms())
+    }
+
+    /// A consumer-protocol group as ConsumerGroupDescribe shows it.
+    pub fn describe_consumer_group(&self, group_id: &str) -> Option<ConsumerGroupView> {
+        let consumers = self.consumers.borrow();
+        let group = consumers.group(group_id)?;
+        Some(ConsumerGroupView {
+            group_id: group.id.clone(),
+            state: group.state(),
+            epoch: group.epoch,
+            assignment_epoch: group.assignment_epoch,
+            assignor: group.assignor.clone(),
+            members: group
+                .members
+                .values()
+                .map(|m| ConsumerMemberView {
+                    member_id: m.member_id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    rack_id: m.rack_id.clone(),
+                    epoch: m.epoch,
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    subscribed: m.subscribed.clone(),
+                    assigned: m.assigned.clone(),
+                    target: group.target.get(&m.member_id).cloned().unwrap_or_default(),
+                })
+                .collect(),
+        })
     }
 
     pub async fn delete_group(&self, group_id: &str, partition: i32) -> i16 {
+        if !self.consumers.borrow().is_empty_group(group_id) {
+            return error_code::NON_EMPTY_GROUP;
+        }
+        self.consumers.borrow_mut().remove_group(group_id);
         let tombstones = match self.coordinator.borrow_mut().delete_group(group_id) {
             Ok(tombstones) => tombstones,
             Err(code) => return code,
@@ -404,7 +539,13 @@ impl GroupService {
     pub async fn run_timers(self: Rc<Self>) {
         loop {
             glommio::timer::sleep(TICK).await;
-            let effects = self.coordinator.borrow_mut().tick(corelog_engine::now_ms());
+            let now_ms = corelog_engine::now_ms();
+            {
+                let topics = self.registry.snapshot();
+                let partitions_of = |topic: &str| topics.get(topic).map(|t| t.partitions);
+                self.consumers.borrow_mut().tick(now_ms, &partitions_of);
+            }
+            let effects = self.coordinator.borrow_mut().tick(now_ms);
             if !effects.persist.is_empty() || !effects.replies.is_empty() {
                 let this = Rc::clone(&self);
                 glommio::spawn_local(async move { this.apply(effects).await }).detach();

@@ -53,13 +53,28 @@ fn error_topic(name: &str, error_code: i16) -> MetadataResponseTopic {
         .with_topic_authorized_operations(OPERATIONS_NOT_REQUESTED)
 }
 
+enum Wanted {
+    Name(String),
+    Id(uuid::Uuid),
+}
+
 pub async fn handle(broker: &ShardBroker, request: MetadataRequest, version: i16) -> MetadataResponse {
     let settings = &broker.settings;
-    // v0: an empty list means all topics; v1+: null means all, empty means none.
-    let requested: Option<Vec<String>> = match request.topics {
+    // v0: an empty list means all topics; v1+: null means all, empty means none. From v10 a
+    // topic may be asked for by id alone (clients resolve assigned topic ids this way).
+    let requested: Option<Vec<Wanted>> = match request.topics {
         None => None,
         Some(topics) if topics.is_empty() && version == 0 => None,
-        Some(topics) => Some(topics.into_iter().filter_map(|t| t.name.map(|n| n.0.to_string())).collect()),
+        Some(topics) => Some(
+            topics
+                .into_iter()
+                .filter_map(|t| match t.name {
+                    Some(name) => Some(Wanted::Name(name.0.to_string())),
+                    None if !t.topic_id.is_nil() => Some(Wanted::Id(t.topic_id)),
+                    None => None,
+                })
+                .collect(),
+        ),
     };
     let auto_create = settings.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
     let mut topics = Vec::new();
@@ -68,10 +83,15 @@ pub async fn handle(broker: &ShardBroker, request: MetadataRequest, version: i16
             let snapshot = broker.registry.snapshot();
             topics.extend(snapshot.values().map(|record| topic_response(record, settings.node_id, version)));
         }
-        Some(names) => {
+        Some(wanted) => {
             let snapshot = broker.registry.snapshot();
-            let missing: Vec<String> =
-                names.iter().filter(|n| !snapshot.contains_key(*n) && registry::valid_topic_name(n)).cloned().collect();
+            let missing: Vec<String> = wanted
+                .iter()
+                .filter_map(|w| match w {
+                    Wanted::Name(n) if !snapshot.contains_key(n) && registry::valid_topic_name(n) => Some(n.clone()),
+                    _ => None,
+                })
+                .collect();
             if auto_create && !missing.is_empty() {
                 let specs = missing
                     .iter()
@@ -87,11 +107,22 @@ pub async fn handle(broker: &ShardBroker, request: MetadataRequest, version: i16
                 broker.create_topics(specs, false).await;
             }
             let snapshot = broker.registry.snapshot();
-            for name in &names {
-                topics.push(match snapshot.get(name) {
-                    Some(record) => topic_response(record, settings.node_id, version),
-                    None if !registry::valid_topic_name(name) => error_topic(name, error_code::INVALID_TOPIC_EXCEPTION),
-                    None => error_topic(name, error_code::UNKNOWN_TOPIC_OR_PARTITION),
+            for want in &wanted {
+                topics.push(match want {
+                    Wanted::Name(name) => match snapshot.get(name) {
+                        Some(record) => topic_response(record, settings.node_id, version),
+                        None if !registry::valid_topic_name(name) => {
+                            error_topic(name, error_code::INVALID_TOPIC_EXCEPTION)
+                        }
+                        None => error_topic(name, error_code::UNKNOWN_TOPIC_OR_PARTITION),
+                    },
+                    Wanted::Id(id) => match snapshot.values().find(|r| topic_uuid(r) == *id) {
+                        Some(record) => topic_response(record, settings.node_id, version),
+                        None => MetadataResponseTopic::default()
+                            .with_error_code(error_code::UNKNOWN_TOPIC_ID)
+                            .with_topic_id(*id)
+                            .with_topic_authorized_operations(OPERATIONS_NOT_REQUESTED),
+                    },
                 });
             }
         }

@@ -32,7 +32,7 @@ impl Broker {
             .arg(data_dir)
             .args(["--listen", listen])
             .args(extra)
-            .env("CORELOG_LOG", "info")
+            .env("CORELOG_LOG", std::env::var("CORELOG_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
