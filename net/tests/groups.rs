@@ -236,3 +236,45 @@ fn two_members_form_a_group_commit_and_the_offsets_survive_a_restart() {
     assert_eq!(deleted.results.iter().map(|r| r.error_code).collect::<Vec<_>>(), vec![0, 69]);
     assert_eq!(fetch_offsets(&mut client, "g1", "events", &[0]), vec![(0, -1, String::new())]);
 }
+
+#[test]
+fn a_long_run_of_commits_is_snapshotted_and_replayed_from_the_snapshot() {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+    let options = || Options {
+        group: corelog_net::group::classic::CoordinatorConfig {
+            initial_rebalance_delay_ms: 0,
+            offsets_snapshot_records_min: 50,
+            ..Default::default()
+        },
+        ..Options::default()
+    };
+    let broker = Broker::start(options());
+    let mut client = broker.client();
+    create_topic(&mut client, "busy", 3);
+    for round in 0..200i64 {
+        let offsets = [("busy", 0, round), ("busy", 1, 2 * round), ("busy", 2, 3 * round)];
+        assert_eq!(commit(&mut client, "snap", "", -1, &offsets), vec![0, 0, 0], "round {round}");
+    }
+    let partition = corelog_net::group::partition_for("snap", 4);
+    let log_start = |client: &mut Client| {
+        let request = ListOffsetsRequest::default().with_topics(vec![
+            ListOffsetsTopic::default().with_name(TopicName(text("__consumer_offsets"))).with_partitions(vec![
+                ListOffsetsPartition::default().with_partition_index(partition).with_timestamp(-2),
+            ]),
+        ]);
+        let response: ListOffsetsResponse = client.call(ApiKey::ListOffsets, 8, &request);
+        response.topics[0].partitions[0].offset
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while log_start(&mut client) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the log start never moved");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(log_start(&mut client) > 400, "most of the 600 records are gone: {}", log_start(&mut client));
+    drop(client);
+    let broker = Broker::start_in(broker.stop(), options());
+    let mut client = broker.client();
+    let expected = vec![(0, 199, "meta".into()), (1, 398, "meta".into()), (2, 597, "meta".into())];
+    assert_eq!(fetch_offsets(&mut client, "snap", "busy", &[0, 1, 2]), expected);
+}

@@ -79,6 +79,10 @@ pub struct CoordinatorConfig {
     pub offset_metadata_bytes_max: usize,
     /// Groups of the consumer protocol (KIP-848).
     pub consumer: super::consumer::ConsumerConfig,
+    /// A `__consumer_offsets` partition holding more records than this (and more than twice
+    /// its live state) is rewritten as a snapshot of the live state and the records before
+    /// it are dropped: the bound on its growth and on the replay at start.
+    pub offsets_snapshot_records_min: i64,
 }
 
 impl Default for CoordinatorConfig {
@@ -90,6 +94,7 @@ impl Default for CoordinatorConfig {
             group_size_max: 10_000,
             offset_metadata_bytes_max: 4096,
             consumer: Default::default(),
+            offsets_snapshot_records_min: 100_000,
         }
     }
 }
@@ -221,7 +226,7 @@ impl Group {
         !self.members.is_empty()
     }
 
-    fn record(&self) -> StoredRecord {
+    pub(crate) fn record(&self) -> StoredRecord {
         let members = self
             .members
             .values()

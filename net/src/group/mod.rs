@@ -33,6 +33,10 @@ use crate::registry::Registry;
 /// The internal topic holding group state and committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
+/// Records per batch of a group state snapshot (offset records are ~100 bytes: batches stay
+/// far below `max.message.bytes`).
+const SNAPSHOT_BATCH_RECORDS: usize = 2_000;
+
 /// How often the coordinator checks session timeouts and rebalance deadlines.
 const TICK: Duration = Duration::from_millis(20);
 
@@ -118,7 +122,13 @@ enum Waiter {
 }
 
 pub struct GroupService {
+    this: std::rc::Weak<GroupService>,
     coordinator: RefCell<Coordinator>,
+    /// Per `__consumer_offsets` partition: commits (and offset deletions) appended but not yet
+    /// applied to memory. A snapshot is taken only when there are none.
+    unapplied: RefCell<HashMap<i32, usize>>,
+    /// Partitions whose snapshot is being written.
+    snapshotting: RefCell<std::collections::HashSet<i32>>,
     consumers: RefCell<ConsumerCoordinator>,
     registry: std::sync::Arc<Registry>,
     log: Rc<ShardLog>,
@@ -133,7 +143,10 @@ impl GroupService {
         config: CoordinatorConfig,
         member_id_prefix: String,
     ) -> Rc<Self> {
-        Rc::new(Self {
+        Rc::new_cyclic(|this| Self {
+            this: this.clone(),
+            unapplied: RefCell::new(HashMap::new()),
+            snapshotting: RefCell::new(std::collections::HashSet::new()),
             consumers: RefCell::new(ConsumerCoordinator::new(config.consumer.clone())),
             registry,
             coordinator: RefCell::new(Coordinator::new(config, member_id_prefix)),
@@ -285,7 +298,15 @@ impl GroupService {
         if records.is_empty() {
             return Ok(codes);
         }
-        let base_offset = self.persist(partition, &records).await.map_err(|_| error_code::COORDINATOR_NOT_AVAILABLE)?;
+        self.unapplied_change(partition, 1);
+        let persisted = self.persist(partition, &records).await;
+        let base_offset = match persisted {
+            Ok(base_offset) => base_offset,
+            Err(_) => {
+                self.unapplied_change(partition, -1);
+                return Err(error_code::COORDINATOR_NOT_AVAILABLE);
+            }
+        };
         let mut coordinator = self.coordinator.borrow_mut();
         for (index, record) in records.into_iter().enumerate() {
             if let StoredRecord::Offset { topic, partition: topic_partition, value: Some(value), .. } = record {
@@ -299,7 +320,97 @@ impl GroupService {
                 coordinator.apply_offset(group_id, partition, (topic, topic_partition), Some(committed), now_ms);
             }
         }
+        drop(coordinator);
+        self.unapplied_change(partition, -1);
+        self.maybe_snapshot(partition);
         Ok(codes)
+    }
+
+    fn unapplied_change(&self, partition: i32, delta: isize) {
+        let mut unapplied = self.unapplied.borrow_mut();
+        let count = unapplied.entry(partition).or_default();
+        *count = count.saturating_add_signed(delta);
+    }
+
+    /// Rewrites a `__consumer_offsets` partition's live state (group records and committed
+    /// offsets) at its end and moves its log start there once that is durable, when it has
+    /// grown well past that state. Everything is appended without yielding, so no other
+    /// record of the partition lands in between.
+    fn maybe_snapshot(&self, partition: i32) {
+        if self.snapshotting.borrow().contains(&partition)
+            || self.unapplied.borrow().get(&partition).is_some_and(|n| *n > 0)
+        {
+            return;
+        }
+        let name = TopicPartition::new(OFFSETS_TOPIC, partition);
+        let Ok(offsets) = self.log.offsets(&name) else { return };
+        let records_held = offsets.log_end_offset - offsets.log_start_offset;
+        let (snapshot, live) = {
+            let coordinator = self.coordinator.borrow();
+            if records_held < coordinator.config().offsets_snapshot_records_min {
+                return;
+            }
+            let groups: Vec<&classic::Group> = coordinator.groups().filter(|g| g.partition == partition).collect();
+            let live: i64 = groups.iter().map(|g| g.offsets.len() as i64 + 1).sum();
+            if records_held < 2 * live {
+                return;
+            }
+            let mut batches: Vec<Vec<StoredRecord>> = Vec::new();
+            for group in groups {
+                if group.generation > 0 || !group.members.is_empty() {
+                    batches.push(vec![group.record()]);
+                }
+                let offsets: Vec<StoredRecord> = group
+                    .offsets
+                    .iter()
+                    .map(|((topic, index), c)| StoredRecord::Offset {
+                        group: group.id.clone(),
+                        topic: topic.clone(),
+                        partition: *index,
+                        value: Some(OffsetValue {
+                            offset: c.offset,
+                            leader_epoch: c.leader_epoch,
+                            metadata: c.metadata.clone(),
+                            commit_timestamp_ms: c.commit_timestamp_ms,
+                        }),
+                    })
+                    .collect();
+                batches.extend(offsets.chunks(SNAPSHOT_BATCH_RECORDS).map(<[StoredRecord]>::to_vec));
+            }
+            (batches, live)
+        };
+        let now_ms = corelog_engine::now_ms();
+        let mut start = None;
+        let mut durables = Vec::with_capacity(snapshot.len());
+        for records in &snapshot {
+            let batch = BytesMut::from(&store::encode_batch(records, now_ms)[..]);
+            match self.log.append(&name, batch, now_ms) {
+                Ok(appended) => {
+                    start.get_or_insert(appended.base_offset);
+                    durables.push(appended.durable);
+                }
+                Err(error) => {
+                    tracing::warn!(%name, %error, "group state snapshot not written");
+                    return;
+                }
+            }
+        }
+        let start = start.unwrap_or(offsets.log_end_offset);
+        let (Some(this), log) = (self.this.upgrade(), Rc::clone(&self.log)) else { return };
+        self.snapshotting.borrow_mut().insert(partition);
+        glommio::spawn_local(async move {
+            let durable = futures_util::future::join_all(durables).await.into_iter().all(|r| r.is_ok());
+            if durable {
+                match log.delete_records(&name, start).await {
+                    Ok(log_start) => {
+                        tracing::info!(%name, log_start, live_records = live, dropped = records_held, "group state snapshot")
+                    }
+                    Err(error) => tracing::warn!(%name, %error, "log start not moved after the group state snapshot"),
+                }
+            }
+            this.snapshotting.borrow_mut().remove(&partition);
+        })
+        .detach();
     }
 
     /// Committed offsets of a group: all of them (`None`), or the requested partitions (those
@@ -471,14 +582,18 @@ impl GroupService {
         if tombstones.is_empty() {
             return Ok(());
         }
-        self.persist(partition, &tombstones).await.map_err(|_| error_code::COORDINATOR_NOT_AVAILABLE)?;
-        let mut coordinator = self.coordinator.borrow_mut();
-        for record in tombstones {
-            if let StoredRecord::Offset { topic, partition: index, .. } = record {
-                coordinator.apply_offset(group_id, partition, (topic, index), None, corelog_engine::now_ms());
+        self.unapplied_change(partition, 1);
+        let persisted = self.persist(partition, &tombstones).await;
+        if persisted.is_ok() {
+            let mut coordinator = self.coordinator.borrow_mut();
+            for record in tombstones {
+                if let StoredRecord::Offset { topic, partition: index, .. } = record {
+                    coordinator.apply_offset(group_id, partition, (topic, index), None, corelog_engine::now_ms());
+                }
             }
         }
-        Ok(())
+        self.unapplied_change(partition, -1);
+        persisted.map(|_| ()).map_err(|_| error_code::COORDINATOR_NOT_AVAILABLE)
     }
 
     /// Appends records to a `__consumer_offsets` partition and waits until they are durable.
