@@ -7,6 +7,8 @@
 // A benchmark harness: any failure aborts the measurement, which is what `expect` does.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+pub mod groups;
+
 use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};

@@ -51,3 +51,16 @@ fn read_scenarios_read_everything() {
 fn the_hardware_report_names_the_cpu() {
     assert!(hardware_report(std::path::Path::new("/tmp")).contains("CPU:"));
 }
+
+#[test]
+fn the_commit_scenario_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sync_rate, report) = on_shard(async {
+        let rate = groups::device_sync_rate(dir.path(), 20).await;
+        (rate, groups::commit_scenario(dir.path(), 8, 20).await)
+    });
+    assert!(sync_rate > 0.0);
+    assert_eq!(report.commits, 160);
+    assert!(report.syncs > 0 && report.syncs <= 160, "{}", report.syncs);
+    assert!(report.commits_per_sec() > 0.0 && report.latency_us_p99 >= report.latency_us_p50);
+}

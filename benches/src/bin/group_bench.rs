@@ -1,0 +1,65 @@
+//! `group-bench [--quick] [--repeat N] [DIR]`: offset-commit throughput of one shard's group
+//! coordinator, as a markdown table for `docs/benchmarks.md` (median of N runs; each run
+//! measures the device's serial write+fdatasync rate first).
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark harness
+
+use std::path::PathBuf;
+
+use corelog_benches::groups::{commit_scenario, device_sync_rate};
+use corelog_benches::{hardware_report, on_shard};
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let repeat: usize = args
+        .iter()
+        .position(|a| a == "--repeat")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3);
+    let base = args
+        .iter()
+        .find(|a| !a.starts_with("--") && a.parse::<usize>().is_err())
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let commits_each: u64 = if quick { 200 } else { 2_000 };
+    println!("## Offset commits (one shard)\n");
+    println!("{}\n", hardware_report(&base));
+    println!(
+        "Median of {repeat} runs; every run first measures serial 4 KiB O_DIRECT write + fdatasync operations per second.\n"
+    );
+    println!("| committers in flight | commits/s | device syncs/s | commits per sync | p50 / p99 µs |");
+    println!("|---:|---:|---:|---:|---:|");
+    for committers in [1usize, 64, 512] {
+        let mut rates = Vec::new();
+        let mut devices = Vec::new();
+        let mut per_sync = Vec::new();
+        let mut p50 = Vec::new();
+        let mut p99 = Vec::new();
+        for _ in 0..repeat {
+            let dir = tempfile::tempdir_in(&base).expect("temp dir");
+            let (device, report) = on_shard(async {
+                let device = device_sync_rate(dir.path(), 500).await;
+                (device, commit_scenario(dir.path(), committers, commits_each).await)
+            });
+            devices.push(device);
+            rates.push(report.commits_per_sec());
+            per_sync.push(report.commits as f64 / report.syncs.max(1) as f64);
+            p50.push(report.latency_us_p50 as f64);
+            p99.push(report.latency_us_p99 as f64);
+        }
+        println!(
+            "| {committers} | {:.0} | {:.0} | {:.1} | {:.0} / {:.0} |",
+            median(rates),
+            median(devices),
+            median(per_sync),
+            median(p50),
+            median(p99)
+        );
+    }
+}
