@@ -196,6 +196,8 @@ pub enum GroupCall {
     FetchOffsets {
         group_id: String,
         wanted: Option<Vec<(String, Vec<i32>)>>,
+        /// OffsetFetch v9 from a consumer-protocol member: (member id, member epoch).
+        member: Option<(String, i32)>,
     },
     Describe {
         group_id: String,
@@ -861,8 +863,11 @@ impl ShardBroker {
             GroupCall::Commit { group_id, partition, who, commits } => {
                 GroupAnswer::Committed(groups.commit(&group_id, partition, &who, &commits).await)
             }
-            GroupCall::FetchOffsets { group_id, wanted } => {
-                GroupAnswer::Offsets(groups.fetch_offsets(&group_id, wanted.as_deref()))
+            GroupCall::FetchOffsets { group_id, wanted, member } => {
+                match groups.check_member_epoch(&group_id, member) {
+                    Ok(()) => GroupAnswer::Offsets(groups.fetch_offsets(&group_id, wanted.as_deref())),
+                    Err(code) => GroupAnswer::Code(code),
+                }
             }
             GroupCall::Describe { group_id } => GroupAnswer::Described(groups.describe(&group_id)),
             GroupCall::List => GroupAnswer::Listed(groups.list()),

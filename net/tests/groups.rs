@@ -278,3 +278,86 @@ fn a_long_run_of_commits_is_snapshotted_and_replayed_from_the_snapshot() {
     let expected = vec![(0, 199, "meta".into()), (1, 398, "meta".into()), (2, 597, "meta".into())];
     assert_eq!(fetch_offsets(&mut client, "snap", "busy", &[0, 1, 2]), expected);
 }
+
+#[test]
+fn consumer_protocol_members_are_checked_by_epoch_and_offsets_can_be_deleted_once_unsubscribed() {
+    use kafka_protocol::messages::consumer_group_heartbeat_request::TopicPartitions;
+    use kafka_protocol::messages::offset_delete_request::{OffsetDeleteRequestPartition, OffsetDeleteRequestTopic};
+    use kafka_protocol::messages::offset_fetch_request::{OffsetFetchRequestGroup, OffsetFetchRequestTopics};
+    use kafka_protocol::messages::{
+        ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatRequest,
+        ConsumerGroupHeartbeatResponse, OffsetDeleteRequest, OffsetDeleteResponse,
+    };
+    let broker = Broker::start(Options { shards: 2, ..Options::default() });
+    let mut client = broker.client();
+    create_topic(&mut client, "cp", 2);
+    let heartbeat = |client: &mut Client, epoch: i32, owned: Option<Vec<TopicPartitions>>| {
+        let request = ConsumerGroupHeartbeatRequest::default()
+            .with_group_id(group("cg"))
+            .with_member_id(text("member-1"))
+            .with_member_epoch(epoch)
+            .with_rebalance_timeout_ms(5_000)
+            .with_subscribed_topic_names((epoch == 0).then(|| vec![TopicName(text("cp"))]))
+            .with_topic_partitions(owned);
+        let response: ConsumerGroupHeartbeatResponse = client.call(ApiKey::ConsumerGroupHeartbeat, 1, &request);
+        response
+    };
+    let joined = heartbeat(&mut client, 0, Some(Vec::new()));
+    assert_eq!((joined.error_code, joined.member_epoch), (0, 1));
+    let assigned = joined.assignment.unwrap().topic_partitions;
+    assert_eq!(assigned.len(), 1);
+    assert_eq!(assigned[0].partitions, vec![0, 1], "the only member gets both partitions at once");
+
+    // Commits carry the member epoch.
+    assert_eq!(commit(&mut client, "cg", "member-1", 1, &[("cp", 0, 10), ("cp", 1, 20)]), vec![0, 0]);
+    assert_eq!(commit(&mut client, "cg", "member-1", 0, &[("cp", 0, 11)]), vec![113], "STALE_MEMBER_EPOCH");
+    assert_eq!(commit(&mut client, "cg", "member-1", 9, &[("cp", 0, 11)]), vec![110], "FENCED_MEMBER_EPOCH");
+    assert_eq!(commit(&mut client, "cg", "intruder", 1, &[("cp", 0, 11)]), vec![25], "UNKNOWN_MEMBER_ID");
+    let fetch_v9 = |client: &mut Client, epoch: i32| {
+        let request = OffsetFetchRequest::default().with_groups(vec![
+            OffsetFetchRequestGroup::default()
+                .with_group_id(group("cg"))
+                .with_member_id(Some(text("member-1")))
+                .with_member_epoch(epoch)
+                .with_topics(Some(vec![
+                    OffsetFetchRequestTopics::default()
+                        .with_name(TopicName(text("cp")))
+                        .with_partition_indexes(vec![0, 1]),
+                ])),
+        ]);
+        let response: OffsetFetchResponse = client.call(ApiKey::OffsetFetch, 9, &request);
+        let group = &response.groups[0];
+        let offsets: Vec<i64> =
+            group.topics.iter().flat_map(|t| t.partitions.iter().map(|p| p.committed_offset)).collect();
+        (group.error_code, offsets)
+    };
+    assert_eq!(fetch_v9(&mut client, 1), (0, vec![10, 20]));
+    assert_eq!(fetch_v9(&mut client, 0).0, 113);
+
+    let described: ConsumerGroupDescribeResponse = client.call(
+        ApiKey::ConsumerGroupDescribe,
+        1,
+        &ConsumerGroupDescribeRequest::default().with_group_ids(vec![group("cg"), group("nope")]),
+    );
+    assert_eq!(described.groups[0].group_state.as_str(), "stable");
+    assert_eq!(described.groups[0].members[0].assignment.topic_partitions[0].partitions, vec![0, 1]);
+    assert_eq!(described.groups[1].error_code, 69, "GROUP_ID_NOT_FOUND");
+    let listed: ListGroupsResponse = client.call(ApiKey::ListGroups, 5, &ListGroupsRequest::default());
+    let cg = listed.groups.iter().find(|g| g.group_id.0.as_str() == "cg").unwrap();
+    assert_eq!((cg.group_type.as_str(), cg.group_state.as_str()), ("consumer", "stable"));
+
+    let delete = |client: &mut Client| {
+        let request = OffsetDeleteRequest::default().with_group_id(group("cg")).with_topics(vec![
+            OffsetDeleteRequestTopic::default()
+                .with_name(TopicName(text("cp")))
+                .with_partitions(vec![OffsetDeleteRequestPartition::default().with_partition_index(0)]),
+        ]);
+        let response: OffsetDeleteResponse = client.call(ApiKey::OffsetDelete, 0, &request);
+        (response.error_code, response.topics.first().map(|t| t.partitions[0].error_code))
+    };
+    assert_eq!(delete(&mut client), (0, Some(86)), "GROUP_SUBSCRIBED_TO_TOPIC while a member consumes it");
+    let left = heartbeat(&mut client, -1, None);
+    assert_eq!((left.error_code, left.member_epoch), (0, -1));
+    assert_eq!(delete(&mut client), (0, Some(0)));
+    assert_eq!(fetch_offsets(&mut client, "cg", "cp", &[0, 1]), vec![(0, -1, String::new()), (1, 20, "meta".into())]);
+}

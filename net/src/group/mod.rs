@@ -415,6 +415,21 @@ impl GroupService {
 
     /// Committed offsets of a group: all of them (`None`), or the requested partitions (those
     /// without a commit answer offset -1).
+    /// OffsetFetch v9 of a consumer-protocol group member: the member must exist and send its
+    /// current epoch (KIP-848). Requests without a member, and classic groups, pass.
+    pub fn check_member_epoch(&self, group_id: &str, member: Option<(String, i32)>) -> Result<(), i16> {
+        let Some((member_id, epoch)) = member else { return Ok(()) };
+        let consumers = self.consumers.borrow();
+        if consumers.is_empty_group(group_id) {
+            return Ok(());
+        }
+        let current = consumers.member_epoch(group_id, &member_id)?;
+        if epoch != current {
+            return Err(consumer::error_code::STALE_MEMBER_EPOCH);
+        }
+        Ok(())
+    }
+
     pub fn fetch_offsets(
         &self,
         group_id: &str,
@@ -565,7 +580,13 @@ impl GroupService {
         let tombstones: Vec<StoredRecord> = {
             let coordinator = self.coordinator.borrow();
             let group = coordinator.group(group_id).ok_or(error_code::GROUP_ID_NOT_FOUND)?;
-            if targets.iter().any(|(topic, _)| group.is_subscribed_to(topic)) {
+            let consumers = self.consumers.borrow();
+            let consumer_subscribed = |topic: &str| {
+                consumers
+                    .group(group_id)
+                    .is_some_and(|g| g.members.values().any(|m| m.subscribed.iter().any(|t| t == topic)))
+            };
+            if targets.iter().any(|(topic, _)| group.is_subscribed_to(topic) || consumer_subscribed(topic)) {
                 return Err(error_code::GROUP_SUBSCRIBED_TO_TOPIC);
             }
             targets

@@ -14,9 +14,16 @@ use crate::group::classic::{Committed, error_code};
 
 type Fetched = Result<Vec<(String, i32, Option<Committed>)>, i16>;
 
-async fn fetch(broker: &ShardBroker, group_id: &str, wanted: Option<Vec<(String, Vec<i32>)>>) -> Fetched {
-    match broker.group_call(group_id, GroupCall::FetchOffsets { group_id: group_id.to_string(), wanted }).await {
+async fn fetch(
+    broker: &ShardBroker,
+    group_id: &str,
+    wanted: Option<Vec<(String, Vec<i32>)>>,
+    member: Option<(String, i32)>,
+) -> Fetched {
+    let call = GroupCall::FetchOffsets { group_id: group_id.to_string(), wanted, member };
+    match broker.group_call(group_id, call).await {
         Ok(GroupAnswer::Offsets(offsets)) => Ok(offsets),
+        Ok(GroupAnswer::Code(code)) => Err(code),
         Ok(_) => Err(error_code::COORDINATOR_NOT_AVAILABLE),
         Err(code) => Err(code),
     }
@@ -39,7 +46,9 @@ pub async fn handle(broker: &ShardBroker, request: OffsetFetchRequest, version: 
                 .as_ref()
                 .map(|topics| topics.iter().map(|t| (t.name.0.to_string(), t.partition_indexes.clone())).collect());
             let response = OffsetFetchResponseGroup::default().with_group_id(group.group_id.clone());
-            groups.push(match fetch(broker, &group.group_id.0, wanted).await {
+            // v9: a consumer-protocol member names itself and its epoch.
+            let member = group.member_id.as_ref().map(|m| (m.to_string(), group.member_epoch));
+            groups.push(match fetch(broker, &group.group_id.0, wanted, member).await {
                 Err(code) => response.with_error_code(code),
                 Ok(offsets) => {
                     let mut topics: Vec<OffsetFetchResponseTopics> = Vec::new();
@@ -70,7 +79,7 @@ pub async fn handle(broker: &ShardBroker, request: OffsetFetchRequest, version: 
         .topics
         .as_ref()
         .map(|topics| topics.iter().map(|t| (t.name.0.to_string(), t.partition_indexes.clone())).collect());
-    match fetch(broker, &group_id.0, wanted).await {
+    match fetch(broker, &group_id.0, wanted, None).await {
         Err(code) => {
             let response = OffsetFetchResponse::default();
             if version >= 2 { response.with_error_code(code) } else { response }
