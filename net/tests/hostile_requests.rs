@@ -32,7 +32,65 @@ fn valid_requests() -> Vec<Vec<u8>> {
         request_frame(ApiKey::Metadata, 12, 2, &MetadataRequest::default()),
         request_frame(ApiKey::Metadata, 1, 3, &MetadataRequest::default()),
         request_frame(ApiKey::CreateTopics, 7, 4, &CreateTopicsRequest::default().with_topics(vec![topic])),
+        // The group paths: each decodes into the coordinator on the group's shard.
+        request_frame(ApiKey::JoinGroup, 9, 5, &group_requests::join()),
+        request_frame(ApiKey::SyncGroup, 5, 6, &group_requests::sync()),
+        request_frame(ApiKey::OffsetCommit, 8, 7, &group_requests::commit()),
+        request_frame(ApiKey::ConsumerGroupHeartbeat, 1, 8, &group_requests::consumer_heartbeat()),
     ]
+}
+
+mod group_requests {
+    use bytes::Bytes;
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
+    use kafka_protocol::messages::{
+        ConsumerGroupHeartbeatRequest, GroupId, JoinGroupRequest, OffsetCommitRequest, SyncGroupRequest, TopicName,
+    };
+    use kafka_protocol::protocol::StrBytes;
+
+    fn group() -> GroupId {
+        GroupId(StrBytes::from_static_str("fuzz-group"))
+    }
+
+    pub fn join() -> JoinGroupRequest {
+        JoinGroupRequest::default()
+            .with_group_id(group())
+            .with_session_timeout_ms(10_000)
+            .with_rebalance_timeout_ms(10_000)
+            .with_protocol_type(StrBytes::from_static_str("consumer"))
+            .with_protocols(vec![
+                JoinGroupRequestProtocol::default()
+                    .with_name(StrBytes::from_static_str("range"))
+                    .with_metadata(Bytes::from_static(b"subscription")),
+            ])
+    }
+
+    pub fn sync() -> SyncGroupRequest {
+        SyncGroupRequest::default()
+            .with_group_id(group())
+            .with_generation_id(1)
+            .with_member_id(StrBytes::from_static_str("m"))
+    }
+
+    pub fn commit() -> OffsetCommitRequest {
+        OffsetCommitRequest::default().with_group_id(group()).with_generation_id_or_member_epoch(-1).with_topics(vec![
+            OffsetCommitRequestTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("fuzz")))
+                .with_partitions(vec![
+                    OffsetCommitRequestPartition::default().with_partition_index(0).with_committed_offset(5),
+                ]),
+        ])
+    }
+
+    pub fn consumer_heartbeat() -> ConsumerGroupHeartbeatRequest {
+        ConsumerGroupHeartbeatRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("fuzz-consumer-group")))
+            .with_member_id(StrBytes::from_static_str("member"))
+            .with_rebalance_timeout_ms(5_000)
+            .with_subscribed_topic_names(Some(vec![TopicName(StrBytes::from_static_str("fuzz"))]))
+            .with_topic_partitions(Some(Vec::new()))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -47,7 +105,7 @@ fn input() -> impl Strategy<Value = Input> {
     prop_oneof![
         (prop_oneof![0i16..=75, any::<i16>()], -2i16..20, proptest::collection::vec(any::<u8>(), 0..300))
             .prop_map(|(api_key, version, body)| Input::Random { api_key, version, body }),
-        (0usize..4, proptest::collection::vec((any::<usize>(), 1u8..=255), 1..6), proptest::option::of(any::<usize>()))
+        (0usize..8, proptest::collection::vec((any::<usize>(), 1u8..=255), 1..6), proptest::option::of(any::<usize>()))
             .prop_map(|(which, flips, cut)| Input::Mutated { which, flips, cut }),
     ]
 }
