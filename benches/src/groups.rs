@@ -81,17 +81,7 @@ pub async fn commit_scenario(dir: &Path, committers: usize, commits_each: u64) -
 /// Serial 4 KiB O_DIRECT write + fdatasync operations per second on the device holding `dir`:
 /// the rate at which one-commit-per-fsync would run. Runs inside a shard.
 pub async fn device_sync_rate(dir: &Path, operations: u64) -> f64 {
-    corelog_engine::device::prepare_data_dir(dir).await.expect("prepare data dir");
-    let path = dir.join("device-sync.tmp");
-    let file = glommio::io::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .dma_open(&path)
-        .await
-        .expect("open sync file");
-    file.pre_allocate(operations * 4096, false).await.expect("fallocate");
+    let (file, path) = crate::scratch_file(dir, "device-sync.tmp", operations * 4096).await;
     let started = Instant::now();
     for i in 0..operations {
         let mut buffer = file.alloc_dma_buffer(4096);

@@ -26,23 +26,60 @@ pub fn on_shard<T>(f: impl std::future::Future<Output = T>) -> T {
     }
 }
 
+/// The command line of the report binaries: `[--quick] [--repeat N] [DIR]`.
+pub struct BenchArgs {
+    pub quick: bool,
+    pub repeat: usize,
+    /// Where the scratch data dirs go (default: the temp dir).
+    pub base: std::path::PathBuf,
+}
+
+impl BenchArgs {
+    pub fn parse() -> Self {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let repeat = args
+            .iter()
+            .position(|a| a == "--repeat")
+            .and_then(|i| args.get(i + 1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(3);
+        let base = args
+            .iter()
+            .find(|a| !a.starts_with("--") && a.parse::<usize>().is_err())
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        Self { quick: args.iter().any(|a| a == "--quick"), repeat, base }
+    }
+}
+
+/// The median of some runs' figures.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+/// A fresh DMA scratch file of `bytes` (pre-allocated) in a prepared data dir.
+pub async fn scratch_file(dir: &Path, name: &str, bytes: u64) -> (glommio::io::DmaFile, std::path::PathBuf) {
+    corelog_engine::device::prepare_data_dir(dir).await.expect("prepare data dir");
+    let path = dir.join(name);
+    let file = glommio::io::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .dma_open(&path)
+        .await
+        .expect("open a scratch file");
+    file.pre_allocate(bytes, false).await.expect("fallocate");
+    (file, path)
+}
+
 /// Sequential O_DIRECT write bandwidth of the device holding `dir`, in bytes per second:
 /// `total_bytes` written in `block_bytes` blocks with `queue_depth` writes in flight, then one
 /// fdatasync (included in the time). Runs inside a shard.
 pub async fn device_write_bandwidth(dir: &Path, total_bytes: u64, block_bytes: usize, queue_depth: usize) -> f64 {
-    corelog_engine::device::prepare_data_dir(dir).await.expect("prepare data dir");
-    let path = dir.join("device-bandwidth.tmp");
-    let file = Rc::new(
-        glommio::io::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .dma_open(&path)
-            .await
-            .expect("open bandwidth file"),
-    );
-    file.pre_allocate(total_bytes, false).await.expect("fallocate");
+    let (file, path) = scratch_file(dir, "device-bandwidth.tmp", total_bytes).await;
+    let file = Rc::new(file);
     let blocks = total_bytes / block_bytes as u64;
     let started = Instant::now();
     let mut next = 0u64;

@@ -6,10 +6,9 @@
 mod common;
 
 use bytes::Bytes;
-use common::{Broker, Client, Options};
+use common::{Broker, Client, Options, create_topic};
 use corelog_engine::batch;
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::describe_configs_response::DescribeConfigsResult;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
@@ -17,10 +16,10 @@ use kafka_protocol::messages::offset_for_leader_epoch_request::{OffsetForLeaderP
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     AlterConfigsRequest, AlterConfigsResponse, ApiKey, CreatePartitionsRequest, CreatePartitionsResponse,
-    CreateTopicsRequest, CreateTopicsResponse, DescribeClusterRequest, DescribeClusterResponse, DescribeConfigsRequest,
-    DescribeConfigsResponse, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, MetadataRequest,
-    MetadataResponse, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, ProduceRequest, ProduceResponse,
-    TopicName, alter_configs_request, incremental_alter_configs_request,
+    DescribeClusterRequest, DescribeClusterResponse, DescribeConfigsRequest, DescribeConfigsResponse,
+    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, MetadataRequest, MetadataResponse,
+    OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, ProduceRequest, ProduceResponse, TopicName,
+    alter_configs_request, incremental_alter_configs_request,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -29,17 +28,6 @@ const BROKER: i8 = 4;
 
 fn text(value: &str) -> StrBytes {
     StrBytes::from_string(value.to_string())
-}
-
-fn create_topic(client: &mut Client, topic: &str, partitions: i32) {
-    let request = CreateTopicsRequest::default().with_timeout_ms(10_000).with_topics(vec![
-        CreatableTopic::default()
-            .with_name(TopicName(text(topic)))
-            .with_num_partitions(partitions)
-            .with_replication_factor(1),
-    ]);
-    let response: CreateTopicsResponse = client.call(ApiKey::CreateTopics, 7, &request);
-    assert_eq!(response.topics[0].error_code, 0, "{response:?}");
 }
 
 fn describe(client: &mut Client, version: i16, kind: i8, name: &str, keys: Option<&[&str]>) -> DescribeConfigsResult {

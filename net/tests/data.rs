@@ -7,31 +7,19 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Broker, Client, Options, decode_response, read_frame, request_frame};
+use common::{Broker, Client, Options, create_topic, decode_response, read_frame, request_frame};
 use corelog_engine::batch;
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, CreateTopicsRequest, CreateTopicsResponse, FetchRequest, FetchResponse, ListOffsetsRequest,
-    ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, TopicName,
+    ApiKey, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+    ProduceRequest, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
 fn name(text: &str) -> TopicName {
     TopicName(StrBytes::from_string(text.to_string()))
-}
-
-fn create_topic(client: &mut Client, topic: &str, partitions: i32) -> uuid::Uuid {
-    let request = CreateTopicsRequest::default()
-        .with_topics(vec![
-            CreatableTopic::default().with_name(name(topic)).with_num_partitions(partitions).with_replication_factor(1),
-        ])
-        .with_timeout_ms(10_000);
-    let response: CreateTopicsResponse = client.call(ApiKey::CreateTopics, 7, &request);
-    assert_eq!(response.topics[0].error_code, 0);
-    response.topics[0].topic_id
 }
 
 fn produce_request(topic: &str, partition: i32, records: Bytes, acks: i16) -> ProduceRequest {

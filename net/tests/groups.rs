@@ -6,18 +6,17 @@
 mod common;
 
 use bytes::Bytes;
-use common::{Broker, Client, Options};
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use common::{Broker, Client, Options, create_topic};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    ApiKey, CreateTopicsRequest, CreateTopicsResponse, DeleteGroupsRequest, DeleteGroupsResponse,
-    DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
-    HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse,
-    ListGroupsRequest, ListGroupsResponse, MetadataRequest, MetadataResponse, OffsetCommitRequest,
-    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
+    ApiKey, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
+    FindCoordinatorRequest, FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, MetadataRequest,
+    MetadataResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
+    SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -27,17 +26,6 @@ fn text(value: &str) -> StrBytes {
 
 fn group(id: &str) -> GroupId {
     GroupId(text(id))
-}
-
-fn create_topic(client: &mut Client, topic: &str, partitions: i32) {
-    let request = CreateTopicsRequest::default().with_timeout_ms(10_000).with_topics(vec![
-        CreatableTopic::default()
-            .with_name(TopicName(text(topic)))
-            .with_num_partitions(partitions)
-            .with_replication_factor(1),
-    ]);
-    let response: CreateTopicsResponse = client.call(ApiKey::CreateTopics, 7, &request);
-    assert_eq!(response.topics[0].error_code, 0);
 }
 
 fn join(client: &mut Client, group_id: &str, member_id: &str) -> JoinGroupResponse {

@@ -3,30 +3,11 @@
 //! measures the device's serial write+fdatasync rate first).
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark harness
 
-use std::path::PathBuf;
-
 use corelog_benches::groups::{commit_scenario, device_sync_rate};
-use corelog_benches::{hardware_report, on_shard};
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values[values.len() / 2]
-}
+use corelog_benches::{BenchArgs, hardware_report, median, on_shard};
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let repeat: usize = args
-        .iter()
-        .position(|a| a == "--repeat")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(3);
-    let base = args
-        .iter()
-        .find(|a| !a.starts_with("--") && a.parse::<usize>().is_err())
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
+    let BenchArgs { quick, repeat, base } = BenchArgs::parse();
     let commits_each: u64 = if quick { 200 } else { 2_000 };
     println!("## Offset commits (one shard)\n");
     println!("{}\n", hardware_report(&base));

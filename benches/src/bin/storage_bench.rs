@@ -6,32 +6,14 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark harness: failures abort the run
 
-use std::path::PathBuf;
-
 use corelog_benches::{
-    AppendScenario, append_scenario, device_write_bandwidth, hardware_report, on_shard, read_scenario,
+    AppendScenario, BenchArgs, append_scenario, device_write_bandwidth, hardware_report, median, on_shard,
+    read_scenario,
 };
 use corelog_engine::log::FlushPolicy;
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values[values.len() / 2]
-}
-
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let repeat: usize = args
-        .iter()
-        .position(|a| a == "--repeat")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(3);
-    let base = args
-        .iter()
-        .find(|a| !a.starts_with("--") && a.parse::<usize>().is_err())
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
+    let BenchArgs { quick, repeat, base } = BenchArgs::parse();
     let scale: u64 = if quick { 1 } else { 8 };
     let gib = |mib: u64| mib << 20;
     println!("## Storage engine (one shard)\n");

@@ -177,3 +177,20 @@ pub fn is_closed(stream: &mut TcpStream) -> bool {
         Ok(_) => false,
     }
 }
+
+/// Creates a topic (replication factor 1) and returns its id; panics on any error.
+pub fn create_topic(client: &mut Client, topic: &str, partitions: i32) -> uuid::Uuid {
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse, TopicName};
+    let request = CreateTopicsRequest::default()
+        .with_topics(vec![
+            CreatableTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_num_partitions(partitions)
+                .with_replication_factor(1),
+        ])
+        .with_timeout_ms(10_000);
+    let response: CreateTopicsResponse = client.call(ApiKey::CreateTopics, 7, &request);
+    assert_eq!(response.topics[0].error_code, 0, "creating {topic}: {response:?}");
+    response.topics[0].topic_id
+}
