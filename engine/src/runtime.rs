@@ -204,8 +204,15 @@ impl<Req: Send + 'static, Resp: Send + 'static> ShardContext<Req, Resp> {
             return Err(CallError::NoSuchShard(to));
         }
         if to == self.id {
+            // Run as its own task, as a call from another shard does: the work completes even
+            // if the caller goes away (a connection closing mid-request).
             let handler = self.handler.borrow().clone().ok_or(CallError::Unavailable(to))?;
-            return Ok(handler(request).await);
+            let (reply, response) = oneshot::channel();
+            glommio::spawn_local(async move {
+                let _ = reply.send(handler(request).await);
+            })
+            .detach();
+            return response.await.map_err(|_| CallError::Unavailable(to));
         }
         let (reply, response) = oneshot::channel();
         self.senders.send_to(to, Envelope { request, reply }).await.map_err(|_| CallError::Unavailable(to))?;

@@ -620,6 +620,11 @@ impl ShardBroker {
         let mut outcomes = Vec::with_capacity(edits.len());
         let mut changed: Vec<(TopicRecord, LogConfig)> = Vec::new();
         for (name, edit) in edits {
+            if name == OFFSETS_TOPIC {
+                let message = format!("{OFFSETS_TOPIC} is internal: its configs are fixed");
+                outcomes.push(TopicOutcome::error(&name, error_code::INVALID_REQUEST, message));
+                continue;
+            }
             let Some(record) = topics.get(&name) else {
                 let message = format!("unknown topic {name}");
                 outcomes.push(TopicOutcome::error(&name, error_code::UNKNOWN_TOPIC_OR_PARTITION, message));
@@ -692,6 +697,11 @@ impl ShardBroker {
             let name = growth.name.as_str();
             if growths[..i].iter().chain(&growths[i + 1..]).any(|g| g.name == growth.name) {
                 let message = format!("topic {name} appears more than once in the request");
+                outcomes.push(TopicOutcome::error(name, error_code::INVALID_REQUEST, message));
+                continue;
+            }
+            if name == OFFSETS_TOPIC {
+                let message = format!("{OFFSETS_TOPIC} is internal: groups are placed by its partition count");
                 outcomes.push(TopicOutcome::error(name, error_code::INVALID_REQUEST, message));
                 continue;
             }

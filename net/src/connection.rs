@@ -1,9 +1,10 @@
-//! One client connection, pipelined: a reader takes requests off the socket in order and
-//! runs each one's ordered stage (decoding; for Produce, the appends, so one producer's
-//! batches keep their order; every control-plane request entirely), then queues it; a writer
-//! finishes the queued requests in order (Produce acknowledgements, Fetch reads and long
-//! polls) and writes their responses, so responses go back in request order while the next
-//! requests are already being read and appended. At most `max_in_flight_requests` requests
+//! One client connection, pipelined for Produce and Fetch: a reader takes requests off the
+//! socket in order and runs each one's ordered stage (decoding; for Produce, the appends, so
+//! one producer's batches keep their order), then queues it; a writer finishes the queued
+//! requests in order (Produce acknowledgements, Fetch reads and long polls) and writes their
+//! responses, so responses go back in request order while the next requests are already being
+//! read and appended. Any other request runs entirely in the reader once everything before
+//! it is answered, as Kafka runs one request per connection at a time. At most `max_in_flight_requests` requests
 //! and `max_in_flight_bytes` of request frames are queued; past that the reader stops
 //! reading (TCP backpressure).
 //!
@@ -101,8 +102,6 @@ enum Pending {
     Done(Option<BytesMut>),
     Produce(Call, PendingProduce),
     Fetch(Call, FetchRequest),
-    Join(Call, JoinGroupRequest, ClientInfo),
-    Commit(Call, OffsetCommitRequest),
 }
 
 impl Pending {
@@ -119,14 +118,6 @@ impl Pending {
                 let response = fetch::handle(broker, request, call.version).await;
                 call.encode(&response).map(Some)
             }
-            Pending::Join(call, request, client) => {
-                let response = join_group::handle(broker, request, call.version, &client).await;
-                call.encode(&response).map(Some)
-            }
-            Pending::Commit(call, request) => {
-                let response = offset_commit::handle(broker, request, call.version).await;
-                call.encode(&response).map(Some)
-            }
         }
     }
 }
@@ -136,6 +127,8 @@ impl Pending {
 struct Queue {
     entries: RefCell<VecDeque<(Pending, usize)>>,
     bytes: Cell<usize>,
+    /// Requests queued or being finished by the writer.
+    outstanding: Cell<usize>,
     reader_done: Cell<bool>,
     /// The writer waits for entries; the reader for room.
     writer: Cell<Option<Waker>>,
@@ -152,6 +145,7 @@ impl Queue {
     fn push(&self, pending: Pending, bytes: usize) {
         self.entries.borrow_mut().push_back((pending, bytes));
         self.bytes.set(self.bytes.get() + bytes);
+        self.outstanding.set(self.outstanding.get() + 1);
         Self::wake(&self.writer);
     }
 
@@ -185,8 +179,22 @@ impl Queue {
         .await
     }
 
+    /// Waits until every queued request has been answered.
+    async fn drained(&self) {
+        std::future::poll_fn(|cx| {
+            if self.outstanding.get() == 0 {
+                Poll::Ready(())
+            } else {
+                self.reader.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
     fn answered(&self, bytes: usize) {
         self.bytes.set(self.bytes.get() - bytes);
+        self.outstanding.set(self.outstanding.get() - 1);
         Self::wake(&self.reader);
     }
 
@@ -268,6 +276,13 @@ async fn read_requests<R: AsyncRead + Unpin>(
             Err(_) => return Err(ConnectionError::Idle(limits.idle_timeout)),
         };
         let Some(frame) = frame else { return Ok(()) };
+        // Only Produce and Fetch are pipelined; any other request runs once everything before
+        // it is answered, as Kafka runs a connection's requests one at a time (a commit then
+        // a fetch of the offsets must see the commit).
+        let pipelined = frame.len() >= 2 && matches!(i16::from_be_bytes([frame[0], frame[1]]), 0 | 1);
+        if !pipelined {
+            queue.drained().await;
+        }
         let bytes = frame.len();
         let pending = start(frame.freeze(), broker, host).await?;
         queue.push(pending, bytes);
@@ -341,6 +356,12 @@ async fn start(mut frame: Bytes, broker: &ShardBroker, host: &str) -> Result<Pen
             ApiKey::DescribeCluster => {
                 call.respond(|r: DescribeClusterRequest| describe_cluster::handle(broker, r, version)).await
             }
+            ApiKey::JoinGroup => {
+                call.respond(|r: JoinGroupRequest| join_group::handle(broker, r, version, client)).await
+            }
+            ApiKey::OffsetCommit => {
+                call.respond(|r: OffsetCommitRequest| offset_commit::handle(broker, r, version)).await
+            }
             ApiKey::FindCoordinator => {
                 call.respond(|r: FindCoordinatorRequest| find_coordinator::handle(broker, r, version)).await
             }
@@ -379,17 +400,6 @@ async fn start(mut frame: Bytes, broker: &ShardBroker, host: &str) -> Result<Pen
         ApiKey::Fetch => {
             let (request, call) = call.decode::<FetchRequest>()?;
             Ok(Pending::Fetch(call, request))
-        }
-        // A join waits for the whole group (seconds): the writer finishes it in order while
-        // the reader goes on taking the connection's next requests.
-        ApiKey::JoinGroup => {
-            let (request, call) = call.decode::<JoinGroupRequest>()?;
-            Ok(Pending::Join(call, request, client.clone()))
-        }
-        // Commits wait for their fsync as produces do.
-        ApiKey::OffsetCommit => {
-            let (request, call) = call.decode::<OffsetCommitRequest>()?;
-            Ok(Pending::Commit(call, request))
         }
         _ => respond(call).await.map(|response| Pending::Done(Some(response))),
     }

@@ -349,3 +349,36 @@ fn consumer_protocol_members_are_checked_by_epoch_and_offsets_can_be_deleted_onc
     assert_eq!(delete(&mut client), (0, Some(0)));
     assert_eq!(fetch_offsets(&mut client, "cg", "cp", &[0, 1]), vec![(0, -1, String::new()), (1, 20, "meta".into())]);
 }
+
+#[test]
+fn a_pipelined_commit_is_seen_by_the_offset_fetch_behind_it() {
+    use std::io::Write;
+    let broker = Broker::start(Options::default());
+    let mut client = broker.client();
+    create_topic(&mut client, "seq", 1);
+    let mut stream = broker.connect();
+    let mut wire = Vec::new();
+    for round in 0..20i64 {
+        let request = OffsetCommitRequest::default()
+            .with_group_id(group("piped"))
+            .with_generation_id_or_member_epoch(-1)
+            .with_topics(vec![OffsetCommitRequestTopic::default().with_name(TopicName(text("seq"))).with_partitions(
+                vec![OffsetCommitRequestPartition::default().with_partition_index(0).with_committed_offset(round)],
+            )]);
+        wire.extend(common::request_frame(ApiKey::OffsetCommit, 8, (2 * round) as i32, &request));
+        let fetch = OffsetFetchRequest::default().with_group_id(group("piped")).with_topics(Some(vec![
+            OffsetFetchRequestTopic::default().with_name(TopicName(text("seq"))).with_partition_indexes(vec![0]),
+        ]));
+        wire.extend(common::request_frame(ApiKey::OffsetFetch, 7, (2 * round + 1) as i32, &fetch));
+    }
+    stream.write_all(&wire).unwrap();
+    for round in 0..20i64 {
+        let (id, committed): (i32, OffsetCommitResponse) =
+            common::decode_response(common::read_frame(&mut stream), ApiKey::OffsetCommit, 8);
+        assert_eq!((id, committed.topics[0].partitions[0].error_code), ((2 * round) as i32, 0));
+        let (id, fetched): (i32, OffsetFetchResponse) =
+            common::decode_response(common::read_frame(&mut stream), ApiKey::OffsetFetch, 7);
+        assert_eq!(id, (2 * round + 1) as i32);
+        assert_eq!(fetched.topics[0].partitions[0].committed_offset, round, "the fetch sees the commit before it");
+    }
+}

@@ -222,9 +222,19 @@ impl Partition {
     /// (for a duplicate batch, answered with its original offsets only when those are safe).
     pub fn wait_for(&mut self, next_offset: i64) -> oneshot::Receiver<Result<(), StorageError>> {
         let (tx, rx) = oneshot::channel();
-        self.waiters.push_back((next_offset, tx));
-        self.complete_waiters();
+        if next_offset <= self.acknowledged_end_offset() {
+            let _ = tx.send(Ok(()));
+            return rx;
+        }
+        // Waiters stay sorted by offset: completion stops at the first one not yet done.
+        let at = self.waiters.partition_point(|(needed, _)| *needed <= next_offset);
+        self.waiters.insert(at, (next_offset, tx));
         rx
+    }
+
+    /// One past the last offset the policy acknowledges (synced, or written).
+    fn acknowledged_end_offset(&self) -> i64 {
+        if self.config.flush.acknowledges_after_sync() { self.durable_end_offset() } else { self.written_end_offset() }
     }
 
     /// Writes the producer-state snapshot of everything durable now. Called before a segment
@@ -236,11 +246,7 @@ impl Partition {
 
     /// Completes every append now acknowledged by the policy (synced, or written).
     pub fn complete_waiters(&mut self) {
-        let done = if self.config.flush.acknowledges_after_sync() {
-            self.durable_end_offset()
-        } else {
-            self.written_end_offset()
-        };
+        let done = self.acknowledged_end_offset();
         while self.waiters.front().is_some_and(|(needed, _)| *needed <= done) {
             if let Some((_, tx)) = self.waiters.pop_front() {
                 let _ = tx.send(Ok(()));
@@ -353,7 +359,8 @@ impl Partition {
         let offset = summary.offset_of_max_timestamp.max(self.log_start_offset);
         let batch_level = RecordStamp { offset, timestamp: summary.max_timestamp };
         if offset >= high_watermark {
-            return Some(MaxTimestampPlan::Batch(batch_level));
+            // Not visible yet (written, not acknowledged): nothing to answer with.
+            return None;
         }
         Some(match self.plan_file_read(offset, high_watermark) {
             Some(plan) => MaxTimestampPlan::Read(plan),

@@ -260,6 +260,9 @@ impl ShardLog {
             inner.partitions.get_mut(name).ok_or_else(|| StorageError::UnknownPartition(name.to_string()))?;
         let now_syncs = config.flush == FlushPolicy::Always && partition.config.flush != FlushPolicy::Always;
         partition.config = config;
+        // Under a policy that acknowledges on write, what is written is acknowledged (and
+        // visible) now.
+        partition.complete_waiters();
         if now_syncs && partition.has_unsynced() {
             inner.dirty.insert(name.clone());
             drop(inner);
@@ -439,12 +442,20 @@ impl ShardLog {
                 inner.partitions.get(name).ok_or_else(|| StorageError::UnknownPartition(name.to_string()))?;
             (partition.plan_timestamp_lookup(timestamp), partition.log_start_offset)
         };
-        let Some(plan) = plan else { return Ok(None) };
+        let Some(mut plan) = plan else { return Ok(None) };
         let start = plan.offset;
-        let found = locate_batch(&plan, |h| h.last_offset() >= start && h.max_timestamp >= timestamp).await?;
-        let Some((position, size)) = found else { return Ok(None) };
-        let bytes = segment::read_range(&plan.file, &plan.path, position, size as usize).await?;
-        Ok(pick_record(name, &bytes, |r| r.offset >= log_start_offset && r.timestamp >= timestamp))
+        // A candidate batch may hold no qualifying record (all below the log start, or a
+        // producer's max timestamp that its records do not reach): go on to the next one.
+        loop {
+            let found = locate_batch(&plan, |h| h.last_offset() >= start && h.max_timestamp >= timestamp).await?;
+            let Some((position, size)) = found else { return Ok(None) };
+            let bytes = segment::read_range(&plan.file, &plan.path, position, size as usize).await?;
+            let wanted = |r: &RecordStamp| r.offset >= log_start_offset && r.timestamp >= timestamp;
+            if let Some(record) = pick_record(name, &bytes, wanted) {
+                return Ok(Some(record));
+            }
+            plan.scan_from = position + size;
+        }
     }
 
     /// The first visible record with the largest timestamp in the log (ListOffsets

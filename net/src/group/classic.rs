@@ -379,7 +379,7 @@ impl Coordinator {
 
     fn new_member_id(&mut self, client_id: &str) -> String {
         self.next_member_seq += 1;
-        format!("{client_id}-{}-{}", self.member_id_prefix, self.next_member_seq)
+        format!("{}-{}-{}", member_id_base(client_id), self.member_id_prefix, self.next_member_seq)
     }
 
     pub fn join(&mut self, ticket: Ticket, request: JoinRequest, partition: i32, now_ms: i64) -> Effects {
@@ -611,6 +611,15 @@ impl Coordinator {
         }
     }
 
+    /// Removes a committed offset (OffsetDelete) unless a later record set it again.
+    pub fn remove_offset(&mut self, group_id: &str, key: (String, i32), log_offset: i64) {
+        if let Some(group) = self.groups.get_mut(group_id)
+            && group.offsets.get(&key).is_some_and(|c| c.log_offset < log_offset)
+        {
+            group.offsets.remove(&key);
+        }
+    }
+
     /// DeleteGroups: an empty group and its offsets go; the tombstones to persist, or an error.
     pub fn delete_group(&mut self, group_id: &str) -> Result<Vec<StoredRecord>, i16> {
         let group = self.groups.get(group_id).ok_or(GROUP_ID_NOT_FOUND)?;
@@ -635,6 +644,11 @@ impl Coordinator {
     /// Every timer: session timeouts, rebalance phases that ran out, the initial delay.
     pub fn tick(&mut self, now_ms: i64) -> Effects {
         let mut effects = Effects::default();
+        // Groups that hold nothing (a join that never completed its KIP-394 round trip, say).
+        self.groups.retain(|_, g| {
+            let holds_nothing = g.members.is_empty() && g.pending.is_empty() && g.offsets.is_empty();
+            !(g.state == GroupState::Empty && holds_nothing && g.generation == 0)
+        });
         for group in self.groups.values_mut() {
             group.pending.retain(|_, deadline| *deadline > now_ms);
             let expired: Vec<String> = group
@@ -732,6 +746,17 @@ impl Coordinator {
             }
         }
     }
+}
+
+/// The client id part of a generated member id, cut short (at a character boundary) so the
+/// member id always fits Kafka's STRING in the group records.
+pub fn member_id_base(client_id: &str) -> &str {
+    const CLIENT_ID_BYTES_MAX: usize = 255;
+    let mut end = client_id.len().min(CLIENT_ID_BYTES_MAX);
+    while !client_id.is_char_boundary(end) {
+        end -= 1;
+    }
+    &client_id[..end]
 }
 
 fn validate_member(group: &Group, who: &MemberRef) -> Result<(), i16> {

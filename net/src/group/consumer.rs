@@ -312,16 +312,17 @@ pub fn assign_range(
 }
 
 /// The consumer groups of one shard.
-#[derive(Default)]
 pub struct ConsumerCoordinator {
     config: ConsumerConfig,
     groups: HashMap<String, ConsumerGroup>,
+    /// Makes generated member ids unique across restarts (random per start) and within one.
+    member_id_prefix: String,
     next_member_seq: u64,
 }
 
 impl ConsumerCoordinator {
-    pub fn new(config: ConsumerConfig) -> Self {
-        Self { config, groups: HashMap::new(), next_member_seq: 0 }
+    pub fn new(config: ConsumerConfig, member_id_prefix: String) -> Self {
+        Self { config, groups: HashMap::new(), member_id_prefix, next_member_seq: 0 }
     }
 
     pub fn group(&self, id: &str) -> Option<&ConsumerGroup> {
@@ -374,6 +375,10 @@ impl ConsumerCoordinator {
         if request.member_epoch < STATIC_LEAVE {
             return refuse(INVALID_REQUEST, "invalid member epoch");
         }
+        // Only a join creates a group: a heartbeat for an unknown group is an unknown member.
+        if request.member_epoch != 0 && !self.groups.contains_key(&request.group_id) {
+            return refuse(UNKNOWN_MEMBER_ID, "unknown group: rejoin with epoch 0");
+        }
         let group = self
             .groups
             .entry(request.group_id.clone())
@@ -388,7 +393,8 @@ impl ConsumerCoordinator {
             0 => {
                 let member_id = if request.member_id.is_empty() {
                     self.next_member_seq += 1;
-                    format!("{}-{}", request.client_id, self.next_member_seq)
+                    let base = super::classic::member_id_base(&request.client_id);
+                    format!("{base}-{}-{}", self.member_id_prefix, self.next_member_seq)
                 } else {
                     request.member_id.clone()
                 };
@@ -483,7 +489,8 @@ impl ConsumerCoordinator {
             group.epoch += 1;
             group.compute_target(partitions_of);
         }
-        self.groups.retain(|_, g| !g.members.is_empty() || g.epoch == 0);
+        // Membership is all a consumer group keeps here (offsets live with the classic state).
+        self.groups.retain(|_, g| !g.members.is_empty());
     }
 }
 
@@ -611,7 +618,7 @@ mod tests {
 
     #[test]
     fn partitions_move_only_after_their_previous_owner_revokes_them() {
-        let mut c = ConsumerCoordinator::new(ConsumerConfig::default());
+        let mut c = ConsumerCoordinator::new(ConsumerConfig::default(), "t".into());
         let parts = topics(6);
         let a = c.heartbeat(heartbeat("a", 0, None), 0, &parts, 0);
         assert_eq!((a.error_code, a.member_epoch), (NONE, 1));
@@ -644,7 +651,7 @@ mod tests {
 
     #[test]
     fn stale_epochs_are_fenced_unknown_members_rejoin_and_leaving_rebalances() {
-        let mut c = ConsumerCoordinator::new(ConsumerConfig::default());
+        let mut c = ConsumerCoordinator::new(ConsumerConfig::default(), "t".into());
         let parts = topics(4);
         c.heartbeat(heartbeat("a", 0, None), 0, &parts, 0);
         assert_eq!(c.heartbeat(heartbeat("a", 7, None), 0, &parts, 1).error_code, FENCED_MEMBER_EPOCH);
@@ -661,7 +668,8 @@ mod tests {
 
     #[test]
     fn a_silent_member_expires_and_its_partitions_go_to_the_others() {
-        let mut c = ConsumerCoordinator::new(ConsumerConfig { session_timeout_ms: 1_000, ..Default::default() });
+        let mut c =
+            ConsumerCoordinator::new(ConsumerConfig { session_timeout_ms: 1_000, ..Default::default() }, "t".into());
         let parts = topics(4);
         let a = c.heartbeat(heartbeat("a", 0, None), 0, &parts, 0).assignment.unwrap();
         c.heartbeat(heartbeat("b", 0, None), 0, &parts, 0);
@@ -702,7 +710,7 @@ mod tests {
 
     #[test]
     fn a_static_member_that_steps_away_gets_its_partitions_back() {
-        let mut c = ConsumerCoordinator::new(ConsumerConfig::default());
+        let mut c = ConsumerCoordinator::new(ConsumerConfig::default(), "t".into());
         let parts = topics(4);
         let mut join = heartbeat("a1", 0, None);
         join.instance_id = Some("host-a".into());

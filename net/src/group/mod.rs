@@ -129,6 +129,9 @@ pub struct GroupService {
     unapplied: RefCell<HashMap<i32, usize>>,
     /// Partitions whose snapshot is being written.
     snapshotting: RefCell<std::collections::HashSet<i32>>,
+    /// Each group's last group record made durable: what a snapshot writes again (the live
+    /// state may be mid-rebalance, which no record describes).
+    written_groups: RefCell<HashMap<String, StoredRecord>>,
     consumers: RefCell<ConsumerCoordinator>,
     registry: std::sync::Arc<Registry>,
     log: Rc<ShardLog>,
@@ -147,7 +150,8 @@ impl GroupService {
             this: this.clone(),
             unapplied: RefCell::new(HashMap::new()),
             snapshotting: RefCell::new(std::collections::HashSet::new()),
-            consumers: RefCell::new(ConsumerCoordinator::new(config.consumer.clone())),
+            written_groups: RefCell::new(HashMap::new()),
+            consumers: RefCell::new(ConsumerCoordinator::new(config.consumer.clone(), member_id_prefix.clone())),
             registry,
             coordinator: RefCell::new(Coordinator::new(config, member_id_prefix)),
             log,
@@ -174,6 +178,7 @@ impl GroupService {
             let mut coordinator = self.coordinator.borrow_mut();
             for (log_offset, record) in records {
                 if log_offset >= offset {
+                    self.remember_group_record(&record);
                     coordinator.replay(partition, log_offset, record, now_ms);
                     replayed += 1;
                 }
@@ -356,9 +361,14 @@ impl GroupService {
                 return;
             }
             let mut batches: Vec<Vec<StoredRecord>> = Vec::new();
+            let written = self.written_groups.borrow();
             for group in groups {
-                if group.generation > 0 || !group.members.is_empty() {
-                    batches.push(vec![group.record()]);
+                if let Some(record) = written.get(&group.id) {
+                    if record.check_encodable().is_err() {
+                        tracing::warn!(group = %group.id, "group record not snapshotted: a string is too long");
+                    } else {
+                        batches.push(vec![record.clone()]);
+                    }
                 }
                 let offsets: Vec<StoredRecord> = group
                     .offsets
@@ -424,10 +434,11 @@ impl GroupService {
             return Ok(());
         }
         let current = consumers.member_epoch(group_id, &member_id)?;
-        if epoch != current {
-            return Err(consumer::error_code::STALE_MEMBER_EPOCH);
+        match epoch.cmp(&current) {
+            std::cmp::Ordering::Greater => Err(consumer::error_code::FENCED_MEMBER_EPOCH),
+            std::cmp::Ordering::Less => Err(consumer::error_code::STALE_MEMBER_EPOCH),
+            std::cmp::Ordering::Equal => Ok(()),
         }
-        Ok(())
     }
 
     pub fn fetch_offsets(
@@ -605,11 +616,12 @@ impl GroupService {
         }
         self.unapplied_change(partition, 1);
         let persisted = self.persist(partition, &tombstones).await;
-        if persisted.is_ok() {
+        if let Ok(base_offset) = persisted {
             let mut coordinator = self.coordinator.borrow_mut();
-            for record in tombstones {
-                if let StoredRecord::Offset { topic, partition: index, .. } = record {
-                    coordinator.apply_offset(group_id, partition, (topic, index), None, corelog_engine::now_ms());
+            for (index, record) in tombstones.into_iter().enumerate() {
+                if let StoredRecord::Offset { topic, partition: topic_partition, .. } = record {
+                    // A commit recorded after this tombstone stays.
+                    coordinator.remove_offset(group_id, (topic, topic_partition), base_offset + index as i64);
                 }
             }
         }
@@ -628,7 +640,20 @@ impl GroupService {
         let batch = BytesMut::from(&store::encode_batch(records, now_ms)[..]);
         let appended = self.log.append(&name, batch, now_ms).map_err(|e| e.to_string())?;
         appended.durable.await.map_err(|e| e.to_string())?;
+        for record in records {
+            self.remember_group_record(record);
+        }
         Ok(appended.base_offset)
+    }
+
+    fn remember_group_record(&self, record: &StoredRecord) {
+        if let StoredRecord::Group { group, value } = record {
+            let mut written = self.written_groups.borrow_mut();
+            match value {
+                Some(_) => written.insert(group.clone(), record.clone()),
+                None => written.remove(group),
+            };
+        }
     }
 
     /// Persists what the state machine asked for, then delivers its replies (with

@@ -18,7 +18,7 @@ use crate::handlers::metadata::topic_uuid;
 pub async fn handle(
     broker: &ShardBroker,
     request: ConsumerGroupHeartbeatRequest,
-    _version: i16,
+    version: i16,
     client: &ClientInfo,
 ) -> ConsumerGroupHeartbeatResponse {
     let group_id = request.group_id.0.to_string();
@@ -33,6 +33,9 @@ pub async fn handle(
     // librdkafka sends an empty regular expression when it subscribes by name.
     if request.subscribed_topic_regex.as_ref().is_some_and(|regex| !regex.is_empty()) {
         return refuse(error_code::INVALID_REQUEST, "subscribing by regular expression is not supported yet");
+    }
+    if version >= 1 && request.member_epoch == 0 && request.member_id.is_empty() {
+        return refuse(error_code::INVALID_REQUEST, "from version 1 the member chooses its member id");
     }
     // Owned partitions of topics that no longer exist are simply not owned any more.
     let owned = request.topic_partitions.as_ref().map(|owned| {
