@@ -24,7 +24,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{Broker, WAIT};
 use futures_lite::future::block_on;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -898,6 +900,61 @@ fn the_admin_client_creates_topics_deletes_records_and_deletes_topics() {
 
     drop(producer);
     drop(admin);
+    broker.stop();
+}
+
+/// Topic configs described and altered, and partitions added, through librdkafka's admin
+/// client; both survive a restart and are enforced.
+#[test]
+fn the_admin_client_alters_configs_and_adds_partitions() {
+    let node = Node::new("");
+    let (broker, address) = node.start();
+    create_topic(&address, "tuned", 2);
+    let client = admin(&address);
+    let options = admin_options();
+    let topic = ResourceSpecifier::Topic("tuned");
+    let alter = AlterConfig::new(ResourceSpecifier::Topic("tuned"))
+        .set("retention.ms", "3600000")
+        .set("max.message.bytes", "2000");
+    let altered = block_on(client.alter_configs(&[alter], &options)).unwrap();
+    assert!(altered.iter().all(Result::is_ok), "{altered:?}");
+    let bad = AlterConfig::new(ResourceSpecifier::Topic("tuned")).set("segment.bytes", "lots");
+    // rust-rdkafka 0.39 reports every AlterConfigs resource as Ok (it never reads the
+    // per-resource error), so the refusal shows as an unchanged description below.
+    block_on(client.alter_configs(&[bad], &options)).unwrap();
+
+    let describe = |admin: &AdminClient<DefaultClientContext>| {
+        let described = block_on(admin.describe_configs(&[topic.clone()], &admin_options())).unwrap();
+        let resource = described.into_iter().next().unwrap().expect("describe the topic");
+        let entry = |name: &str| {
+            let e = resource.get(name).unwrap_or_else(|| panic!("{name} described"));
+            (e.value.clone().unwrap_or_default(), format!("{:?}", e.source))
+        };
+        (entry("retention.ms"), entry("max.message.bytes"), entry("segment.bytes"))
+    };
+    let expected = (
+        ("3600000".to_string(), "DynamicTopic".to_string()),
+        ("2000".to_string(), "DynamicTopic".to_string()),
+        ("1073741824".to_string(), "Default".to_string()),
+    );
+    assert_eq!(describe(&client), expected);
+
+    let grown = block_on(client.create_partitions(&[NewPartitions::new("tuned", 4)], &options)).unwrap();
+    assert_eq!(grown, vec![Ok("tuned".to_string())]);
+    let shrink = block_on(client.create_partitions(&[NewPartitions::new("tuned", 3)], &options)).unwrap();
+    assert!(shrink[0].is_err(), "fewer partitions are refused: {shrink:?}");
+    assert_eq!(topic_partitions(&address, "tuned"), Ok(4));
+    drop(client);
+
+    broker.stop();
+    let (broker, address) = node.start();
+    assert_eq!(topic_partitions(&address, "tuned"), Ok(4), "the new partition count survives a restart");
+    assert_eq!(describe(&admin(&address)), expected, "the configs survive a restart");
+    // The new partitions take data; the new max.message.bytes is enforced.
+    let producer = producer(&address, &[("linger.ms", "0")]);
+    send(&producer, BaseRecord::with_opaque_to("tuned", 0).partition(3).payload(&b"small"[..]).key(&b"k"[..]));
+    flush(&producer);
+    assert_eq!(watermarks(&address, "tuned", 3), (0, 1));
     broker.stop();
 }
 
