@@ -924,7 +924,7 @@ fn the_admin_client_alters_configs_and_adds_partitions() {
     block_on(client.alter_configs(&[bad], &options)).unwrap();
 
     let describe = |admin: &AdminClient<DefaultClientContext>| {
-        let described = block_on(admin.describe_configs(&[topic.clone()], &admin_options())).unwrap();
+        let described = block_on(admin.describe_configs(std::slice::from_ref(&topic), &admin_options())).unwrap();
         let resource = described.into_iter().next().unwrap().expect("describe the topic");
         let entry = |name: &str| {
             let e = resource.get(name).unwrap_or_else(|| panic!("{name} described"));
