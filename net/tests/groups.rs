@@ -382,3 +382,36 @@ fn a_pipelined_commit_is_seen_by_the_offset_fetch_behind_it() {
         assert_eq!(fetched.topics[0].partitions[0].committed_offset, round, "the fetch sees the commit before it");
     }
 }
+
+#[test]
+fn offsets_of_an_empty_group_expire_and_stay_expired_after_a_restart() {
+    let options = || Options {
+        group: corelog_net::group::classic::CoordinatorConfig {
+            initial_rebalance_delay_ms: 0,
+            offsets_retention_ms: 300,
+            offsets_retention_check_interval_ms: 50,
+            ..Default::default()
+        },
+        ..Options::default()
+    };
+    let broker = Broker::start(options());
+    let mut client = broker.client();
+    create_topic(&mut client, "aging", 1);
+    assert_eq!(commit(&mut client, "old", "", -1, &[("aging", 0, 42)]), vec![0]);
+    assert_eq!(fetch_offsets(&mut client, "old", "aging", &[0]), vec![(0, 42, "meta".into())]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while fetch_offsets(&mut client, "old", "aging", &[0])[0].1 != -1 {
+        assert!(std::time::Instant::now() < deadline, "the offset never expired");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200)); // the tombstone is persisted in the background
+    drop(client);
+    let broker = Broker::start_in(broker.stop(), options());
+    let mut client = broker.client();
+    // Replayed from the tombstone (or, had it been lost, expired again at the first check).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while fetch_offsets(&mut client, "old", "aging", &[0])[0].1 != -1 {
+        assert!(std::time::Instant::now() < deadline, "the expired offset came back after the restart");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

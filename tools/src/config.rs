@@ -53,6 +53,8 @@ pub struct FileConfig {
     pub group_min_session_timeout_ms: Option<i32>,
     /// `group.max.session.timeout.ms`.
     pub group_max_session_timeout_ms: Option<i32>,
+    /// `offsets.retention.minutes`: committed offsets of an empty group expire after this.
+    pub offsets_retention_minutes: Option<i64>,
     /// `group.consumer.heartbeat.interval.ms` (KIP-848 groups).
     pub group_consumer_heartbeat_interval_ms: Option<i32>,
     /// `group.consumer.session.timeout.ms` (KIP-848 groups).
@@ -97,6 +99,7 @@ pub struct BrokerConfig {
     pub group_max_session_timeout_ms: i32,
     pub group_consumer_heartbeat_interval_ms: i32,
     pub group_consumer_session_timeout_ms: i64,
+    pub offsets_retention_minutes: i64,
     pub log: LogConfig,
     pub retention_check_interval_ms: u64,
     /// Where the settings came from, for the start-up log.
@@ -206,6 +209,10 @@ impl BrokerConfig {
                 "must be positive and below group_consumer_session_timeout_ms",
             ));
         }
+        let offsets_retention_minutes = file.offsets_retention_minutes.unwrap_or(7 * 24 * 60);
+        if offsets_retention_minutes <= 0 {
+            return Err(invalid("offsets_retention_minutes", "must be positive"));
+        }
         let log = log_config(&file.log)?;
         let retention_check_interval_ms = file.log.retention_check_interval_ms.unwrap_or(300_000);
         if retention_check_interval_ms == 0 {
@@ -232,6 +239,7 @@ impl BrokerConfig {
             group_max_session_timeout_ms,
             group_consumer_heartbeat_interval_ms,
             group_consumer_session_timeout_ms,
+            offsets_retention_minutes,
             log,
             retention_check_interval_ms,
             source,

@@ -188,6 +188,7 @@ fn start(config: BrokerConfig) -> Result<(), String> {
             session_timeout_min_ms: config.group_min_session_timeout_ms,
             session_timeout_max_ms: config.group_max_session_timeout_ms,
             initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms,
+            offsets_retention_ms: config.offsets_retention_minutes.saturating_mul(60_000),
             consumer: ConsumerConfig {
                 heartbeat_interval_ms: config.group_consumer_heartbeat_interval_ms,
                 session_timeout_ms: config.group_consumer_session_timeout_ms,

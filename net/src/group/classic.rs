@@ -83,6 +83,12 @@ pub struct CoordinatorConfig {
     /// its live state) is rewritten as a snapshot of the live state and the records before
     /// it are dropped: the bound on its growth and on the replay at start.
     pub offsets_snapshot_records_min: i64,
+    /// [`offsets.retention.minutes`, 7 days]: committed offsets of a group without members
+    /// expire this long after the group became empty (or, for a group that never had members,
+    /// after the commit).
+    pub offsets_retention_ms: i64,
+    /// [`offsets.retention.check.interval.ms`, 10 min]
+    pub offsets_retention_check_interval_ms: i64,
 }
 
 impl Default for CoordinatorConfig {
@@ -95,6 +101,8 @@ impl Default for CoordinatorConfig {
             offset_metadata_bytes_max: 4096,
             consumer: Default::default(),
             offsets_snapshot_records_min: 100_000,
+            offsets_retention_ms: 7 * 24 * 3600 * 1000,
+            offsets_retention_check_interval_ms: 600_000,
         }
     }
 }
@@ -641,6 +649,35 @@ impl Coordinator {
         Ok(tombstones)
     }
 
+    /// Expires the committed offsets of groups without members (KIP-211): removed here, and
+    /// the tombstones to persist are returned. `consuming` tells whether a group id has
+    /// members of the consumer protocol (whose offsets never expire while they do).
+    pub fn expire_offsets(&mut self, now_ms: i64, consuming: impl Fn(&str) -> bool) -> Vec<(i32, StoredRecord)> {
+        let retention_ms = self.config.offsets_retention_ms;
+        let mut tombstones = Vec::new();
+        for group in self.groups.values_mut() {
+            if group.state != GroupState::Empty || consuming(&group.id) {
+                continue;
+            }
+            // A group that had members counts from when it became empty.
+            let emptied_ms = if group.protocol_type.is_some() { group.state_timestamp_ms } else { i64::MIN };
+            let expired: Vec<(String, i32)> = group
+                .offsets
+                .iter()
+                .filter(|(_, c)| now_ms.saturating_sub(c.commit_timestamp_ms.max(emptied_ms)) >= retention_ms)
+                .map(|(key, _)| key.clone())
+                .collect();
+            for (topic, partition) in expired {
+                group.offsets.remove(&(topic.clone(), partition));
+                tombstones.push((
+                    group.partition,
+                    StoredRecord::Offset { group: group.id.clone(), topic, partition, value: None },
+                ));
+            }
+        }
+        tombstones
+    }
+
     /// Every timer: session timeouts, rebalance phases that ran out, the initial delay.
     pub fn tick(&mut self, now_ms: i64) -> Effects {
         let mut effects = Effects::default();
@@ -742,7 +779,9 @@ impl Coordinator {
                     );
                 }
                 let state = if group.members.is_empty() { GroupState::Empty } else { GroupState::Stable };
-                group.set_state(state, now_ms);
+                // Offsets retention counts from when the group became empty, not from the restart.
+                let since = if value.state_timestamp_ms > 0 { value.state_timestamp_ms } else { now_ms };
+                group.set_state(state, since);
             }
         }
     }
@@ -1286,6 +1325,40 @@ mod tests {
         assert_eq!(tombstones.len(), 2, "the offset and the group");
         assert!(c.group("g").is_none());
         assert_eq!(c.delete_group("g"), Err(GROUP_ID_NOT_FOUND));
+    }
+
+    #[test]
+    fn offsets_of_empty_groups_expire_after_the_retention() {
+        let mut c = Coordinator::new(
+            CoordinatorConfig { initial_rebalance_delay_ms: 0, offsets_retention_ms: 1_000, ..Default::default() },
+            "t".into(),
+        );
+        let committed = |offset, at| Committed {
+            offset,
+            leader_epoch: 0,
+            metadata: String::new(),
+            commit_timestamp_ms: at,
+            log_offset: offset,
+        };
+        // A group that never had members: each offset from its commit.
+        c.apply_offset("solo", 1, ("t".into(), 0), Some(committed(5, 0)), 0);
+        c.apply_offset("solo", 1, ("t".into(), 1), Some(committed(6, 800)), 800);
+        // A group with a member: nothing expires while it has one.
+        let (a, _) = new_member(&mut c, 1, 0);
+        c.sync(2, sync_request(&a, 1, &[]), 0);
+        c.apply_offset("g", 3, ("t".into(), 0), Some(committed(7, 0)), 0);
+        let expired = c.expire_offsets(1_000, |_| false);
+        assert_eq!(expired.len(), 1, "only solo's first offset: {expired:?}");
+        assert!(c.group("g").unwrap().offsets.contains_key(&("t".to_string(), 0)));
+        // Once the group is empty, its offsets count from then.
+        c.leave("g", &[who(&a, -1)], 1_500);
+        assert!(c.expire_offsets(2_000, |_| false).iter().all(|(p, _)| *p == 1));
+        let later = c.expire_offsets(2_600, |_| false);
+        assert_eq!(later.len(), 1);
+        assert!(matches!(&later[0].1, StoredRecord::Offset { group, value: None, .. } if group == "g"));
+        // Groups of the consumer protocol with members keep theirs.
+        c.apply_offset("kip848", 2, ("t".into(), 0), Some(committed(1, 0)), 0);
+        assert!(c.expire_offsets(10_000, |group| group == "kip848").is_empty());
     }
 
     #[test]

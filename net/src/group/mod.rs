@@ -331,6 +331,33 @@ impl GroupService {
         Ok(codes)
     }
 
+    /// Offsets retention: tombstones for expired offsets, persisted in the background (if one
+    /// is lost to a crash, the offset expires again after the restart).
+    fn expire_offsets(&self, now_ms: i64) {
+        let tombstones = {
+            let consumers = self.consumers.borrow();
+            self.coordinator.borrow_mut().expire_offsets(now_ms, |group| !consumers.is_empty_group(group))
+        };
+        if tombstones.is_empty() {
+            return;
+        }
+        let mut by_partition: HashMap<i32, Vec<StoredRecord>> = HashMap::new();
+        for (partition, record) in tombstones {
+            by_partition.entry(partition).or_default().push(record);
+        }
+        let Some(this) = self.this.upgrade() else { return };
+        glommio::spawn_local(async move {
+            for (partition, records) in by_partition {
+                let count = records.len();
+                match this.persist(partition, &records).await {
+                    Ok(_) => tracing::info!(partition, expired = count, "committed offsets expired"),
+                    Err(error) => tracing::warn!(partition, %error, "offset expiry not persisted"),
+                }
+            }
+        })
+        .detach();
+    }
+
     fn unapplied_change(&self, partition: i32, delta: isize) {
         let mut unapplied = self.unapplied.borrow_mut();
         let count = unapplied.entry(partition).or_default();
@@ -698,9 +725,15 @@ impl GroupService {
 
     /// Runs the coordinator's timers until the shard stops.
     pub async fn run_timers(self: Rc<Self>) {
+        let mut retention_checked_ms = corelog_engine::now_ms();
         loop {
             glommio::timer::sleep(TICK).await;
             let now_ms = corelog_engine::now_ms();
+            let check_interval_ms = self.coordinator.borrow().config().offsets_retention_check_interval_ms;
+            if now_ms - retention_checked_ms >= check_interval_ms {
+                retention_checked_ms = now_ms;
+                self.expire_offsets(now_ms);
+            }
             {
                 let topics = self.registry.snapshot();
                 let partitions_of = |topic: &str| topics.get(topic).map(|t| t.partitions);
