@@ -353,3 +353,61 @@ fn member_dies(strategy: &str) {
     survivor.close();
     broker.stop();
 }
+
+/// What the admin side of groups shows through librdkafka: the group list with members and
+/// assignments, committed offsets (and so the lag), and deleting a group only once it is empty.
+#[test]
+fn groups_are_listed_described_and_deleted_and_their_lag_is_known() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, address) = start_broker(dir.path());
+    create_topic(&address);
+    produce(&address, PER_PARTITION);
+    let shared = Arc::new(Shared::default());
+    let first = Member::start(0, consumer_config(&address, "watched", "range", None), &shared);
+    let second = Member::start(1, consumer_config(&address, "watched", "range", None), &shared);
+    wait_for_full_assignment(&shared, &[0, 1], "two members");
+    wait_consumed(&shared, (PARTITIONS as i64 * PER_PARTITION) as usize, "everything");
+
+    let observer: BaseConsumer = consumer_config(&address, "observer", "range", None).create().unwrap();
+    let deadline = Instant::now() + WAIT;
+    let group = loop {
+        let list = observer.fetch_group_list(Some("watched"), WAIT).unwrap();
+        let group = list.groups().iter().find(|g| g.name() == "watched").map(|g| {
+            let assigned = g.members().iter().filter(|m| m.assignment().is_some_and(|a| !a.is_empty())).count();
+            (
+                g.state().to_string(),
+                g.protocol_type().to_string(),
+                g.protocol().to_string(),
+                g.members().len(),
+                assigned,
+            )
+        });
+        if let Some(group) = group.clone().filter(|g| g.0 == "Stable") {
+            break group;
+        }
+        assert!(Instant::now() < deadline, "the group is never listed as stable: {group:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(group, ("Stable".into(), "consumer".into(), "range".into(), 2, 2));
+
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", &address).create().unwrap();
+    let options = AdminOptions::new().operation_timeout(Some(WAIT));
+    let refused = futures_lite::future::block_on(admin.delete_groups(&["watched"], &options)).unwrap();
+    assert!(refused[0].is_err(), "a group with members is not deleted: {refused:?}");
+
+    first.close();
+    second.close();
+    // Lag = high watermark - committed offset: new messages nobody consumed yet.
+    produce(&address, 5);
+    let offsets = committed(&address, "watched");
+    assert_eq!(offsets, vec![PER_PARTITION; PARTITIONS as usize]);
+    let (_, high) = observer.fetch_watermarks(TOPIC, 0, WAIT).unwrap();
+    assert_eq!(high - offsets[0], 5, "lag of partition 0");
+
+    let deleted = futures_lite::future::block_on(admin.delete_groups(&["watched"], &options)).unwrap();
+    assert_eq!(deleted, vec![Ok("watched".to_string())]);
+    assert_eq!(committed(&address, "watched"), vec![-1; PARTITIONS as usize], "its offsets are gone");
+    drop(observer);
+    broker.stop();
+}
