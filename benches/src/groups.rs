@@ -1,4 +1,5 @@
-//! The consumer-group commit path on one shard: `GroupService::commit` for simple commits
+//! Consumer groups: the rebalance time of a group of librdkafka consumers against an
+//! in-process broker ([`rebalance_scenario`]), and the commit path on one shard: `GroupService::commit` for simple commits
 //! (one partition each) from many concurrent committers, each acknowledged once its record is
 //! durable in `__consumer_offsets` (group commit: one fdatasync covers every commit of a wave).
 //! The device limit it is compared with is the serial 4 KiB write + fdatasync rate measured in
@@ -93,4 +94,119 @@ pub async fn device_sync_rate(dir: &Path, operations: u64) -> f64 {
     file.close().await.expect("close");
     let _ = std::fs::remove_file(&path);
     rate
+}
+
+/// A whole broker in this process on a fresh port, with the given group settings.
+pub fn local_broker(dir: &Path, group: CoordinatorConfig) -> corelog_net::server::LocalBroker {
+    let config = corelog_net::server::ServerConfig {
+        node_id: 0,
+        data_dir: dir.to_path_buf(),
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        advertised: None,
+        cache_budget_bytes_per_shard: 64 << 20,
+        write_shape: Default::default(),
+        limits: Default::default(),
+        max_connections_per_shard: 1000,
+        default_log: LogConfig::default(),
+        num_partitions: 1,
+        auto_create_topics: true,
+        retention_check_interval: Duration::from_secs(300),
+        group,
+        offsets_topic_partitions: 8,
+    };
+    corelog_net::server::LocalBroker::start(config, 1).expect("start the broker")
+}
+
+pub struct RebalanceReport {
+    /// From the members subscribing to an empty group until each owns its share.
+    pub first_generation: Duration,
+    /// From one member closing (LeaveGroup) until the others own every partition.
+    pub after_leave: Duration,
+}
+
+/// `members` librdkafka consumers (classic protocol, range) with `heartbeat_interval_ms`
+/// share a topic of `partitions`; one then leaves. Each wait is bounded by `limit`.
+pub fn rebalance_scenario(
+    address: &str,
+    topic: &str,
+    partitions: i32,
+    members: usize,
+    heartbeat_interval_ms: u32,
+    limit: Duration,
+) -> RebalanceReport {
+    use rdkafka::ClientConfig;
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", address).create().expect("admin client");
+    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let created = futures_lite::future::block_on(admin.create_topics(&[new_topic], &AdminOptions::new()));
+    assert!(created.expect("create the topic").iter().all(Result::is_ok));
+
+    let owned: Arc<Mutex<BTreeMap<usize, BTreeSet<i32>>>> = Arc::default();
+    let stops: Vec<Arc<AtomicBool>> = (0..members).map(|_| Arc::new(AtomicBool::new(false))).collect();
+    let started = Instant::now();
+    let threads: Vec<_> = (0..members)
+        .map(|index| {
+            let (owned, stop) = (Arc::clone(&owned), Arc::clone(&stops[index]));
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", address)
+                .set("group.id", format!("{topic}-group"))
+                .set("heartbeat.interval.ms", heartbeat_interval_ms.to_string())
+                .set("partition.assignment.strategy", "range")
+                .set("enable.auto.commit", "false")
+                .create()
+                .expect("consumer");
+            consumer.subscribe(&[topic]).expect("subscribe");
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    consumer.poll(Duration::from_millis(10));
+                    let mine: BTreeSet<i32> = consumer
+                        .assignment()
+                        .map(|tpl| tpl.elements().iter().map(|e| e.partition()).collect())
+                        .unwrap_or_default();
+                    owned.lock().expect("lock").insert(index, mine);
+                }
+                owned.lock().expect("lock").remove(&index);
+            })
+        })
+        .collect();
+    let settled = |among: &[usize]| {
+        let owned = owned.lock().expect("lock");
+        let shares: Vec<&BTreeSet<i32>> = among.iter().filter_map(|m| owned.get(m)).collect();
+        let total: usize = shares.iter().map(|s| s.len()).sum();
+        let union: BTreeSet<i32> = shares.iter().flat_map(|s| s.iter().copied()).collect();
+        let others_idle = owned.iter().filter(|(m, _)| !among.contains(m)).all(|(_, s)| s.is_empty());
+        shares.len() == among.len()
+            && shares.iter().all(|s| !s.is_empty())
+            && total == partitions as usize
+            && union.len() == partitions as usize
+            && others_idle
+    };
+    let wait = |among: &[usize], from: Instant| {
+        while !settled(among) {
+            assert!(from.elapsed() < limit, "the group did not settle within {limit:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        from.elapsed()
+    };
+    let all: Vec<usize> = (0..members).collect();
+    let first_generation = wait(&all, started);
+    // Let the generation settle before the leave.
+    std::thread::sleep(Duration::from_millis(200));
+    let left_at = Instant::now();
+    stops[0].store(true, Ordering::SeqCst);
+    let after_leave = wait(&all[1..], left_at);
+    for stop in &stops {
+        stop.store(true, Ordering::SeqCst);
+    }
+    for thread in threads {
+        thread.join().expect("member thread");
+    }
+    RebalanceReport { first_generation, after_leave }
 }

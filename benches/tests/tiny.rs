@@ -64,3 +64,14 @@ fn the_commit_scenario_runs() {
     assert!(report.syncs > 0 && report.syncs <= 160, "{}", report.syncs);
     assert!(report.commits_per_sec() > 0.0 && report.latency_us_p99 >= report.latency_us_p50);
 }
+
+#[test]
+fn the_rebalance_scenario_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let group = corelog_net::group::classic::CoordinatorConfig { initial_rebalance_delay_ms: 0, ..Default::default() };
+    let broker = groups::local_broker(dir.path(), group);
+    let address = broker.address.to_string();
+    let report = groups::rebalance_scenario(&address, "tiny-rebalance", 6, 3, 100, std::time::Duration::from_secs(60));
+    assert!(report.first_generation > std::time::Duration::ZERO && report.after_leave > std::time::Duration::ZERO);
+    broker.stop().unwrap();
+}

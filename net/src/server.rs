@@ -275,3 +275,58 @@ async fn create_offsets_topic(broker: &ShardBroker) -> Result<(), String> {
         other => Err(format!("cannot create {OFFSETS_TOPIC}: {other:?}")),
     }
 }
+
+/// A whole broker (every shard) inside this process: what the integration tests and the
+/// benchmarks run. `corelog start` composes the same pieces with signals and the hardware plan.
+pub struct LocalBroker {
+    pub address: SocketAddr,
+    runtime: Option<corelog_engine::runtime::Runtime<Result<(), String>>>,
+}
+
+impl LocalBroker {
+    /// Starts `shards` shards with `config` and waits until every one is ready.
+    pub fn start(config: ServerConfig, shards: usize) -> Result<Self, String> {
+        let placement = PlacementTable::new(shards);
+        let registry = prepare(&config.data_dir, &placement)?;
+        let config = Arc::new(config);
+        let (tx, rx) = mpsc::channel();
+        let bound = Arc::new(OnceLock::new());
+        let runtime_config =
+            corelog_engine::runtime::RuntimeConfig { shards, ..corelog_engine::runtime::RuntimeConfig::default() };
+        let runtime = corelog_engine::runtime::Runtime::start(&runtime_config, placement, move |ctx| {
+            run_shard(ctx, Arc::clone(&config), Arc::clone(&registry), Arc::clone(&bound), tx.clone())
+        })
+        .map_err(|e| e.to_string())?;
+        let mut broker = Self { address: SocketAddr::from(([127, 0, 0, 1], 0)), runtime: Some(runtime) };
+        for _ in 0..shards {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(ShardEvent::Ready { listen, .. }) => broker.address = listen,
+                Ok(ShardEvent::Failed { shard, reason }) => return Err(format!("shard {shard} failed: {reason}")),
+                Err(_) => return Err("the shards did not start within 60 s".into()),
+            }
+        }
+        Ok(broker)
+    }
+
+    /// Stops every shard cleanly (everything written and synced).
+    pub fn stop(mut self) -> Result<(), String> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), String> {
+        let Some(runtime) = self.runtime.take() else { return Ok(()) };
+        runtime.stop();
+        for result in runtime.join().map_err(|e| e.to_string())? {
+            result?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LocalBroker {
+    fn drop(&mut self) {
+        if let Err(error) = self.shutdown() {
+            tracing::error!(%error, "local broker did not stop cleanly");
+        }
+    }
+}

@@ -3,7 +3,7 @@
 //! measures the device's serial write+fdatasync rate first).
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark harness
 
-use corelog_benches::groups::{commit_scenario, device_sync_rate};
+use corelog_benches::groups::{commit_scenario, device_sync_rate, local_broker, rebalance_scenario};
 use corelog_benches::{BenchArgs, hardware_report, median, on_shard};
 
 fn main() {
@@ -43,4 +43,28 @@ fn main() {
             median(p99)
         );
     }
+    println!("\n## Rebalance of a 3-member group (librdkafka, classic protocol)\n");
+    println!(
+        "Broker defaults (group.initial.rebalance.delay.ms 3000); librdkafka heartbeat.interval.ms 3000; \
+         12 partitions; median of {repeat} runs.\n"
+    );
+    println!("| phase | median ms | target ms |");
+    println!("|---|---:|---:|");
+    let mut first = Vec::new();
+    let mut leave = Vec::new();
+    for run in 0..repeat {
+        let dir = tempfile::tempdir_in(&base).expect("temp dir");
+        let broker = local_broker(dir.path(), Default::default());
+        let address = broker.address.to_string();
+        let topic = format!("rebalance-{run}");
+        let report = rebalance_scenario(&address, &topic, 12, 3, 3_000, std::time::Duration::from_secs(120));
+        first.push(report.first_generation.as_secs_f64() * 1e3);
+        leave.push(report.after_leave.as_secs_f64() * 1e3);
+        broker.stop().expect("stop the broker");
+    }
+    println!(
+        "| 3 members join an empty group, each owns its share | {:.0} | < 6000 (delay + one heartbeat) |",
+        median(first)
+    );
+    println!("| one member leaves, the other two own everything | {:.0} | < 3000 (one heartbeat) |", median(leave));
 }

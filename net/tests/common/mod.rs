@@ -4,20 +4,18 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::{Arc, OnceLock, mpsc};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use corelog_engine::log::LogConfig;
-use corelog_engine::runtime::{PlacementTable, Runtime, RuntimeConfig};
 use corelog_net::ConnectionLimits;
-use corelog_net::server::{self, ServerConfig, ShardEvent};
+use corelog_net::server::{LocalBroker, ServerConfig};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 pub struct Broker {
     pub address: SocketAddr,
-    runtime: Option<Runtime<Result<(), String>>>,
+    local: Option<LocalBroker>,
     pub dir: tempfile::TempDir,
 }
 
@@ -51,9 +49,7 @@ impl Broker {
     }
 
     pub fn start_in(dir: tempfile::TempDir, options: Options) -> Self {
-        let placement = PlacementTable::new(options.shards);
-        let registry = server::prepare(dir.path(), &placement).unwrap();
-        let config = Arc::new(ServerConfig {
+        let config = ServerConfig {
             node_id: 0,
             data_dir: dir.path().to_path_buf(),
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -68,22 +64,9 @@ impl Broker {
             retention_check_interval: Duration::from_secs(300),
             group: options.group.clone(),
             offsets_topic_partitions: 4,
-        });
-        let (tx, rx) = mpsc::channel();
-        let bound = Arc::new(OnceLock::new());
-        let runtime_config = RuntimeConfig { shards: options.shards, ..RuntimeConfig::default() };
-        let runtime = Runtime::start(&runtime_config, placement, move |ctx| {
-            server::run_shard(ctx, Arc::clone(&config), Arc::clone(&registry), Arc::clone(&bound), tx.clone())
-        })
-        .unwrap();
-        let mut address = None;
-        for _ in 0..options.shards {
-            match rx.recv_timeout(Duration::from_secs(30)).expect("shard ready in time") {
-                ShardEvent::Ready { listen, .. } => address = Some(listen),
-                ShardEvent::Failed { shard, reason } => panic!("shard {shard} failed: {reason}"),
-            }
-        }
-        Self { address: address.unwrap(), runtime: Some(runtime), dir }
+        };
+        let local = LocalBroker::start(config, options.shards).unwrap();
+        Self { address: local.address, local: Some(local), dir }
     }
 
     /// Stops the broker cleanly and returns its data dir (to restart on it).
@@ -94,11 +77,8 @@ impl Broker {
     }
 
     fn shutdown(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.stop();
-            for result in runtime.join().unwrap() {
-                result.unwrap();
-            }
+        if let Some(local) = self.local.take() {
+            local.stop().unwrap();
         }
     }
 
