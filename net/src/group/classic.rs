@@ -228,10 +228,18 @@ impl Group {
             && self.candidate_protocols().iter().any(|c| protocols.iter().any(|(n, _)| n == c))
     }
 
-    pub fn is_subscribed_to(&self, _topic: &str) -> bool {
-        // Subscriptions live in the members' opaque protocol metadata; a group with members is
-        // treated as subscribed to every topic it has offsets for.
-        !self.members.is_empty()
+    /// Whether a member subscribes to `topic` (OffsetDelete refuses those). Consumer groups
+    /// carry their subscriptions in the members' protocol metadata; for any other protocol
+    /// type, or metadata that does not parse, a group with members counts as subscribed.
+    pub fn is_subscribed_to(&self, topic: &str) -> bool {
+        self.members.values().any(|member| {
+            if member.protocol_type != "consumer" {
+                return true;
+            }
+            member.protocols.iter().any(|(_, metadata)| {
+                consumer_subscription_topics(metadata).is_none_or(|topics| topics.iter().any(|t| t == topic))
+            })
+        })
     }
 
     pub(crate) fn record(&self) -> StoredRecord {
@@ -787,6 +795,22 @@ impl Coordinator {
     }
 }
 
+/// The topics of a consumer protocol subscription (the member metadata of a group whose
+/// protocol type is `consumer`): version i16, then an array (i32 count) of STRING topics; the
+/// fields after it (user data, owned partitions, ...) do not matter here.
+pub fn consumer_subscription_topics(metadata: &[u8]) -> Option<Vec<String>> {
+    let count = i32::from_be_bytes(metadata.get(2..6)?.try_into().ok()?);
+    let mut at = 6;
+    let mut topics = Vec::with_capacity(usize::try_from(count).ok()?.min(1024));
+    for _ in 0..count {
+        let len = usize::try_from(i16::from_be_bytes(metadata.get(at..at + 2)?.try_into().ok()?)).ok()?;
+        let name = metadata.get(at + 2..at + 2 + len)?;
+        topics.push(String::from_utf8(name.to_vec()).ok()?);
+        at += 2 + len;
+    }
+    Some(topics)
+}
+
 /// The client id part of a generated member id, cut short (at a character boundary) so the
 /// member id always fits Kafka's STRING in the group records.
 pub fn member_id_base(client_id: &str) -> &str {
@@ -1325,6 +1349,26 @@ mod tests {
         assert_eq!(tombstones.len(), 2, "the offset and the group");
         assert!(c.group("g").is_none());
         assert_eq!(c.delete_group("g"), Err(GROUP_ID_NOT_FOUND));
+    }
+
+    #[test]
+    fn consumer_subscriptions_are_read_from_member_metadata() {
+        let mut metadata = vec![0, 1, 0, 0, 0, 2];
+        for topic in ["orders", "audit"] {
+            metadata.extend_from_slice(&(topic.len() as i16).to_be_bytes());
+            metadata.extend_from_slice(topic.as_bytes());
+        }
+        metadata.extend_from_slice(&[0xff, 0xff, 0xff, 0xff]); // null user data
+        assert_eq!(consumer_subscription_topics(&metadata), Some(vec!["orders".into(), "audit".into()]));
+        assert_eq!(consumer_subscription_topics(&metadata[..9]), None);
+        assert_eq!(consumer_subscription_topics(b"m"), None);
+
+        let mut c = coordinator(0);
+        let mut request = join_request("", None, &metadata);
+        request.version = 3; // no KIP-394 round trip
+        c.join(1, request, 3, 0);
+        let group = c.group("g").unwrap();
+        assert!(group.is_subscribed_to("orders") && !group.is_subscribed_to("payments"));
     }
 
     #[test]
