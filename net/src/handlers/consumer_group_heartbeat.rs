@@ -23,7 +23,6 @@ pub async fn handle(
 ) -> ConsumerGroupHeartbeatResponse {
     let group_id = request.group_id.0.to_string();
     let topics = broker.registry.snapshot();
-    let by_id: BTreeMap<uuid::Uuid, &str> = topics.values().map(|t| (topic_uuid(t), t.name.as_str())).collect();
     let refuse = |code: i16, message: &str| {
         ConsumerGroupHeartbeatResponse::default()
             .with_error_code(code)
@@ -39,6 +38,11 @@ pub async fn handle(
     }
     // Owned partitions of topics that no longer exist are simply not owned any more.
     let owned = request.topic_partitions.as_ref().map(|owned| {
+        let by_id: BTreeMap<uuid::Uuid, &str> = if owned.is_empty() {
+            BTreeMap::new()
+        } else {
+            topics.values().map(|t| (topic_uuid(t), t.name.as_str())).collect()
+        };
         owned
             .iter()
             .filter_map(|tp| {
@@ -69,14 +73,15 @@ pub async fn handle(
             Ok(_) => return refuse(error_code::COORDINATOR_NOT_AVAILABLE, "coordinator unavailable"),
             Err(code) => return refuse(code, "coordinator unavailable"),
         };
-    let by_name: BTreeMap<&str, uuid::Uuid> = topics.values().map(|t| (t.name.as_str(), topic_uuid(t))).collect();
     let assignment = outcome.assignment.map(|assigned| {
         Assignment::default().with_topic_partitions(
             assigned
                 .into_iter()
                 .filter_map(|(topic, partitions)| {
-                    by_name.get(topic.as_str()).map(|id| {
-                        TopicPartitions::default().with_topic_id(*id).with_partitions(partitions.into_iter().collect())
+                    topics.get(&topic).map(|record| {
+                        TopicPartitions::default()
+                            .with_topic_id(topic_uuid(record))
+                            .with_partitions(partitions.into_iter().collect())
                     })
                 })
                 .collect(),
