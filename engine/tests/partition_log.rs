@@ -448,3 +448,24 @@ fn long_polls_wake_when_the_high_watermark_passes_their_offset() {
         assert!(log.wait_for_data_beyond(&tp(), 3).is_err());
     });
 }
+
+#[test]
+fn a_time_lookup_goes_past_a_batch_whose_max_timestamp_its_records_do_not_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let log = open_log(dir.path(), 0).await;
+        log.open_partition(&tp(), small_segments()).await.unwrap();
+        // A producer's header claims a max timestamp of 5000; its records reach 1900 only.
+        let mut claims_more = batch::build_spread_test_batch(10, b"a", 1_000, 100);
+        claims_more[35..43].copy_from_slice(&5_000i64.to_be_bytes());
+        let crc = crc32c::crc32c(&claims_more[21..]);
+        claims_more[17..21].copy_from_slice(&crc.to_be_bytes());
+        let honest = batch::build_spread_test_batch(10, b"b", 3_000, 100);
+        for bytes in [claims_more, honest] {
+            log.append(&tp(), BytesMut::from(&bytes[..]), 0).unwrap().durable.await.unwrap();
+        }
+        let found = log.offset_for_timestamp(&tp(), 2_500).await.unwrap().map(|s| (s.offset, s.timestamp));
+        assert_eq!(found, Some((10, 3_000)), "the first record at or after the time, in the next batch");
+        log.close().await.unwrap();
+    });
+}

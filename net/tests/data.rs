@@ -362,3 +362,26 @@ fn pipelined_produces_keep_their_order_and_are_answered_in_request_order() {
     // Everyone else is still served.
     assert_eq!(produce(&mut client, 9, "piped", 0, batch::build_test_batch(1, b"after", 1)).0, 0);
 }
+
+#[test]
+fn a_produce_pipelined_behind_a_long_poll_is_appended_and_wakes_it() {
+    let broker = Broker::start(Options::default());
+    let mut client = broker.client();
+    let id = create_topic(&mut client, "behind", 1);
+    // A fetch waiting up to 20 s, then a produce on the same connection: the produce is
+    // appended while the fetch waits (one request at a time would hold it for 20 s).
+    let mut stream = broker.connect();
+    let records = batch::build_test_batch(1, b"behind the poll", 1);
+    let mut wire = request_frame(ApiKey::Fetch, 12, 1, &fetch_request("behind", id, 0, 0, 20_000, 12));
+    wire.extend(request_frame(ApiKey::Produce, 9, 2, &produce_request("behind", 0, Bytes::from(records.clone()), -1)));
+    let started = Instant::now();
+    stream.write_all(&wire).unwrap();
+    let (correlation_id, fetched): (i32, FetchResponse) = decode_response(read_frame(&mut stream), ApiKey::Fetch, 12);
+    assert_eq!(correlation_id, 1);
+    assert!(started.elapsed() < Duration::from_secs(10), "the fetch was woken by the produce behind it");
+    let data = &fetched.responses[0].partitions[0];
+    assert_eq!(batches(data.records.as_ref().unwrap()), vec![(0, records[batch::BATCH_HEADER_BYTES..].to_vec())]);
+    let (correlation_id, produced): (i32, ProduceResponse) =
+        decode_response(read_frame(&mut stream), ApiKey::Produce, 9);
+    assert_eq!((correlation_id, produced.responses[0].partition_responses[0].error_code), (2, 0));
+}

@@ -320,7 +320,8 @@ fn consumer_protocol_members_are_checked_by_epoch_and_offsets_can_be_deleted_onc
         (group.error_code, offsets)
     };
     assert_eq!(fetch_v9(&mut client, 1), (0, vec![10, 20]));
-    assert_eq!(fetch_v9(&mut client, 0).0, 113);
+    assert_eq!(fetch_v9(&mut client, 0).0, 113, "STALE_MEMBER_EPOCH");
+    assert_eq!(fetch_v9(&mut client, 9).0, 110, "FENCED_MEMBER_EPOCH");
 
     let described: ConsumerGroupDescribeResponse = client.call(
         ApiKey::ConsumerGroupDescribe,
@@ -414,4 +415,47 @@ fn offsets_of_an_empty_group_expire_and_stay_expired_after_a_restart() {
         assert!(std::time::Instant::now() < deadline, "the expired offset came back after the restart");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+#[test]
+fn the_internal_topic_refuses_produce_delete_growth_and_config_changes() {
+    use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
+    use kafka_protocol::messages::incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{
+        CreatePartitionsRequest, CreatePartitionsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+        IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, ProduceRequest, ProduceResponse,
+    };
+    let broker = Broker::start(Options::default());
+    let mut client = broker.client();
+    let internal = || TopicName(text("__consumer_offsets"));
+    let records = Bytes::from(corelog_engine::batch::build_test_batch(1, b"forged group state", 1));
+    let produce = ProduceRequest::default().with_acks(-1).with_timeout_ms(10_000).with_topic_data(vec![
+        TopicProduceData::default()
+            .with_name(internal())
+            .with_partition_data(vec![PartitionProduceData::default().with_index(0).with_records(Some(records))]),
+    ]);
+    let produced: ProduceResponse = client.call(ApiKey::Produce, 9, &produce);
+    assert_eq!(produced.responses[0].partition_responses[0].error_code, 17, "INVALID_TOPIC_EXCEPTION");
+    let deleted: DeleteTopicsResponse =
+        client.call(ApiKey::DeleteTopics, 4, &DeleteTopicsRequest::default().with_topic_names(vec![internal()]));
+    assert_eq!(deleted.responses[0].error_code, 42);
+    let grow = CreatePartitionsRequest::default()
+        .with_timeout_ms(10_000)
+        .with_topics(vec![CreatePartitionsTopic::default().with_name(internal()).with_count(8)]);
+    let grown: CreatePartitionsResponse = client.call(ApiKey::CreatePartitions, 3, &grow);
+    assert_eq!(grown.results[0].error_code, 42);
+    let alter = IncrementalAlterConfigsRequest::default().with_resources(vec![
+        AlterConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(text("__consumer_offsets"))
+            .with_configs(vec![
+                AlterableConfig::default().with_name(text("retention.ms")).with_value(Some(text("1000"))),
+            ]),
+    ]);
+    let altered: IncrementalAlterConfigsResponse = client.call(ApiKey::IncrementalAlterConfigs, 1, &alter);
+    assert_eq!(altered.responses[0].error_code, 42);
+    // Groups keep working.
+    create_topic(&mut client, "still", 1);
+    assert_eq!(commit(&mut client, "after", "", -1, &[("still", 0, 3)]), vec![0]);
 }

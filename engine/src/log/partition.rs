@@ -647,6 +647,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_late_wait_completes_with_its_own_offset_not_behind_later_appends() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let run = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().expect("executor");
+        run.run(async move {
+            let name = TopicPartition::new("waits", 0);
+            let (mut partition, _) =
+                Partition::open(name, dir.path().join("waits-0"), LogConfig::default(), 0).await.expect("open");
+            let mut next = 0;
+            for _ in 0..2 {
+                let mut bytes = crate::batch::build_test_batch(5, b"v", 1_000);
+                crate::batch::stamp(&mut bytes, next, 0);
+                let header = crate::batch::parse_stored_header(&bytes).expect("header");
+                let _ = partition.append(&header, Bytes::from(bytes), 0);
+                next = header.next_offset();
+            }
+            // A produce's acknowledgement wait registered after a later batch's append.
+            let mut first = partition.wait_for(5);
+            assert!(matches!(first.try_recv(), Ok(None)));
+            // The first batch becomes durable, the second not yet.
+            partition.active_mut().durable_next_offset = 5;
+            partition.complete_waiters();
+            assert!(matches!(first.try_recv(), Ok(Some(Ok(())))), "answered without waiting for the later batch");
+            assert!(matches!(partition.wait_for(3).try_recv(), Ok(Some(Ok(())))), "already durable: at once");
+        });
+    }
+
+    #[test]
     fn partition_dir_names_parse_like_kafka() {
         assert_eq!(TopicPartition::from_dir_name("orders-3"), Some(TopicPartition::new("orders", 3)));
         assert_eq!(TopicPartition::from_dir_name("my-topic-12"), Some(TopicPartition::new("my-topic", 12)));

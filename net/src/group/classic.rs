@@ -421,52 +421,39 @@ impl Coordinator {
             refuse(&mut effects, UNKNOWN_MEMBER_ID);
             return effects;
         }
-        let member_id = if request.member_id.is_empty() && request.instance_id.is_none() {
-            Some(self.new_member_id(&request.client_id))
-        } else {
-            None
-        };
-        let static_member_id = self.new_member_id(&request.client_id);
-        let config = self.config.clone();
+        // A member without an id gets one: a static member at once, a dynamic one (v4+)
+        // through a MEMBER_ID_REQUIRED round trip.
+        let new_id = request.member_id.is_empty().then(|| self.new_member_id(&request.client_id));
+        let group_size_max = self.config.group_size_max;
         let group = self
             .groups
             .entry(request.group_id.clone())
-            .or_insert_with(|| Group::new(&request.group_id, partition, &config, now_ms));
+            .or_insert_with(|| Group::new(&request.group_id, partition, &self.config, now_ms));
         if !group.supports(&request.protocol_type, &request.protocols) {
             refuse(&mut effects, INCONSISTENT_GROUP_PROTOCOL);
             return effects;
         }
-        if request.member_id.is_empty() {
-            match (&request.instance_id, member_id) {
-                (Some(instance), _) => match group.statics.get(instance).cloned() {
-                    Some(old) => {
-                        rejoin_static(group, &config, ticket, request, old, static_member_id, now_ms, &mut effects)
-                    }
-                    None => {
-                        if group.members.len() >= config.group_size_max {
-                            refuse(&mut effects, GROUP_MAX_SIZE_REACHED);
-                            return effects;
-                        }
-                        add_member(group, &config, ticket, &request, static_member_id, now_ms, &mut effects);
-                    }
-                },
-                (None, Some(new_id)) => {
-                    if group.members.len() + group.pending.len() >= config.group_size_max {
-                        refuse(&mut effects, GROUP_MAX_SIZE_REACHED);
-                    } else if request.version >= 4 {
-                        // KIP-394: the member learns its id first and joins again with it, so a
-                        // client that times out and retries is not counted twice.
-                        group.pending.insert(new_id.clone(), now_ms + i64::from(request.session_timeout_ms));
-                        effects.reply_join(ticket, JoinOutcome::error(MEMBER_ID_REQUIRED, &new_id));
-                    } else {
-                        add_member(group, &config, ticket, &request, new_id, now_ms, &mut effects);
-                    }
-                }
-                (None, None) => refuse(&mut effects, UNKNOWN_MEMBER_ID),
-            }
+        let Some(new_id) = new_id else {
+            join_known(group, ticket, request, now_ms, &mut effects);
             return effects;
+        };
+        match &request.instance_id {
+            Some(instance) => match group.statics.get(instance).cloned() {
+                Some(old) => rejoin_static(group, ticket, request, old, new_id, now_ms, &mut effects),
+                None if group.members.len() >= group_size_max => refuse(&mut effects, GROUP_MAX_SIZE_REACHED),
+                None => add_member(group, ticket, &request, new_id, now_ms, &mut effects),
+            },
+            None if group.members.len() + group.pending.len() >= group_size_max => {
+                refuse(&mut effects, GROUP_MAX_SIZE_REACHED)
+            }
+            None if request.version >= 4 => {
+                // KIP-394: the member learns its id first and joins again with it, so a client
+                // that times out and retries is not counted twice.
+                group.pending.insert(new_id.clone(), now_ms + i64::from(request.session_timeout_ms));
+                effects.reply_join(ticket, JoinOutcome::error(MEMBER_ID_REQUIRED, &new_id));
+            }
+            None => add_member(group, ticket, &request, new_id, now_ms, &mut effects),
         }
-        join_known(group, &config, ticket, request, now_ms, &mut effects);
         effects
     }
 
@@ -883,10 +870,8 @@ fn joined_members(group: &Group) -> Vec<JoinedMember> {
         .collect()
 }
 
-#[allow(clippy::too_many_arguments)]
 fn add_member(
     group: &mut Group,
-    config: &CoordinatorConfig,
     ticket: Ticket,
     request: &JoinRequest,
     member_id: String,
@@ -918,17 +903,14 @@ fn add_member(
             joined_seq,
         },
     );
-    let _ = config;
     match group.state {
         GroupState::PreparingRebalance => maybe_complete_join(group, now_ms, effects),
         _ => prepare_rebalance(group, now_ms, effects),
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn rejoin_static(
     group: &mut Group,
-    config: &CoordinatorConfig,
     ticket: Ticket,
     request: JoinRequest,
     old_id: String,
@@ -938,7 +920,7 @@ fn rejoin_static(
 ) {
     let Some(mut member) = group.members.remove(&old_id) else {
         group.statics.remove(request.instance_id.as_deref().unwrap_or_default());
-        add_member(group, config, ticket, &request, new_id, now_ms, effects);
+        add_member(group, ticket, &request, new_id, now_ms, effects);
         return;
     };
     // The old incarnation is fenced: whatever it was waiting for is refused.
@@ -981,17 +963,10 @@ fn rejoin_static(
     }
 }
 
-fn join_known(
-    group: &mut Group,
-    config: &CoordinatorConfig,
-    ticket: Ticket,
-    request: JoinRequest,
-    now_ms: i64,
-    effects: &mut Effects,
-) {
+fn join_known(group: &mut Group, ticket: Ticket, request: JoinRequest, now_ms: i64, effects: &mut Effects) {
     let member_id = request.member_id.clone();
     if group.pending.remove(&member_id).is_some() {
-        add_member(group, config, ticket, &request, member_id, now_ms, effects);
+        add_member(group, ticket, &request, member_id, now_ms, effects);
         return;
     }
     let who = MemberRef {
@@ -1369,6 +1344,46 @@ mod tests {
         c.join(1, request, 3, 0);
         let group = c.group("g").unwrap();
         assert!(group.is_subscribed_to("orders") && !group.is_subscribed_to("payments"));
+    }
+
+    #[test]
+    fn groups_holding_nothing_are_pruned_and_later_commits_survive_an_offset_delete() {
+        let mut c = coordinator(0);
+        // A KIP-394 join that never comes back: the pending id expires, then the group goes.
+        c.join(1, join_request("", None, b"m"), 3, 0);
+        assert!(c.group("g").is_some());
+        c.tick(20_000);
+        c.tick(20_001);
+        assert!(c.group("g").is_none(), "an empty group with nothing in it is dropped");
+        let committed = |offset, log_offset| Committed {
+            offset,
+            leader_epoch: 0,
+            metadata: String::new(),
+            commit_timestamp_ms: 0,
+            log_offset,
+        };
+        c.apply_offset("kept", 1, ("t".into(), 0), Some(committed(9, 20)), 0);
+        c.remove_offset("kept", ("t".into(), 0), 10);
+        assert_eq!(
+            c.group("kept").unwrap().offsets[&("t".to_string(), 0)].offset,
+            9,
+            "a commit after the delete stays"
+        );
+        c.remove_offset("kept", ("t".into(), 0), 21);
+        assert!(c.group("kept").unwrap().offsets.is_empty());
+        c.tick(30_000);
+        assert!(c.group("kept").is_none(), "once its last offset is deleted, it holds nothing either");
+    }
+
+    #[test]
+    fn generated_member_ids_fit_a_kafka_string_whatever_the_client_id() {
+        let mut c = coordinator(0);
+        let mut request = join_request("", None, b"m");
+        request.client_id = "é".repeat(20_000);
+        let (_, outcome) = joins(&c.join(1, request, 3, 0)).pop().unwrap();
+        assert_eq!(outcome.error_code, MEMBER_ID_REQUIRED);
+        assert!(outcome.member_id.len() < 300, "{}", outcome.member_id.len());
+        assert!(outcome.member_id.starts_with('é'));
     }
 
     #[test]
