@@ -659,7 +659,7 @@ mod tests {
                 let mut bytes = crate::batch::build_test_batch(5, b"v", 1_000);
                 crate::batch::stamp(&mut bytes, next, 0);
                 let header = crate::batch::parse_stored_header(&bytes).expect("header");
-                let _ = partition.append(&header, Bytes::from(bytes), 0);
+                drop(partition.append(&header, Bytes::from(bytes), 0));
                 next = header.next_offset();
             }
             // A produce's acknowledgement wait registered after a later batch's append.
