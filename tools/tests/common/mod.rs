@@ -3,6 +3,9 @@
 // Each test binary uses a subset of the harness.
 #![allow(dead_code)]
 
+pub mod kafka;
+pub mod proxy;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
