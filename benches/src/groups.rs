@@ -107,6 +107,8 @@ pub fn local_broker(dir: &Path, group: CoordinatorConfig) -> corelog_net::server
         write_shape: Default::default(),
         limits: Default::default(),
         max_connections_per_shard: 1000,
+        fetch_max_bytes: 55 << 20,
+        queued_max_request_bytes_per_shard: 256 << 20,
         default_log: LogConfig::default(),
         num_partitions: 1,
         auto_create_topics: true,

@@ -58,6 +58,8 @@ pub struct BrokerSettings {
     pub auto_create_topics: bool,
     /// `offsets.topic.num.partitions`: partitions of `__consumer_offsets`.
     pub offsets_topic_partitions: i32,
+    /// `fetch.max.bytes`: the most record bytes one Fetch response carries, whatever it asks.
+    pub fetch_max_bytes: usize,
     /// Other read-only broker configs DescribeConfigs reports: (Kafka name, value, source).
     pub broker_configs: Vec<(&'static str, String, i8)>,
 }
@@ -491,6 +493,7 @@ impl ShardBroker {
             let record = registry::new_topic(&spec.name, partitions, spec.configs.clone());
             if !validate_only {
                 if let Err(message) = self.open_partitions(&record, &config).await {
+                    tracing::warn!(topic = %spec.name, %message, "cannot create the topic's partitions");
                     outcomes.push(TopicOutcome::error(&spec.name, error_code::KAFKA_STORAGE_ERROR, message));
                     continue;
                 }

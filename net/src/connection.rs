@@ -6,7 +6,13 @@
 //! read and appended. Any other request runs entirely in the reader once everything before
 //! it is answered, as Kafka runs one request per connection at a time. At most `max_in_flight_requests` requests
 //! and `max_in_flight_bytes` of request frames are queued; past that the reader stops
-//! reading (TCP backpressure).
+//! reading (TCP backpressure). Every frame also holds a reservation in the shard's
+//! [`RequestBudget`] from its size prefix until its response is written, so all connections of
+//! a shard together stop reading once the shard's request memory is spent.
+//!
+//! Time limits: a connection waiting for the next request, or for the rest of a frame, longer
+//! than `idle_timeout` is closed (slow senders, partial frames); so is one whose peer takes
+//! longer than that to accept a response (a client that never reads).
 //!
 //! Any framing or decoding failure closes this connection only (as Kafka does for requests
 //! it cannot parse), after the responses to the requests before it; the shard keeps serving
@@ -18,6 +24,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -43,6 +50,7 @@ use crate::handlers::{
     find_coordinator, heartbeat, init_producer_id, join_group, leave_group, list_groups, list_offsets, metadata,
     offset_commit, offset_delete, offset_fetch, offset_for_leader_epoch, produce, sync_group,
 };
+use crate::request_budget::{RequestBudget, Reservation};
 
 /// Who sent a request: its header's client id and the connection's peer address.
 #[derive(Debug, Clone, Default)]
@@ -92,6 +100,8 @@ pub enum ConnectionError {
     Malformed { key: ApiKey, version: i16, message: String },
     #[error("idle for longer than {0:?}")]
     Idle(Duration),
+    #[error("the client accepted no response bytes for {0:?}")]
+    WriteStalled(Duration),
     #[error("write failed: {0}")]
     Write(std::io::Error),
 }
@@ -122,10 +132,18 @@ impl Pending {
     }
 }
 
+/// A request in the queue, with the frame bytes it counts and its share of the shard's budget
+/// (released when the entry is dropped: once answered, or when the connection closes).
+struct Queued {
+    pending: Pending,
+    bytes: usize,
+    _reservation: Reservation,
+}
+
 /// The queue between the reader and the writer of one connection.
 #[derive(Default)]
 struct Queue {
-    entries: RefCell<VecDeque<(Pending, usize)>>,
+    entries: RefCell<VecDeque<Queued>>,
     bytes: Cell<usize>,
     /// Requests queued or being finished by the writer.
     outstanding: Cell<usize>,
@@ -142,8 +160,8 @@ impl Queue {
         }
     }
 
-    fn push(&self, pending: Pending, bytes: usize) {
-        self.entries.borrow_mut().push_back((pending, bytes));
+    fn push(&self, pending: Pending, bytes: usize, reservation: Reservation) {
+        self.entries.borrow_mut().push_back(Queued { pending, bytes, _reservation: reservation });
         self.bytes.set(self.bytes.get() + bytes);
         self.outstanding.set(self.outstanding.get() + 1);
         Self::wake(&self.writer);
@@ -165,7 +183,7 @@ impl Queue {
     }
 
     /// The next request to answer; None once the reader is done and everything is answered.
-    async fn next(&self) -> Option<(Pending, usize)> {
+    async fn next(&self) -> Option<Queued> {
         std::future::poll_fn(|cx| {
             if let Some(entry) = self.entries.borrow_mut().pop_front() {
                 return Poll::Ready(Some(entry));
@@ -232,6 +250,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Half<'_, S> {
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     limits: &ConnectionLimits,
+    budget: &Rc<RequestBudget>,
     broker: &ShardBroker,
     peer: Option<std::net::SocketAddr>,
 ) -> Result<(), ConnectionError> {
@@ -240,7 +259,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let queue = Queue::default();
     let read_result: Cell<Option<Result<(), ConnectionError>>> = Cell::new(None);
     let reader = async {
-        let result = read_requests(&mut Half(&shared), limits, broker, &queue, &host).await;
+        let result = read_requests(&mut Half(&shared), limits, budget, broker, &queue, &host).await;
         read_result.set(Some(result));
         queue.finish_reading();
         // The writer ends the connection once it has answered everything queued.
@@ -248,11 +267,15 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let writer = async {
         let mut out = Half(&shared);
-        while let Some((pending, bytes)) = queue.next().await {
-            if let Some(response) = pending.finish(broker).await? {
-                out.write_all(&response).await.map_err(ConnectionError::Write)?;
+        while let Some(queued) = queue.next().await {
+            if let Some(response) = queued.pending.finish(broker).await? {
+                let write = async { Ok(out.write_all(&response).await) };
+                match glommio::timer::timeout(limits.idle_timeout, write).await {
+                    Ok(written) => written.map_err(ConnectionError::Write)?,
+                    Err(_) => return Err(ConnectionError::WriteStalled(limits.idle_timeout)),
+                }
             }
-            queue.answered(bytes);
+            queue.answered(queued.bytes);
         }
         Ok(())
     };
@@ -264,18 +287,18 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 async fn read_requests<R: AsyncRead + Unpin>(
     input: &mut R,
     limits: &ConnectionLimits,
+    budget: &Rc<RequestBudget>,
     broker: &ShardBroker,
     queue: &Queue,
     host: &str,
 ) -> Result<(), ConnectionError> {
     loop {
         queue.room(limits).await;
-        let read = frame::read_frame(input, limits.max_frame_bytes);
-        let frame = match glommio::timer::timeout(limits.idle_timeout, async { Ok(read.await) }).await {
-            Ok(result) => result?,
-            Err(_) => return Err(ConnectionError::Idle(limits.idle_timeout)),
-        };
-        let Some(frame) = frame else { return Ok(()) };
+        let read = frame::read_frame_size(input, limits.max_frame_bytes);
+        let Some(size) = within_idle_timeout(limits, read).await? else { return Ok(()) };
+        // Waiting here is the broker's doing, so it does not count against the client.
+        let reservation = budget.reserve(size).await;
+        let frame = within_idle_timeout(limits, frame::read_frame_body(input, size)).await?;
         // Only Produce and Fetch are pipelined; any other request runs once everything before
         // it is answered, as Kafka runs a connection's requests one at a time (a commit then
         // a fetch of the offsets must see the commit).
@@ -285,7 +308,18 @@ async fn read_requests<R: AsyncRead + Unpin>(
         }
         let bytes = frame.len();
         let pending = start(frame.freeze(), broker, host).await?;
-        queue.push(pending, bytes);
+        queue.push(pending, bytes, reservation);
+    }
+}
+
+/// Reading part of a request may not take longer than the idle timeout.
+async fn within_idle_timeout<T>(
+    limits: &ConnectionLimits,
+    read: impl Future<Output = Result<T, FrameError>>,
+) -> Result<T, ConnectionError> {
+    match glommio::timer::timeout(limits.idle_timeout, async { Ok(read.await) }).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(ConnectionError::Idle(limits.idle_timeout)),
     }
 }
 

@@ -35,6 +35,18 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     max_bytes: usize,
 ) -> Result<Option<BytesMut>, FrameError> {
+    match read_frame_size(reader, max_bytes).await? {
+        Some(size_bytes) => read_frame_body(reader, size_bytes).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Reads and checks a frame's size prefix. `Ok(None)` when the peer closed the connection
+/// between frames.
+pub async fn read_frame_size<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max_bytes: usize,
+) -> Result<Option<usize>, FrameError> {
     let mut size = [0u8; 4];
     let mut filled = 0;
     while filled < 4 {
@@ -44,13 +56,17 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         }
         filled += n;
     }
-    let size_bytes = check_size(i32::from_be_bytes(size), max_bytes)?;
+    check_size(i32::from_be_bytes(size), max_bytes).map(Some)
+}
+
+/// Reads the `size_bytes` of a frame after its size prefix.
+pub async fn read_frame_body<R: AsyncRead + Unpin>(reader: &mut R, size_bytes: usize) -> Result<BytesMut, FrameError> {
     let mut frame = BytesMut::zeroed(size_bytes);
     reader.read_exact(&mut frame).await.map_err(|e| match e.kind() {
         std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
         _ => FrameError::Io(e),
     })?;
-    Ok(Some(frame))
+    Ok(frame)
 }
 
 /// Prefixes `body` with its size.

@@ -13,6 +13,7 @@ pub mod group;
 pub mod handlers;
 pub mod listener;
 pub mod registry;
+pub mod request_budget;
 pub mod server;
 
 pub use connection::ConnectionLimits;

@@ -2,8 +2,9 @@
 //! (glommio sets it), so the kernel spreads connections across shards; each connection then
 //! lives on the shard that accepted it.
 //!
-//! Limit: `max_connections` per shard; a connection beyond it is accepted and closed at once
-//! (the client sees a clean close and retries elsewhere or later).
+//! Limits: `max_connections` per shard, a connection beyond it is accepted and closed at once
+//! (the client sees a clean close and retries elsewhere or later); the shard's
+//! [`RequestBudget`] for request bytes read and not yet answered, shared by its connections.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use glommio::net::TcpListener;
 
 use crate::broker::ShardBroker;
 use crate::connection::{self, ConnectionLimits};
+use crate::request_budget::{RequestBudget, RequestBudgetStats};
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ListenerStats {
@@ -26,6 +28,7 @@ pub struct Listener {
     listener: TcpListener,
     limits: ConnectionLimits,
     max_connections: usize,
+    budget: Rc<RequestBudget>,
     stats: Rc<Cell<ListenerStats>>,
 }
 
@@ -45,9 +48,24 @@ pub fn check_address_free(address: SocketAddr) -> std::io::Result<()> {
 
 impl Listener {
     /// Binds `address` on the calling shard.
-    pub fn bind(address: SocketAddr, limits: ConnectionLimits, max_connections: usize) -> std::io::Result<Self> {
+    pub fn bind(
+        address: SocketAddr,
+        limits: ConnectionLimits,
+        max_connections: usize,
+        queued_max_request_bytes: usize,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(address).map_err(std::io::Error::from)?;
-        Ok(Self { listener, limits, max_connections, stats: Rc::new(Cell::new(ListenerStats::default())) })
+        Ok(Self {
+            listener,
+            limits,
+            max_connections,
+            budget: RequestBudget::new(queued_max_request_bytes),
+            stats: Rc::new(Cell::new(ListenerStats::default())),
+        })
+    }
+
+    pub fn request_budget_stats(&self) -> RequestBudgetStats {
+        self.budget.stats()
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -86,11 +104,12 @@ impl Listener {
                     s.active += 1;
                 });
                 let (stats, limits, broker) = (Rc::clone(&self.stats), self.limits.clone(), Rc::clone(&broker));
+                let budget = Rc::clone(&self.budget);
                 glommio::spawn_local(async move {
                     let peer = stream.peer_addr().ok();
                     let mut stream = stream;
                     let _ = stream.set_nodelay(true);
-                    if let Err(error) = connection::serve(&mut stream, &limits, &broker, peer).await {
+                    if let Err(error) = connection::serve(&mut stream, &limits, &budget, &broker, peer).await {
                         tracing::debug!(?peer, %error, "closing connection");
                         Self::update(&stats, |s| s.closed_by_broker += 1);
                     }

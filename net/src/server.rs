@@ -31,6 +31,11 @@ pub struct ServerConfig {
     pub write_shape: WriteShape,
     pub limits: ConnectionLimits,
     pub max_connections_per_shard: usize,
+    /// Request bytes read and not yet answered, over all connections of a shard
+    /// (`queued.max.request.bytes`, per shard).
+    pub queued_max_request_bytes_per_shard: usize,
+    /// `fetch.max.bytes`: the most record bytes one Fetch response carries.
+    pub fetch_max_bytes: usize,
     pub default_log: LogConfig,
     pub num_partitions: i32,
     pub auto_create_topics: bool,
@@ -149,7 +154,12 @@ pub async fn run_shard(
     {
         return fail(error.to_string());
     }
-    let listener = match Listener::bind(address, config.limits.clone(), config.max_connections_per_shard) {
+    let listener = match Listener::bind(
+        address,
+        config.limits.clone(),
+        config.max_connections_per_shard,
+        config.queued_max_request_bytes_per_shard,
+    ) {
         Ok(listener) => listener,
         Err(error) => return fail(format!("cannot listen on {address}: {error}")),
     };
@@ -171,6 +181,7 @@ pub async fn run_shard(
             .snapshot()
             .get(OFFSETS_TOPIC)
             .map_or(config.offsets_topic_partitions, |t| t.partitions),
+        fetch_max_bytes: config.fetch_max_bytes,
         broker_configs: broker_configs(&config, actual),
     });
     let member_id_prefix =
@@ -253,6 +264,8 @@ fn broker_configs(config: &ServerConfig, listen: SocketAddr) -> Vec<(&'static st
             config.limits.idle_timeout.as_millis().to_string(),
             chosen(config.limits.idle_timeout != defaults.idle_timeout),
         ),
+        ("queued.max.request.bytes", config.queued_max_request_bytes_per_shard.to_string(), STATIC_BROKER_CONFIG),
+        ("fetch.max.bytes", config.fetch_max_bytes.to_string(), STATIC_BROKER_CONFIG),
     ]
 }
 

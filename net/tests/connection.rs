@@ -121,3 +121,39 @@ fn connections_beyond_the_limit_are_closed_and_idle_ones_time_out() {
     std::thread::sleep(Duration::from_millis(600));
     assert!(is_closed(&mut first), "an idle connection must be closed");
 }
+
+#[test]
+fn a_spent_request_budget_holds_every_connection_of_the_shard_back_until_it_is_released() {
+    // One shard, 64 KiB of request memory. A client announces a 1 MiB frame (granted: the
+    // budget had room) and sends half of it: that reservation spends the budget.
+    let broker = Broker::start(Options { queued_max_request_bytes_per_shard: 64 << 10, ..Options::default() });
+    let mut big = broker.connect();
+    let mut frame = api_versions_request(0, 1);
+    let padding = (1 << 20) - (frame.len() - 4);
+    frame.extend(std::iter::repeat_n(0u8, padding)); // ignored trailing bytes (librdkafka#5049)
+    let size = (frame.len() - 4) as i32;
+    frame[..4].copy_from_slice(&size.to_be_bytes());
+    big.write_all(&frame[..frame.len() / 2]).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+
+    // Another connection's small request now waits: nothing is read while the budget is spent.
+    let mut small = broker.connect();
+    small.write_all(&api_versions_request(3, 2)).unwrap();
+    small.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut byte = [0u8; 1];
+    let waited = std::io::Read::read(&mut small, &mut byte);
+    assert!(
+        waited
+            .as_ref()
+            .is_err_and(|e| matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "a request was read while the shard's request budget was spent: {waited:?}"
+    );
+
+    // The big frame completes and is answered (releasing its reservation): the small one goes on.
+    big.write_all(&frame[frame.len() / 2..]).unwrap();
+    let (correlation_id, _) = decode_api_versions(read_response(&mut big), 0);
+    assert_eq!(correlation_id, 1);
+    small.set_read_timeout(None).unwrap();
+    let (correlation_id, response) = decode_api_versions(read_response(&mut small), 3);
+    assert_eq!((correlation_id, response.error_code), (2, 0));
+}

@@ -45,6 +45,10 @@ pub struct FileConfig {
     /// `connections.max.idle.ms`.
     pub connections_max_idle_ms: Option<u64>,
     pub max_connections_per_shard: Option<usize>,
+    /// `queued.max.request.bytes`, per shard: request bytes read and not yet answered.
+    pub queued_max_request_bytes_per_shard: Option<usize>,
+    /// `fetch.max.bytes`: the most record bytes one Fetch response carries.
+    pub fetch_max_bytes: Option<usize>,
     /// `offsets.topic.num.partitions`: partitions of `__consumer_offsets` when it is created.
     pub offsets_topic_num_partitions: Option<i32>,
     /// `group.initial.rebalance.delay.ms`.
@@ -91,6 +95,8 @@ pub struct BrokerConfig {
     pub socket_request_max_bytes: usize,
     pub connections_max_idle_ms: u64,
     pub max_connections_per_shard: usize,
+    pub queued_max_request_bytes_per_shard: usize,
+    pub fetch_max_bytes: usize,
     pub max_in_flight_requests_per_connection: usize,
     pub max_in_flight_bytes_per_connection: usize,
     pub offsets_topic_num_partitions: i32,
@@ -175,6 +181,15 @@ impl BrokerConfig {
         if max_connections_per_shard == 0 {
             return Err(invalid("max_connections_per_shard", "must be at least 1"));
         }
+        let queued_max_request_bytes_per_shard = file.queued_max_request_bytes_per_shard.unwrap_or(256 << 20);
+        if queued_max_request_bytes_per_shard == 0 {
+            return Err(invalid("queued_max_request_bytes_per_shard", "must be at least 1"));
+        }
+        // Kafka's default: 55 MiB.
+        let fetch_max_bytes = file.fetch_max_bytes.unwrap_or(55 << 20);
+        if !(1024..=i32::MAX as usize).contains(&fetch_max_bytes) {
+            return Err(invalid("fetch_max_bytes", "must be between 1024 and 2147483647"));
+        }
         let max_in_flight_requests_per_connection = file.max_in_flight_requests_per_connection.unwrap_or(64);
         if max_in_flight_requests_per_connection == 0 {
             return Err(invalid("max_in_flight_requests_per_connection", "must be at least 1"));
@@ -231,6 +246,8 @@ impl BrokerConfig {
             socket_request_max_bytes,
             connections_max_idle_ms,
             max_connections_per_shard,
+            queued_max_request_bytes_per_shard,
+            fetch_max_bytes,
             max_in_flight_requests_per_connection,
             max_in_flight_bytes_per_connection,
             offsets_topic_num_partitions,

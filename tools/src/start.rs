@@ -39,6 +39,41 @@ fn allowed_cpus() -> Vec<usize> {
     (0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect()
 }
 
+/// Every connection is a file descriptor: raises the soft `RLIMIT_NOFILE` to the hard limit
+/// (as much as an unprivileged process may), and warns when even that cannot hold
+/// `connections` plus the segment files, so that accept failures do not come as a surprise.
+fn raise_open_files_limit(connections: usize) {
+    // Connections plus a margin for segment files, indexes and the runtime's own descriptors.
+    let wanted = connections as u64 + 4096;
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit fills the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return tracing::warn!(error = %std::io::Error::last_os_error(), "cannot read the open files limit");
+    }
+    let (soft, hard) = (limit.rlim_cur, limit.rlim_max);
+    let mut now = soft;
+    let raised = hard.min(wanted.max(soft));
+    if raised > soft {
+        let new = libc::rlimit { rlim_cur: raised, rlim_max: hard };
+        // SAFETY: setrlimit reads the struct we own; raising the soft limit up to the hard one is allowed.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } == 0 {
+            now = raised;
+        } else {
+            let error = std::io::Error::last_os_error();
+            tracing::warn!(%error, soft, hard, "cannot raise the open files limit");
+        }
+    }
+    if now < wanted {
+        tracing::warn!(
+            open_files_limit = now,
+            wanted,
+            "the open files limit is below max_connections_per_shard × shards plus files: raise `ulimit -n`"
+        );
+    } else {
+        tracing::debug!(open_files_limit = now, "open files limit");
+    }
+}
+
 /// Holds an exclusive flock on `DATA_DIR/.lock` for the life of the broker, so that two
 /// brokers never share a data dir.
 struct DataDirLock {
@@ -149,6 +184,7 @@ fn start(config: BrokerConfig) -> Result<(), String> {
         "starting corelog"
     );
     tracing::info!(shards, cpus = ?cpus, cache_budget_bytes_per_shard = config.cache_budget_bytes_per_shard, "shards");
+    raise_open_files_limit(shards * config.max_connections_per_shard);
     let placement = PlacementTable::new(shards);
     let registry = server::prepare(&config.data_dir, &placement)?;
     let topics = registry.snapshot().len();
@@ -180,6 +216,8 @@ fn start(config: BrokerConfig) -> Result<(), String> {
             max_in_flight_bytes: config.max_in_flight_bytes_per_connection,
         },
         max_connections_per_shard: config.max_connections_per_shard,
+        queued_max_request_bytes_per_shard: config.queued_max_request_bytes_per_shard,
+        fetch_max_bytes: config.fetch_max_bytes,
         default_log: config.log.clone(),
         num_partitions: config.num_partitions,
         auto_create_topics: config.auto_create_topics_enable,

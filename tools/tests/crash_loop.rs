@@ -38,7 +38,7 @@ const CYCLES_SHORT: usize = 6;
 /// Acknowledgements (over both topics) each cycle waits for before it picks its kill moment.
 const ACKS_PER_CYCLE_MIN: usize = 2_000;
 const SEGMENT_BYTES: &str = "65536";
-const RETENTION_BYTES: &str = "262144";
+const RETENTION_BYTES: &str = "1048576";
 
 /// splitmix64: the kill moments, reproducible from the printed seed.
 struct Rng(u64);

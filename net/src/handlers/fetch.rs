@@ -35,7 +35,7 @@ pub async fn handle(broker: &ShardBroker, request: FetchRequest, version: i16) -
     let started = Instant::now();
     let max_wait = Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0)).min(MAX_WAIT_MAX);
     let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
-    let max_bytes = usize::try_from(request.max_bytes).unwrap_or(0).max(1);
+    let max_bytes = usize::try_from(request.max_bytes).unwrap_or(0).clamp(1, broker.settings.fetch_max_bytes);
     let snapshot = broker.registry.snapshot();
     // Resolve names (v12 and below) or topic ids (v13+).
     let mut topics: Vec<(TopicName, uuid::Uuid, Option<String>)> = Vec::new();

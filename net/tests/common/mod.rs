@@ -23,6 +23,7 @@ pub struct Options {
     pub shards: usize,
     pub limits: ConnectionLimits,
     pub max_connections_per_shard: usize,
+    pub queued_max_request_bytes_per_shard: usize,
     pub auto_create_topics: bool,
     pub group: corelog_net::group::classic::CoordinatorConfig,
 }
@@ -33,6 +34,7 @@ impl Default for Options {
             shards: 1,
             limits: ConnectionLimits::default(),
             max_connections_per_shard: 1000,
+            queued_max_request_bytes_per_shard: 256 << 20,
             auto_create_topics: true,
             // Tests do not wait for more members to join an empty group.
             group: corelog_net::group::classic::CoordinatorConfig {
@@ -58,6 +60,8 @@ impl Broker {
             write_shape: Default::default(),
             limits: options.limits,
             max_connections_per_shard: options.max_connections_per_shard,
+            queued_max_request_bytes_per_shard: options.queued_max_request_bytes_per_shard,
+            fetch_max_bytes: 55 << 20,
             default_log: LogConfig::default(),
             num_partitions: 1,
             auto_create_topics: options.auto_create_topics,

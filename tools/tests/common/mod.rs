@@ -42,8 +42,13 @@ impl Broker {
             .expect("spawn corelog");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, lines) = mpsc::channel();
+        // CORELOG_TEST_ECHO=1 echoes every broker log line to the test's output.
+        let echo = std::env::var_os("CORELOG_TEST_ECHO").is_some();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if echo {
+                    eprintln!("[corelog] {line}");
+                }
                 if tx.send(line).is_err() {
                     break;
                 }
@@ -78,6 +83,15 @@ impl Broker {
         address
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The broker's resident set size (VmRSS), in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        rss_bytes_of(self.pid()).expect("VmRSS of the running broker")
+    }
+
     pub fn signal(&self, signal: i32) {
         // SAFETY: sending a signal to our own child process.
         unsafe { libc::kill(self.child.id() as i32, signal) };
@@ -110,6 +124,14 @@ impl Broker {
         let (code, output) = self.wait_exit();
         assert_eq!(code, Some(0), "corelog did not stop cleanly:\n{output}");
     }
+}
+
+/// A process's resident set size (VmRSS from `/proc/PID/status`), in bytes; None once it is gone.
+pub fn rss_bytes_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 =
+        status.lines().find_map(|line| line.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 impl Drop for Broker {

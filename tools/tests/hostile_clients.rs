@@ -1,0 +1,445 @@
+//! Hostile clients against the real `corelog` binary: slow-loris connections, 10,000 idle
+//! connections, frames claiming 2 GiB, random bytes at full speed, a client that never reads
+//! its responses, and the broker's resident memory under max-rate produce with stalled
+//! consumers. Each is bounded by a configured limit (idle timeout, frame size, in-flight
+//! requests, the shard's request budget, `fetch.max.bytes`), and during each a well-behaved
+//! idempotent producer and a consumer round-trip their messages exactly.
+//!
+//! How much the hostile load slows the well-behaved client down is a benchmark figure, not a
+//! test assertion (these machines are shared): the tests check it keeps working, within the
+//! harness's bounded waits.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use common::kafka::*;
+use common::{WAIT, rss_bytes_of};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, FetchRequest, RequestHeader, TopicName};
+use kafka_protocol::protocol::{Encodable, StrBytes};
+use rdkafka::producer::Producer;
+
+const IDLE_MS: u64 = 2_000;
+const MIB: u64 = 1 << 20;
+
+/// A broker whose connections time out after [`IDLE_MS`], with `extra` config lines.
+fn node(extra: &str) -> Node {
+    Node::new(&format!("connections_max_idle_ms = {IDLE_MS}\n{extra}"))
+}
+
+/// The well-behaved client: an idempotent acks=all producer writes `messages` to a new
+/// 2-partition topic, then a consumer reads them back and every one is checked.
+fn well_behaved_round_trip(address: &str, topic: &str, messages: usize) -> Duration {
+    let started = Instant::now();
+    create_topic(address, topic, 2);
+    let producer = producer(address, &IDEMPOTENT);
+    for sequence in 0..messages {
+        send_sequenced(&producer, topic, 2, sequence);
+    }
+    flush(&producer);
+    let acked = producer.context().acked();
+    assert_eq!(acked.len(), messages, "{topic}: every message acknowledged");
+    assert_eq!(check_sequenced(address, topic, 2, &acked, messages), messages, "{topic}: every message read back");
+    started.elapsed()
+}
+
+fn connect(address: &str) -> TcpStream {
+    let stream = TcpStream::connect(address).unwrap_or_else(|e| panic!("connect to {address}: {e}"));
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+fn request_frame<T: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body: &T) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    RequestHeader::default()
+        .with_request_api_key(key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_static_str("hostile")))
+        .encode(&mut out, key.request_header_version(version))
+        .unwrap();
+    body.encode(&mut out, version).unwrap();
+    let mut frame = (out.len() as i32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&out);
+    frame
+}
+
+/// Sends an ApiVersions v0 request and reads its response: the connection is served.
+fn api_versions_round_trip(stream: &mut TcpStream) {
+    stream.write_all(&request_frame(ApiKey::ApiVersions, 0, 7, &ApiVersionsRequest::default())).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size).expect("an ApiVersions response");
+    let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
+    stream.read_exact(&mut body).unwrap();
+    assert_eq!(&body[..4], &7i32.to_be_bytes(), "the response's correlation id");
+}
+
+/// A Fetch v4 request for `topic`-`partition` from `offset`, answering at once.
+fn fetch_frame(topic: &str, partition: i32, offset: i64, max_bytes: i32, correlation_id: i32) -> Vec<u8> {
+    let request = FetchRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_max_wait_ms(0)
+        .with_min_bytes(1)
+        .with_max_bytes(max_bytes)
+        .with_topics(vec![
+            FetchTopic::default().with_topic(TopicName(StrBytes::from_string(topic.to_string()))).with_partitions(
+                vec![
+                    FetchPartition::default()
+                        .with_partition(partition)
+                        .with_fetch_offset(offset)
+                        .with_partition_max_bytes(max_bytes),
+                ],
+            ),
+        ]);
+    request_frame(ApiKey::Fetch, 4, correlation_id, &request)
+}
+
+/// Reads (and drops) whatever the broker still sends until it closes the connection; false if
+/// it is still open after `within`.
+fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let mut buffer = vec![0u8; 1 << 16];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut buffer) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return false;
+            }
+            Err(_) => return true, // reset: closed with our bytes unread
+        }
+    }
+}
+
+/// Runs the well-behaved round trip while `hostile` runs on other threads (it is told to stop
+/// afterwards through the flag it gets).
+fn alongside<T: Send + 'static>(
+    address: &str,
+    topic: &str,
+    hostile: impl FnOnce(Arc<AtomicBool>) -> T + Send + 'static,
+) -> (Duration, T) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let attack = {
+        let stop = stop.clone();
+        std::thread::spawn(move || hostile(stop))
+    };
+    let took = well_behaved_round_trip(address, topic, 5_000);
+    stop.store(true, Ordering::SeqCst);
+    (took, attack.join().expect("the hostile client's thread"))
+}
+
+#[test]
+fn slow_loris_connections_are_closed_at_the_idle_timeout_while_others_are_served() {
+    const LORIS: usize = 200;
+    let node = node("");
+    let (broker, address) = node.start();
+    // Each announces a 64-byte frame and sends its first 2 bytes; then one byte every 200 ms,
+    // so a frame is never complete.
+    let mut streams: Vec<TcpStream> = (0..LORIS)
+        .map(|_| {
+            let mut stream = connect(&address);
+            stream.write_all(&[0, 0, 0, 64, 0, 18]).unwrap();
+            stream
+        })
+        .collect();
+    let dribbled: Vec<TcpStream> = streams.iter().map(|s| s.try_clone().unwrap()).collect();
+    let started = Instant::now();
+    let (took, ()) = alongside(&address, "beside-slow-loris", move |stop| {
+        let mut dribbled = dribbled;
+        while !stop.load(Ordering::SeqCst) {
+            for stream in &mut dribbled {
+                let _ = stream.write_all(&[0]);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let closed = streams.iter_mut().map(|s| closed_within(s, WAIT)).filter(|&closed| closed).count();
+    let closed_after = started.elapsed();
+    eprintln!(
+        "slow loris: round trip beside {LORIS} slow connections took {took:?}; all closed after {closed_after:?}"
+    );
+    assert_eq!(closed, LORIS, "every slow-loris connection is closed by the idle timeout");
+    broker.stop();
+}
+
+#[test]
+fn ten_thousand_idle_connections_are_held_then_closed_while_others_are_served() {
+    const IDLE: usize = 10_000;
+    // Longer than the round trip, so the connections are all open during it.
+    let node = Node::new("connections_max_idle_ms = 20000\n");
+    let (broker, address) = node.start();
+    let rss_before = broker.rss_bytes();
+    let opened = Instant::now();
+    let mut streams: Vec<TcpStream> = (0..IDLE).map(|_| connect(&address)).collect();
+    // A sample of them is served: they are accepted, not left in the backlog.
+    for stream in streams.iter_mut().step_by(500) {
+        api_versions_round_trip(stream);
+    }
+    let rss_held = broker.rss_bytes();
+    let took = well_behaved_round_trip(&address, "beside-idle", 5_000);
+    let closed = streams.iter_mut().map(|s| closed_within(s, WAIT)).filter(|&closed| closed).count();
+    eprintln!(
+        "idle connections: {IDLE} opened; broker RSS {} MiB before, {} MiB holding them; round trip beside them \
+         took {took:?}; all closed {:?} after opening",
+        rss_before / MIB,
+        rss_held / MIB,
+        opened.elapsed()
+    );
+    assert_eq!(closed, IDLE, "every idle connection is closed by the idle timeout");
+    broker.stop();
+}
+
+#[test]
+fn frames_claiming_2_gib_are_refused_before_anything_is_allocated() {
+    let node = node("");
+    let (broker, address) = node.start();
+    let rss_before = broker.rss_bytes();
+    let target = address.clone();
+    let (took, refused) = alongside(&address, "beside-huge-frames", move |stop| {
+        // Claimed sizes: 2 GiB - 1, just over the 100 MiB default limit, negative, zero.
+        let claims: [i32; 4] = [i32::MAX, (100 << 20) + 1, -1, 0];
+        let mut refused = 0;
+        while !stop.load(Ordering::SeqCst) {
+            for claim in claims {
+                let mut stream = connect(&target);
+                stream.write_all(&claim.to_be_bytes()).unwrap();
+                assert!(closed_within(&mut stream, WAIT), "a frame claiming {claim} bytes closes its connection");
+                refused += 1;
+            }
+        }
+        refused
+    });
+    let grown = broker.rss_bytes().saturating_sub(rss_before);
+    eprintln!("huge frames: {refused} refused beside a round trip of {took:?}; broker RSS grew {} MiB", grown / MIB);
+    assert!(refused >= 4);
+    assert!(grown < 64 * MIB, "refusing huge frames allocated {} MiB", grown / MIB);
+    broker.stop();
+}
+
+#[test]
+fn random_bytes_at_full_speed_close_only_their_own_connections() {
+    const SENDERS: usize = 3;
+    let node = node("");
+    let (broker, address) = node.start();
+    let closes = Arc::new(AtomicUsize::new(0));
+    let sent_bytes = Arc::new(AtomicU64::new(0));
+    let (target, counted, sent) = (address.clone(), closes.clone(), sent_bytes.clone());
+    let (took, ()) = alongside(&address, "beside-random-bytes", move |stop| {
+        let senders: Vec<_> = (0..SENDERS as u64)
+            .map(|seed| {
+                let (target, stop, closes, sent) = (target.clone(), stop.clone(), counted.clone(), sent.clone());
+                std::thread::spawn(move || {
+                    let mut state = 0x2545_F491_4F6C_DD1D ^ (seed + 1);
+                    let mut chunk = vec![0u8; 64 << 10];
+                    while !stop.load(Ordering::SeqCst) {
+                        let mut stream = connect(&target);
+                        // Up to 8 MiB of noise, then wait for the broker to give up on it.
+                        for _ in 0..128 {
+                            for byte in chunk.iter_mut() {
+                                state ^= state << 13;
+                                state ^= state >> 7;
+                                state ^= state << 17;
+                                *byte = state as u8;
+                            }
+                            if stream.write_all(&chunk).is_err() {
+                                break;
+                            }
+                            sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        }
+                        assert!(closed_within(&mut stream, WAIT), "the broker closes a connection sending noise");
+                        closes.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        for sender in senders {
+            sender.join().expect("a noise sender");
+        }
+    });
+    let closes = closes.load(Ordering::Relaxed);
+    eprintln!(
+        "random bytes: {} MiB of noise on {closes} connections, all closed; round trip beside them took {took:?}",
+        sent_bytes.load(Ordering::Relaxed) / MIB
+    );
+    assert!(closes >= SENDERS, "each sender's connection was closed at least once");
+    broker.stop();
+}
+
+/// How a client that never reads ended its writing.
+#[derive(Debug, PartialEq, Eq)]
+enum NeverRead {
+    /// A write blocked for 200 ms: the broker stopped reading (backpressure).
+    HeldBack,
+    /// The broker closed the connection.
+    Closed,
+    Stopped,
+}
+
+/// Writes Fetch requests for `topic`-`partition` from offset 0 without ever reading a response,
+/// until the broker stops reading them (a write blocks for 200 ms), closes the connection, or
+/// `stop`; returns how many were written, why it ended, and the stream.
+fn never_read(
+    address: &str,
+    topic: &str,
+    partition: i32,
+    max_bytes: i32,
+    stop: &AtomicBool,
+) -> (usize, NeverRead, TcpStream) {
+    let mut stream = connect(address);
+    stream.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut written = 0;
+    while !stop.load(Ordering::SeqCst) {
+        let frame = fetch_frame(topic, partition, 0, max_bytes, written as i32);
+        match stream.write_all(&frame) {
+            Ok(()) => written += 1,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return (written, NeverRead::HeldBack, stream);
+            }
+            Err(_) => return (written, NeverRead::Closed, stream),
+        }
+    }
+    (written, NeverRead::Stopped, stream)
+}
+
+/// Waits, without reading, until the broker closes (resets) a connection it stopped reading
+/// from: a blocked write then fails. False if it is still open after `within`.
+fn reset_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    stream.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+    while Instant::now() < deadline {
+        match stream.write_all(&[0u8; 1024]) {
+            Ok(()) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+#[test]
+fn a_client_that_never_reads_is_held_back_by_backpressure_then_closed() {
+    let node = node("");
+    let (broker, address) = node.start();
+    // Data to fetch: a few MiB, so that responses fill the socket buffers.
+    create_topic(&address, "fetched", 1);
+    let producer = producer(&address, &[("acks", "all"), ("linger.ms", "5")]);
+    for sequence in 0..40_000 {
+        send_sequenced(&producer, "fetched", 1, sequence);
+    }
+    flush(&producer);
+    let rss_before = broker.rss_bytes();
+    let target = address.clone();
+    let started = Instant::now();
+    let (took, (written, outcome, mut stream)) = alongside(&address, "beside-a-client-not-reading", move |stop| {
+        never_read(&target, "fetched", 0, 1 << 20, &stop)
+    });
+    let grown = broker.rss_bytes().saturating_sub(rss_before);
+    eprintln!(
+        "never reads: {written} Fetch requests written before the broker stopped reading ({outcome:?} after \
+         {:?}); round trip beside it took {took:?}; broker RSS grew {} MiB",
+        started.elapsed(),
+        grown / MIB
+    );
+    match outcome {
+        NeverRead::HeldBack => {}
+        // The broker may already have given up on it: its idle timeout started with the first
+        // response it could not write, a little before the client's writes blocked.
+        NeverRead::Closed => assert!(started.elapsed() >= Duration::from_millis(IDLE_MS), "closed too early"),
+        NeverRead::Stopped => panic!("the broker kept reading requests whose responses are not read"),
+    }
+    assert!(grown < 64 * MIB, "a client that never reads grew the broker by {} MiB", grown / MIB);
+    // It is closed once no response byte has been accepted for the idle timeout.
+    assert!(reset_within(&mut stream, WAIT), "a client that never reads is closed");
+    broker.stop();
+}
+
+#[test]
+fn resident_memory_stays_within_the_budgets_under_max_rate_produce_with_stalled_consumers() {
+    const SHARDS: u64 = 2; // common::kafka::CORES
+    const CACHE: u64 = 32 * MIB;
+    const QUEUED: u64 = 32 * MIB;
+    const FRAME: u64 = 4 * MIB;
+    const FETCH: u64 = 4 * MIB;
+    const STALLED: usize = 4;
+    const PARTITIONS: usize = 8;
+    const MESSAGES: usize = 500_000;
+    // Stalled consumers stay connected for the whole flood (no idle timeout during it).
+    let node = Node::new(&format!(
+        "cache_budget_bytes_per_shard = {CACHE}\nqueued_max_request_bytes_per_shard = {QUEUED}\n\
+         socket_request_max_bytes = {FRAME}\nfetch_max_bytes = {FETCH}\n"
+    ));
+    let (broker, address) = node.start();
+    create_topic(&address, "flood", PARTITIONS as i32);
+    let baseline = broker.rss_bytes();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stalled: Vec<_> = (0..STALLED)
+        .map(|i| {
+            let (target, stop) = (address.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (written, outcome, stream) = never_read(&target, "flood", i as i32, FETCH as i32, &stop);
+                assert_ne!(outcome, NeverRead::Closed, "a stalled consumer was closed during the flood");
+                while !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                (written, stream)
+            })
+        })
+        .collect();
+    let peak = Arc::new(AtomicU64::new(baseline));
+    let sampler = {
+        let (peak, stop, pid) = (peak.clone(), stop.clone(), broker.pid());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                if let Some(rss) = rss_bytes_of(pid) {
+                    peak.fetch_max(rss, Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let started = Instant::now();
+    let producer = producer(
+        &address,
+        &[("acks", "all"), ("linger.ms", "5"), ("batch.size", "1000000"), ("queue.buffering.max.kbytes", "262144")],
+    );
+    let value = vec![b'x'; 1024];
+    for i in 0..MESSAGES {
+        let record = rdkafka::producer::BaseRecord::with_opaque_to("flood", i)
+            .partition((i % PARTITIONS) as i32)
+            .payload(&value[..]);
+        send(&producer, record);
+    }
+    flush(&producer);
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    sampler.join().unwrap();
+    let held: usize = stalled.into_iter().map(|t| t.join().unwrap().0).sum();
+    let peak = peak.load(Ordering::SeqCst);
+    // The budgets per shard, plus one frame over the request budget (a reservation is granted
+    // while anything is left) and one Fetch response per stalled connection, plus a margin for
+    // everything unbudgeted (flush buffers, indexes, connection state, allocator slack).
+    let margin = 96 * MIB;
+    let limit = baseline + SHARDS * (CACHE + QUEUED + FRAME) + STALLED as u64 * FETCH + margin;
+    eprintln!(
+        "memory: {MESSAGES} × 1 KiB produced in {elapsed:?} beside {STALLED} stalled consumers ({held} Fetch \
+         requests sent unread); broker RSS {} MiB at rest, peak {} MiB, limit {} MiB",
+        baseline / MIB,
+        peak / MIB,
+        limit / MIB
+    );
+    assert!(peak <= limit, "peak RSS {} MiB over the budgeted {} MiB", peak / MIB, limit / MIB);
+    broker.stop();
+}
