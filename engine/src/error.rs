@@ -20,12 +20,33 @@ pub struct IoFailure {
     pub path: PathBuf,
     pub message: String,
     pub os_error: Option<i32>,
+    /// The operation did less than asked (a short write or read) without an OS error.
+    pub incomplete: bool,
 }
+
+/// Operations that only put bytes the log still holds in memory onto the disk (or reserve
+/// room for them): when one fails for lack of space, retrying it later rewrites the same bytes.
+const REWRITABLE_OPERATIONS: [&str; 4] = ["write", "fallocate", "open", "create"];
 
 impl IoFailure {
     pub fn new(operation: &'static str, path: &Path, error: impl Into<std::io::Error>) -> Self {
         let error: std::io::Error = error.into();
-        Self { operation, path: path.to_path_buf(), message: error.to_string(), os_error: error.raw_os_error() }
+        let os_error = error.raw_os_error();
+        Self { operation, path: path.to_path_buf(), message: error.to_string(), os_error, incomplete: false }
+    }
+
+    /// A short write or read.
+    pub fn incomplete(operation: &'static str, path: &Path, message: String) -> Self {
+        Self { operation, path: path.to_path_buf(), message, os_error: None, incomplete: true }
+    }
+
+    /// Out of space (ENOSPC, EDQUOT), or a short write, while writing bytes the log still
+    /// holds: nothing they cover was acknowledged, the bytes already on disk stay valid, and the
+    /// write is retried once there is room. A failed sync is never retryable: after it the
+    /// kernel may have dropped the dirty pages, so the file is not trusted until recovered.
+    pub fn is_retryable_write(&self) -> bool {
+        let out_of_space = matches!(self.os_error, Some(libc::ENOSPC) | Some(libc::EDQUOT));
+        REWRITABLE_OPERATIONS.contains(&self.operation) && (out_of_space || self.incomplete)
     }
 }
 
@@ -38,6 +59,10 @@ pub enum StorageError {
     /// by a restart (no retrying fsync and carrying on).
     #[error("partition {partition} is offline after a storage failure: {cause}")]
     Offline { partition: String, cause: String },
+    /// Writes are held back until there is room on the disk again: appends are refused, and
+    /// those already appended wait (their write is retried, nothing unsynced is acknowledged).
+    #[error("partition {partition} cannot write: {cause}; appends are refused until there is room again")]
+    NoSpace { partition: String, cause: String },
     #[error("partition {0} is not hosted on this shard")]
     UnknownPartition(String),
     #[error("offset {offset} is outside [{log_start_offset}, {log_end_offset}]")]
@@ -51,9 +76,10 @@ pub enum StorageError {
 impl StorageError {
     pub fn kafka_error_code(&self) -> i16 {
         match self {
-            StorageError::Io(_) | StorageError::Offline { .. } | StorageError::Stopping => {
-                kafka_error::KAFKA_STORAGE_ERROR
-            }
+            StorageError::Io(_)
+            | StorageError::Offline { .. }
+            | StorageError::NoSpace { .. }
+            | StorageError::Stopping => kafka_error::KAFKA_STORAGE_ERROR,
             StorageError::UnknownPartition(_) => kafka_error::UNKNOWN_TOPIC_OR_PARTITION,
             StorageError::OffsetOutOfRange { .. } => kafka_error::OFFSET_OUT_OF_RANGE,
             StorageError::InvalidConfig(_) => 40, // INVALID_CONFIG

@@ -6,10 +6,12 @@
 //! - [`records`]: the records inside a batch (decompressed when needed).
 //! - [`side_ring`]: the per-shard io_uring ring for splice and socket writability.
 //! - [`device`]: start-up preparation of data devices (glommio's IOPOLL probe).
+//! - [`faults`]: fault injection at the storage I/O edge, for tests.
 
 pub mod batch;
 pub mod device;
 pub mod error;
+pub mod faults;
 pub mod log;
 pub mod records;
 pub mod runtime;

@@ -94,8 +94,18 @@ pub(crate) struct Partition {
     /// moves; abandoned ones are dropped then and at each new registration.
     readers: Vec<(i64, oneshot::Sender<()>)>,
     pub failed: Option<String>,
+    /// Writes held back for lack of space (retried by the flusher; appends refused meanwhile).
+    pub stalled: Option<Stalled>,
     pub last_sync_ms: i64,
     pub checkpoint_generation: u64,
+}
+
+/// Why and since when a partition's writes are held back, and when the flusher retries them.
+#[derive(Debug, Clone)]
+pub struct Stalled {
+    pub cause: String,
+    pub since_ms: i64,
+    pub retry_at_ms: i64,
 }
 
 impl Partition {
@@ -253,6 +263,34 @@ impl Partition {
             }
         }
         self.wake_readers();
+    }
+
+    /// Holds writes back after a write failed for lack of space (see
+    /// [`IoFailure::is_retryable_write`]): appends are refused, appends already made keep
+    /// waiting (bounded by their callers' timeouts), and the flusher retries at `retry_at_ms`.
+    pub fn stall(&mut self, cause: &IoFailure, now_ms: i64, retry_after_ms: i64) {
+        let since_ms = match &self.stalled {
+            Some(stalled) => stalled.since_ms,
+            None => {
+                tracing::warn!(partition = %self.name, error = %cause, "no room to write: appends refused until there is");
+                now_ms
+            }
+        };
+        self.stalled = Some(Stalled { cause: cause.to_string(), since_ms, retry_at_ms: now_ms + retry_after_ms });
+    }
+
+    /// A write went through: a stall, if any, is over.
+    pub fn resume(&mut self, now_ms: i64) {
+        if let Some(stalled) = self.stalled.take() {
+            let stalled_ms = now_ms - stalled.since_ms;
+            tracing::info!(partition = %self.name, stalled_ms, "writes resumed");
+        }
+    }
+
+    pub fn stalled_error(&self) -> Option<StorageError> {
+        self.stalled
+            .as_ref()
+            .map(|stalled| StorageError::NoSpace { partition: self.name.to_string(), cause: stalled.cause.clone() })
     }
 
     /// Takes the partition offline after a failed write or sync: waiting appends fail,
@@ -503,6 +541,7 @@ impl Partition {
             waiters: VecDeque::new(),
             readers: Vec::new(),
             failed: None,
+            stalled: None,
             last_sync_ms: now_ms,
             checkpoint_generation: 0,
         };

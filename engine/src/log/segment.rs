@@ -20,6 +20,7 @@ use glommio::io::{DmaFile, OpenOptions};
 
 use crate::batch::{self, BatchHeader};
 use crate::error::IoFailure;
+use crate::faults::{Fault, FaultPlan, IoOperation, errno_error};
 use crate::log::index::SegmentIndex;
 
 pub(crate) fn log_path(dir: &Path, base_offset: i64) -> PathBuf {
@@ -71,6 +72,9 @@ pub(crate) struct WritePlan {
     pub tail_after: Vec<u8>,
     /// fallocate this far first, when the write would pass the reserved extent.
     pub preallocate_to: Option<u64>,
+    /// How many pending batches the plan covers: they leave `pending` only once the write
+    /// completes, so a failed write is planned again from the same bytes.
+    pub batches: usize,
 }
 
 pub(crate) struct Segment {
@@ -178,8 +182,9 @@ impl Segment {
         self.first_append_ms.get_or_insert(now_ms);
     }
 
-    /// Takes pending batches (up to `write_bytes_max`, at least one) into one aligned write
-    /// that also rewrites the tail block.
+    /// Plans one aligned write of pending batches (up to `write_bytes_max`, at least one) that
+    /// also rewrites the tail block. Nothing changes until [`Segment::complete_write`]: a write
+    /// that fails for lack of space is planned again, from the same bytes, when retried.
     pub fn take_write_plan(&mut self, alignment: u64, preallocate_bytes: u64, shape: &WriteShape) -> Option<WritePlan> {
         let write_bytes_max = shape.write_bytes_max;
         let file = self.file.clone()?;
@@ -224,9 +229,9 @@ impl Segment {
         };
         copy_in(&self.tail);
         let mut next_offset_after = self.written_next_offset;
-        for (bytes, next_offset) in self.pending.drain(..batches) {
-            copy_in(&bytes);
-            next_offset_after = next_offset;
+        for (bytes, next_offset) in self.pending.iter().take(batches) {
+            copy_in(bytes);
+            next_offset_after = *next_offset;
         }
         copy_in(&vec![0u8; buffer_len - data_len]);
         let tail_start = data_len / alignment * alignment;
@@ -235,11 +240,8 @@ impl Segment {
             tail_after.push(chunks[absolute / chunk_bytes].1.as_bytes()[absolute % chunk_bytes]);
         }
         let end = position + buffer_len as u64;
-        let preallocate_to = (end > self.allocated_bytes).then(|| {
-            let target = (end + preallocate_bytes).div_ceil(alignment as u64) * alignment as u64;
-            self.allocated_bytes = target;
-            target
-        });
+        let preallocate_to = (end > self.allocated_bytes)
+            .then(|| (end + preallocate_bytes).div_ceil(alignment as u64) * alignment as u64);
         Some(WritePlan {
             file,
             path: self.path.clone(),
@@ -249,14 +251,23 @@ impl Segment {
             next_offset_after,
             tail_after,
             preallocate_to,
+            batches,
         })
     }
 
-    pub fn complete_write(&mut self, written_bytes: u64, next_offset: i64, tail: Vec<u8>) {
-        assert!(written_bytes >= self.written_bytes && written_bytes <= self.size_bytes());
-        self.written_bytes = written_bytes;
-        self.written_next_offset = next_offset;
-        self.tail = tail;
+    /// The planned write reached the file: its batches leave `pending`.
+    pub fn complete_write(&mut self, plan: WritePlan) {
+        let WritePlan { written_bytes_after, next_offset_after, tail_after, preallocate_to, batches, .. } = plan;
+        assert!(written_bytes_after >= self.written_bytes && written_bytes_after <= self.size_bytes());
+        assert!(batches >= 1 && batches <= self.pending.len(), "completing a write of batches no longer pending");
+        let (_, last_next_offset) = self.pending.drain(..batches).next_back().unwrap_or((Bytes::new(), i64::MIN));
+        assert_eq!(last_next_offset, next_offset_after, "the write covered other batches than planned");
+        if let Some(allocated) = preallocate_to {
+            self.allocated_bytes = self.allocated_bytes.max(allocated);
+        }
+        self.written_bytes = written_bytes_after;
+        self.written_next_offset = next_offset_after;
+        self.tail = tail_after;
     }
 
     pub fn complete_sync(&mut self, durable_bytes: u64, durable_next_offset: i64) {
@@ -293,8 +304,15 @@ pub(crate) fn open_splice_reader(path: &Path) -> Result<Rc<std::fs::File>, IoFai
 
 /// Performs a write plan: fallocate if needed, then its aligned O_DIRECT chunk writes,
 /// `queue_depth` at a time. The plan counts as written only when every chunk is.
-pub(crate) async fn execute_write(plan: &mut WritePlan, queue_depth: usize) -> Result<(), IoFailure> {
+pub(crate) async fn execute_write(
+    plan: &mut WritePlan,
+    queue_depth: usize,
+    faults: Option<&FaultPlan>,
+) -> Result<(), IoFailure> {
     if let Some(size) = plan.preallocate_to {
+        if let Some(Fault::Errno(errno)) = faults.and_then(|f| f.next(IoOperation::Allocate)) {
+            return Err(IoFailure::new("fallocate", &plan.path, errno_error(errno)));
+        }
         plan.file.pre_allocate(size, true).await.map_err(io("fallocate", &plan.path))?;
     }
     let mut chunks = std::mem::take(&mut plan.chunks);
@@ -304,14 +322,21 @@ pub(crate) async fn execute_write(plan: &mut WritePlan, queue_depth: usize) -> R
             let (file, path) = (&plan.file, &plan.path);
             async move {
                 let expected = buffer.len();
+                let buffer = match faults.and_then(|f| f.next(IoOperation::Write)) {
+                    None => buffer,
+                    Some(Fault::Errno(errno)) => return Err(IoFailure::new("write", path, errno_error(errno))),
+                    Some(Fault::ShortWrite) => match short_write_buffer(file, &buffer) {
+                        Some(short) => short,
+                        None => {
+                            let message = format!("short write at {position}: 0 of {expected} bytes");
+                            return Err(IoFailure::incomplete("write", path, message));
+                        }
+                    },
+                };
                 let written = file.write_at(buffer, position).await.map_err(io("write", path))?;
                 if written != expected {
-                    return Err(IoFailure {
-                        operation: "write",
-                        path: path.clone(),
-                        message: format!("short write at {position}: {written} of {expected} bytes"),
-                        os_error: None,
-                    });
+                    let message = format!("short write at {position}: {written} of {expected} bytes");
+                    return Err(IoFailure::incomplete("write", path, message));
                 }
                 Ok(())
             }
@@ -322,6 +347,20 @@ pub(crate) async fn execute_write(plan: &mut WritePlan, queue_depth: usize) -> R
         chunks = rest;
     }
     Ok(())
+}
+
+/// The first half of `buffer` (whole blocks), for an injected short write: the write then
+/// reports fewer bytes than the plan's chunk, as a device running out of room would. None
+/// when half is less than a block (nothing is written).
+fn short_write_buffer(file: &DmaFile, buffer: &glommio::io::DmaBuffer) -> Option<glommio::io::DmaBuffer> {
+    let alignment = file.alignment() as usize;
+    let half = buffer.len() / 2 / alignment * alignment;
+    if half == 0 {
+        return None;
+    }
+    let mut short = file.alloc_dma_buffer(half);
+    short.as_bytes_mut().copy_from_slice(&buffer.as_bytes()[..half]);
+    Some(short)
 }
 
 pub(crate) async fn sync_file(file: &DmaFile, path: &Path) -> Result<(), IoFailure> {
@@ -350,12 +389,7 @@ pub(crate) async fn write_small_file(path: &Path, bytes: Vec<u8>) -> Result<(), 
     let expected = bytes.len();
     let written = file.write_at(bytes, 0).await.map_err(io("write", path))?;
     if written != expected {
-        return Err(IoFailure {
-            operation: "write",
-            path: path.to_path_buf(),
-            message: format!("short write: {written} of {expected} bytes"),
-            os_error: None,
-        });
+        return Err(IoFailure::incomplete("write", path, format!("short write: {written} of {expected} bytes")));
     }
     file.fdatasync().await.map_err(io("fdatasync", path))?;
     file.close().await.map_err(io("close", path))
@@ -458,12 +492,8 @@ pub(crate) async fn scan_segment(
 pub(crate) async fn read_range(file: &DmaFile, path: &Path, position: u64, len: usize) -> Result<Vec<u8>, IoFailure> {
     let result = file.read_at(position, len).await.map_err(io("read", path))?;
     if result.len() != len {
-        return Err(IoFailure {
-            operation: "read",
-            path: path.to_path_buf(),
-            message: format!("short read at {position}: {} of {len} bytes", result.len()),
-            os_error: None,
-        });
+        let message = format!("short read at {position}: {} of {len} bytes", result.len());
+        return Err(IoFailure::incomplete("read", path, message));
     }
     Ok(result.to_vec())
 }

@@ -15,6 +15,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use glommio::io::DmaFile;
 
 use crate::batch;
 use crate::error::{AppendError, IoFailure, StorageError};
+use crate::faults::{Fault, FaultPlan, IoOperation, errno_error};
 use crate::log::cache::{BatchCache, CacheStats, PartitionId};
 use crate::log::config::{FlushPolicy, LogConfig};
 use crate::log::partition::{
@@ -39,6 +41,9 @@ use crate::side_ring::SideRing;
 /// 100 files synced by 32 workers take about half the time they take with 8.
 const SYNC_WORKERS_MAX: u32 = 32;
 
+/// How often a partition whose writes are held back for lack of space retries them.
+const STALL_RETRY_MS: i64 = 500;
+
 /// Settings of a shard's storage.
 #[derive(Debug, Clone)]
 pub struct ShardLogConfig {
@@ -47,11 +52,13 @@ pub struct ShardLogConfig {
     pub cache_budget_bytes: usize,
     /// How flush waves cut their writes.
     pub write_shape: WriteShape,
+    /// Faults to inject at the storage I/O edge (tests only; None in production).
+    pub faults: Option<Arc<FaultPlan>>,
 }
 
 impl ShardLogConfig {
     pub fn new(data_dir: impl Into<PathBuf>, cache_budget_bytes: usize) -> Self {
-        Self { data_dir: data_dir.into(), cache_budget_bytes, write_shape: WriteShape::default() }
+        Self { data_dir: data_dir.into(), cache_budget_bytes, write_shape: WriteShape::default(), faults: None }
     }
 }
 
@@ -313,7 +320,7 @@ impl ShardLog {
         let Inner { partitions, cache, stats, .. } = &mut *inner;
         let (id, partition) =
             partitions.get_mut(name).ok_or_else(|| StorageError::UnknownPartition(name.to_string()))?;
-        if let Some(error) = partition.offline_error() {
+        if let Some(error) = partition.offline_error().or_else(|| partition.stalled_error()) {
             return Err(error.into());
         }
         let mut header = batch::validate_produced(&batch, partition.config.max_message_bytes)?;
@@ -546,6 +553,7 @@ impl ShardLog {
 
     /// Waits until the flusher has nothing outstanding: everything written, synced where the
     /// policy syncs, and every rolled segment finalized (retention only deletes those).
+    /// Partitions offline, or held back for lack of space, are not waited for.
     pub async fn settle(&self) {
         loop {
             let busy = {
@@ -554,6 +562,7 @@ impl ShardLog {
                     || inner.syncs_in_flight > 0
                     || inner.partitions.values().any(|(_, p)| {
                         p.failed.is_none()
+                            && p.stalled.is_none()
                             && p.segments.values().any(|s| {
                                 s.has_pending()
                                     || s.ready_to_finalize()
@@ -620,6 +629,12 @@ impl ShardLog {
     async fn flusher_loop(self: Rc<Self>) {
         loop {
             let interval_ms = self.shortest_sync_interval_ms();
+            let stalled = self.inner.borrow().partitions.values().any(|(_, p)| p.stalled.is_some());
+            let interval_ms = match (interval_ms, stalled) {
+                (Some(ms), true) => Some(ms.min(STALL_RETRY_MS as u64)),
+                (None, true) => Some(STALL_RETRY_MS as u64),
+                (interval_ms, false) => interval_ms,
+            };
             match interval_ms {
                 Some(ms) => {
                     let sleep = glommio::timer::sleep(Duration::from_millis(ms));
@@ -636,12 +651,23 @@ impl ShardLog {
                     .iter()
                     .filter(|(name, (_, p))| {
                         !wave.contains(name)
+                            && p.failed.is_none()
                             && p.has_unsynced()
                             && (inner.stopping || matches!(p.config.flush, FlushPolicy::IntervalMs(ms) if now - p.last_sync_ms >= ms as i64))
                     })
                     .map(|(name, _)| name.clone())
                     .collect();
                 wave.extend(due);
+                // Partitions held back for lack of space retry their writes now and then.
+                let retry: Vec<TopicPartition> = inner
+                    .partitions
+                    .iter()
+                    .filter(|(name, (_, p))| {
+                        !wave.contains(name) && p.stalled.as_ref().is_some_and(|s| now >= s.retry_at_ms)
+                    })
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                wave.extend(retry);
                 let appends = std::mem::take(&mut inner.appends_since_wave);
                 inner.stats.wave_appends_max = inner.stats.wave_appends_max.max(appends);
                 (wave, inner.stopping)
@@ -669,6 +695,10 @@ impl ShardLog {
         }
     }
 
+    fn faults(&self) -> Option<&FaultPlan> {
+        self.config.faults.as_deref()
+    }
+
     fn shortest_sync_interval_ms(&self) -> Option<u64> {
         let inner = self.inner.borrow();
         inner
@@ -690,12 +720,20 @@ impl ShardLog {
             return;
         };
         match result {
+            // Offline: what it still holds in memory is never written.
+            Ok(()) if partition.failed.is_some() => {}
             Ok(()) => {
+                partition.resume(now_ms());
                 partition.complete_waiters();
                 // A wave writes at most `write_bytes_max` per segment: the rest goes in the next.
                 if partition.segments.values().any(Segment::has_pending) {
                     inner.dirty.insert(name.clone());
                 }
+            }
+            // The bytes stay pending in memory and are written again once there is room; the
+            // shard stopping gives up instead (they were never acknowledged).
+            Err(failure) if failure.is_retryable_write() && !stopping => {
+                partition.stall(&failure, now_ms(), STALL_RETRY_MS);
             }
             Err(failure) => partition.fail(&failure),
         }
@@ -738,6 +776,9 @@ impl ShardLog {
             // 1. The file exists and its directory entry is durable before any data counts.
             let missing = self.with_segment(name, base, |_, s| s.file.is_none().then(|| s.path.clone())).flatten();
             if let Some(path) = missing {
+                if let Some(Fault::Errno(errno)) = self.faults().and_then(|f| f.next(IoOperation::Create)) {
+                    return Err(IoFailure::new("open", &path, errno_error(errno)));
+                }
                 let file = segment::open_segment_file(&path, true).await?;
                 let reader = segment::open_splice_reader(&path)?;
                 partition::sync_dir(&dir).await?;
@@ -753,12 +794,12 @@ impl ShardLog {
                 })
                 .flatten();
             if let Some(mut plan) = plan {
-                segment::execute_write(&mut plan, shape.queue_depth).await?;
-                let (bytes, next, tail) = (plan.written_bytes_after, plan.next_offset_after, plan.tail_after);
-                self.with_segment(name, base, |_, s| s.complete_write(bytes, next, tail));
+                segment::execute_write(&mut plan, shape.queue_depth, self.faults()).await?;
+                let buffer_len = plan.buffer_len as u64;
+                self.with_segment(name, base, |_, s| s.complete_write(plan));
                 let mut inner = self.inner.borrow_mut();
                 inner.stats.writes += 1;
-                inner.stats.written_bytes += plan.buffer_len as u64;
+                inner.stats.written_bytes += buffer_len;
             }
             // 3. One fdatasync per file, when the policy (or a seal, or the stop) asks for it.
             // It runs beside the next waves' writes: a sync covers what was written before it
@@ -808,10 +849,15 @@ impl ShardLog {
         let result = match &captured {
             Some((file, _, _)) => {
                 use std::os::fd::AsRawFd;
-                self.side_ring
-                    .fdatasync(file.as_raw_fd())
-                    .await
-                    .map_err(|e| IoFailure::new("fdatasync", &segment::log_path(&dir, base), e))
+                let path = segment::log_path(&dir, base);
+                match self.faults().and_then(|f| f.next(IoOperation::Sync)) {
+                    Some(Fault::Errno(errno)) => Err(IoFailure::new("fdatasync", &path, errno_error(errno))),
+                    _ => self
+                        .side_ring
+                        .fdatasync(file.as_raw_fd())
+                        .await
+                        .map_err(|e| IoFailure::new("fdatasync", &path, e)),
+                }
             }
             None => Ok(()),
         };
@@ -889,11 +935,13 @@ async fn locate_batch(
         let mut at = 0usize;
         while at + batch::BATCH_HEADER_BYTES <= window.len() {
             let Some(header) = batch::parse_stored_header(&window[at..]) else {
+                let message = format!("bad batch header at {}", position + at as u64);
                 return Err(IoFailure {
                     operation: "read",
                     path: plan.path.clone(),
-                    message: format!("bad batch header at {}", position + at as u64),
+                    message,
                     os_error: None,
+                    incomplete: false,
                 });
             };
             if wanted(&header) {
