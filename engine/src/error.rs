@@ -31,7 +31,12 @@ const REWRITABLE_OPERATIONS: [&str; 4] = ["write", "fallocate", "open", "create"
 impl IoFailure {
     pub fn new(operation: &'static str, path: &Path, error: impl Into<std::io::Error>) -> Self {
         let error: std::io::Error = error.into();
-        let os_error = error.raw_os_error();
+        // glommio's errors with context keep the kind but not the errno.
+        let os_error = error.raw_os_error().or(match error.kind() {
+            std::io::ErrorKind::StorageFull => Some(libc::ENOSPC),
+            std::io::ErrorKind::QuotaExceeded => Some(libc::EDQUOT),
+            _ => None,
+        });
         Self { operation, path: path.to_path_buf(), message: error.to_string(), os_error, incomplete: false }
     }
 

@@ -602,6 +602,9 @@ impl ShardBroker {
                 }
             }
         }
+        // The space just freed refills the reserve a full disk may have used up.
+        let registry = Arc::clone(&self.registry);
+        glommio::executor().spawn_blocking(move || registry.ensure_space_reserve()).await;
         tracing::info!(topics = ?removed.iter().map(|r| &r.name).collect::<Vec<_>>(), "deleted topics");
         outcomes
     }

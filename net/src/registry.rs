@@ -89,7 +89,7 @@ impl Registry {
                     next_producer_id: 0,
                 };
                 std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-                write_atomically(&path, &file)?;
+                write_atomically(&path, &file).map_err(|e| e.message)?;
                 file
             }
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
@@ -126,7 +126,14 @@ impl Registry {
             topics,
             next_producer_id: self.next_producer_id.load(Ordering::Acquire),
         };
-        write_atomically(&self.path, &file)?;
+        match write_atomically(&self.path, &file) {
+            // A full disk must not stop the one thing that frees space: deleting topics.
+            // Giving up the reserve makes room for this write.
+            Err(WriteError { out_of_space: true, .. }) if self.release_space_reserve() => {
+                write_atomically(&self.path, &file).map_err(|e| e.message)?
+            }
+            result => result.map_err(|e| e.message)?,
+        }
         let mut guard = match self.topics.write() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
@@ -159,11 +166,65 @@ fn cluster_id_text(bytes: &[u8; 16]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn write_atomically(path: &Path, file: &RegistryFile) -> Result<(), String> {
+/// Bytes kept allocated in `__corelog/space-reserve` and given up when a registry write finds
+/// the disk full, so that topics can still be deleted (which frees their space).
+const SPACE_RESERVE_BYTES: usize = 4 << 20;
+
+impl Registry {
+    fn space_reserve_path(&self) -> std::path::PathBuf {
+        self.path.with_file_name("space-reserve")
+    }
+
+    /// Creates the space reserve if it is missing (at start, and after topics are deleted).
+    /// Best effort: on a full disk it stays missing until there is room.
+    pub fn ensure_space_reserve(&self) {
+        use std::io::Write;
+        let path = self.space_reserve_path();
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() as usize >= SPACE_RESERVE_BYTES) {
+            return;
+        }
+        let zeros = vec![0u8; 64 << 10];
+        let written = std::fs::File::create(&path).and_then(|mut file| {
+            for _ in 0..SPACE_RESERVE_BYTES / zeros.len() {
+                file.write_all(&zeros)?;
+            }
+            file.sync_all()
+        });
+        match written {
+            Ok(()) => tracing::debug!(path = %path.display(), "space reserve in place"),
+            Err(error) => {
+                let _ = std::fs::remove_file(&path);
+                tracing::warn!(path = %path.display(), %error, "no room for the space reserve yet");
+            }
+        }
+    }
+
+    /// Removes the space reserve; true if there was one to give up.
+    fn release_space_reserve(&self) -> bool {
+        let path = self.space_reserve_path();
+        let released = std::fs::remove_file(&path).is_ok();
+        if released {
+            tracing::warn!(path = %path.display(), "disk full: gave up the space reserve to write the topic registry");
+        }
+        released
+    }
+}
+
+/// A failed registry write: what to tell, and whether it failed for lack of space.
+struct WriteError {
+    message: String,
+    out_of_space: bool,
+}
+
+fn write_atomically(path: &Path, file: &RegistryFile) -> Result<(), WriteError> {
     use std::io::Write;
-    let text = serde_json::to_vec_pretty(file).map_err(|e| format!("cannot encode the topic registry: {e}"))?;
+    let text = serde_json::to_vec_pretty(file)
+        .map_err(|e| WriteError { message: format!("cannot encode the topic registry: {e}"), out_of_space: false })?;
     let tmp = path.with_extension("json.tmp");
-    let fail = |what: &str, e: std::io::Error| format!("{what} {}: {e}", tmp.display());
+    let fail = |what: &str, e: std::io::Error| WriteError {
+        message: format!("{what} {}: {e}", tmp.display()),
+        out_of_space: matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)),
+    };
     let mut out = std::fs::File::create(&tmp).map_err(|e| fail("cannot create", e))?;
     out.write_all(&text).map_err(|e| fail("cannot write", e))?;
     out.sync_all().map_err(|e| fail("cannot sync", e))?;
@@ -171,7 +232,7 @@ fn write_atomically(path: &Path, file: &RegistryFile) -> Result<(), String> {
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(|e| format!("cannot sync {}: {e}", dir.display()))?;
+            .map_err(|e| WriteError { message: format!("cannot sync {}: {e}", dir.display()), out_of_space: false })?;
     }
     Ok(())
 }

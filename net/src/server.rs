@@ -58,6 +58,7 @@ pub enum ShardEvent {
 /// partition to a shard.
 pub fn prepare(data_dir: &Path, placement: &PlacementTable) -> Result<Arc<Registry>, String> {
     let registry = Registry::open(data_dir)?;
+    registry.ensure_space_reserve();
     let topics = registry.snapshot();
     let entries =
         std::fs::read_dir(data_dir).map_err(|e| format!("cannot list data dir {}: {e}", data_dir.display()))?;
