@@ -8,6 +8,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 pub mod groups;
+pub mod hostile;
 
 use std::path::Path;
 use std::rc::Rc;

@@ -75,3 +75,28 @@ fn the_rebalance_scenario_runs() {
     assert!(report.first_generation > std::time::Duration::ZERO && report.after_leave > std::time::Duration::ZERO);
     broker.stop().unwrap();
 }
+
+#[test]
+fn the_hostile_scenarios_run() {
+    use corelog_benches::hostile::{Attack, calm_client, fill_fetch_topic, start_attack};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = corelog_benches::hostile::bench_broker(dir.path());
+    let address = broker.address.to_string();
+    fill_fetch_topic(&address, "fetched");
+    let attacks = [
+        Attack::Quiet,
+        Attack::SlowLoris { connections: 5 },
+        Attack::IdleConnections { connections: 20 },
+        Attack::HugeFrames,
+        Attack::RandomBytes { senders: 1 },
+        Attack::NeverReads { clients: 2 },
+    ];
+    for (index, attack) in attacks.into_iter().enumerate() {
+        let running = start_attack(attack, &address, "fetched");
+        let figures = calm_client(&address, &format!("calm-{index}"), 100, std::time::Duration::from_millis(200));
+        running.stop();
+        assert!(figures.max_rate_messages_per_sec > 0.0, "{attack:?}: {figures:?}");
+        assert!(figures.latency_ms_p99 >= figures.latency_ms_p50 && figures.latency_ms_p50 > 0.0, "{figures:?}");
+    }
+    broker.stop().unwrap();
+}

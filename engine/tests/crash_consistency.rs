@@ -196,6 +196,44 @@ fn nothing_after_a_corrupt_batch_is_ever_served() {
 }
 
 #[test]
+fn a_damaged_base_offset_is_caught_although_the_crc_does_not_cover_it() {
+    // Found by the recovery fuzzer: a base offset changed on disk (a gap) was accepted.
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig { segment_bytes: 64 << 10, ..small_segments() };
+    let acked = write_and_crash(dir.path(), &config, 6, 0);
+    let segment = last_segment(dir.path());
+    let bytes = std::fs::read(&segment).unwrap();
+    let mut at = 0;
+    for _ in 0..4 {
+        at += batch::validate_prefix(&bytes[at..]).unwrap().size_bytes;
+    }
+    // The fifth batch claims offset 28 instead of 12; its CRC still matches.
+    overwrite_at(&segment, at as u64 + 7, &[28]);
+    let (recovered, report, next) = recover(dir.path(), &config);
+    assert_eq!(report.stop, Some(ScanStop::OffsetsNotContiguous), "{report:?}");
+    assert_eq!(recovered, acked[..4].to_vec(), "only the batches before the damaged one remain");
+    assert_eq!(next, 12);
+}
+
+#[test]
+fn a_damaged_leader_epoch_is_caught_although_the_crc_does_not_cover_it() {
+    // Found by the recovery fuzzer: a partition leader epoch changed on disk was served.
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig { segment_bytes: 64 << 10, ..small_segments() };
+    let acked = write_and_crash(dir.path(), &config, 6, 0);
+    let segment = last_segment(dir.path());
+    let bytes = std::fs::read(&segment).unwrap();
+    let first = batch::validate_prefix(&bytes).unwrap().size_bytes;
+    let second = batch::validate_prefix(&bytes[first..]).unwrap().size_bytes;
+    // The third batch's epoch (bytes 12..16) becomes 1; its CRC still matches.
+    overwrite_at(&segment, (first + second + 15) as u64, &[1]);
+    let (recovered, report, next) = recover(dir.path(), &config);
+    assert!(matches!(report.stop, Some(ScanStop::Corrupt(ref m)) if m.contains("epoch")), "{report:?}");
+    assert_eq!(recovered, acked[..2].to_vec(), "only the batches before the damaged one remain");
+    assert_eq!(next, 6);
+}
+
+#[test]
 fn a_crash_right_after_a_roll_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     // Batches are ~0.5 KiB: 2 KiB segments roll every few batches.

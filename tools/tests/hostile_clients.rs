@@ -5,9 +5,9 @@
 //! requests, the shard's request budget, `fetch.max.bytes`), and during each a well-behaved
 //! idempotent producer and a consumer round-trip their messages exactly.
 //!
-//! How much the hostile load slows the well-behaved client down is a benchmark figure, not a
-//! test assertion (these machines are shared): the tests check it keeps working, within the
-//! harness's bounded waits.
+//! How much the hostile load slows the well-behaved client down is a benchmark figure
+//! (`hostile-bench`, the same loads from `corelog_benches::hostile`), not a test assertion
+//! (these machines are shared): the tests check it keeps working, within bounded waits.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
 mod common;
@@ -18,12 +18,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use common::kafka::*;
 use common::{WAIT, rss_bytes_of};
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, FetchRequest, RequestHeader, TopicName};
-use kafka_protocol::protocol::{Encodable, StrBytes};
+use corelog_benches::hostile::*;
 use rdkafka::producer::Producer;
 
 const IDLE_MS: u64 = 2_000;
@@ -50,78 +47,15 @@ fn well_behaved_round_trip(address: &str, topic: &str, messages: usize) -> Durat
     started.elapsed()
 }
 
-fn connect(address: &str) -> TcpStream {
-    let stream = TcpStream::connect(address).unwrap_or_else(|e| panic!("connect to {address}: {e}"));
-    stream.set_nodelay(true).unwrap();
-    stream
-}
-
-fn request_frame<T: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body: &T) -> Vec<u8> {
-    let mut out = BytesMut::new();
-    RequestHeader::default()
-        .with_request_api_key(key as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(correlation_id)
-        .with_client_id(Some(StrBytes::from_static_str("hostile")))
-        .encode(&mut out, key.request_header_version(version))
-        .unwrap();
-    body.encode(&mut out, version).unwrap();
-    let mut frame = (out.len() as i32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&out);
-    frame
-}
-
 /// Sends an ApiVersions v0 request and reads its response: the connection is served.
 fn api_versions_round_trip(stream: &mut TcpStream) {
-    stream.write_all(&request_frame(ApiKey::ApiVersions, 0, 7, &ApiVersionsRequest::default())).unwrap();
+    stream.write_all(&api_versions_frame(7)).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();
     let mut size = [0u8; 4];
     stream.read_exact(&mut size).expect("an ApiVersions response");
     let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
     stream.read_exact(&mut body).unwrap();
     assert_eq!(&body[..4], &7i32.to_be_bytes(), "the response's correlation id");
-}
-
-/// A Fetch v4 request for `topic`-`partition` from `offset`, answering at once.
-fn fetch_frame(topic: &str, partition: i32, offset: i64, max_bytes: i32, correlation_id: i32) -> Vec<u8> {
-    let request = FetchRequest::default()
-        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
-        .with_max_wait_ms(0)
-        .with_min_bytes(1)
-        .with_max_bytes(max_bytes)
-        .with_topics(vec![
-            FetchTopic::default().with_topic(TopicName(StrBytes::from_string(topic.to_string()))).with_partitions(
-                vec![
-                    FetchPartition::default()
-                        .with_partition(partition)
-                        .with_fetch_offset(offset)
-                        .with_partition_max_bytes(max_bytes),
-                ],
-            ),
-        ]);
-    request_frame(ApiKey::Fetch, 4, correlation_id, &request)
-}
-
-/// Reads (and drops) whatever the broker still sends until it closes the connection; false if
-/// it is still open after `within`.
-fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    let mut buffer = vec![0u8; 1 << 16];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        stream.set_read_timeout(Some(left)).unwrap();
-        match stream.read(&mut buffer) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                return false;
-            }
-            Err(_) => return true, // reset: closed with our bytes unread
-        }
-    }
 }
 
 /// Runs the well-behaved round trip while `hostile` runs on other threads (it is told to stop
@@ -148,21 +82,13 @@ fn slow_loris_connections_are_closed_at_the_idle_timeout_while_others_are_served
     let (broker, address) = node.start();
     // Each announces a 64-byte frame and sends its first 2 bytes; then one byte every 200 ms,
     // so a frame is never complete.
-    let mut streams: Vec<TcpStream> = (0..LORIS)
-        .map(|_| {
-            let mut stream = connect(&address);
-            stream.write_all(&[0, 0, 0, 64, 0, 18]).unwrap();
-            stream
-        })
-        .collect();
+    let mut streams: Vec<TcpStream> = (0..LORIS).map(|_| slow_loris(&address)).collect();
     let dribbled: Vec<TcpStream> = streams.iter().map(|s| s.try_clone().unwrap()).collect();
     let started = Instant::now();
     let (took, ()) = alongside(&address, "beside-slow-loris", move |stop| {
         let mut dribbled = dribbled;
         while !stop.load(Ordering::SeqCst) {
-            for stream in &mut dribbled {
-                let _ = stream.write_all(&[0]);
-            }
+            dribble(&mut dribbled);
             std::thread::sleep(Duration::from_millis(200));
         }
     });
@@ -209,14 +135,10 @@ fn frames_claiming_2_gib_are_refused_before_anything_is_allocated() {
     let rss_before = broker.rss_bytes();
     let target = address.clone();
     let (took, refused) = alongside(&address, "beside-huge-frames", move |stop| {
-        // Claimed sizes: 2 GiB - 1, just over the 100 MiB default limit, negative, zero.
-        let claims: [i32; 4] = [i32::MAX, (100 << 20) + 1, -1, 0];
         let mut refused = 0;
         while !stop.load(Ordering::SeqCst) {
-            for claim in claims {
-                let mut stream = connect(&target);
-                stream.write_all(&claim.to_be_bytes()).unwrap();
-                assert!(closed_within(&mut stream, WAIT), "a frame claiming {claim} bytes closes its connection");
+            for claim in HUGE_FRAME_CLAIMS {
+                assert!(claim_huge_frame(&target, claim, WAIT), "a frame claiming {claim} bytes closes its connection");
                 refused += 1;
             }
         }
@@ -243,23 +165,11 @@ fn random_bytes_at_full_speed_close_only_their_own_connections() {
                 let (target, stop, closes, sent) = (target.clone(), stop.clone(), counted.clone(), sent.clone());
                 std::thread::spawn(move || {
                     let mut state = 0x2545_F491_4F6C_DD1D ^ (seed + 1);
-                    let mut chunk = vec![0u8; 64 << 10];
                     while !stop.load(Ordering::SeqCst) {
-                        let mut stream = connect(&target);
                         // Up to 8 MiB of noise, then wait for the broker to give up on it.
-                        for _ in 0..128 {
-                            for byte in chunk.iter_mut() {
-                                state ^= state << 13;
-                                state ^= state >> 7;
-                                state ^= state << 17;
-                                *byte = state as u8;
-                            }
-                            if stream.write_all(&chunk).is_err() {
-                                break;
-                            }
-                            sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                        }
-                        assert!(closed_within(&mut stream, WAIT), "the broker closes a connection sending noise");
+                        let bytes = send_noise(&target, &mut state, 8 << 20, WAIT);
+                        let bytes = bytes.expect("the broker closes a connection sending noise");
+                        sent.fetch_add(bytes, Ordering::Relaxed);
                         closes.fetch_add(1, Ordering::Relaxed);
                     }
                 })
@@ -276,57 +186,6 @@ fn random_bytes_at_full_speed_close_only_their_own_connections() {
     );
     assert!(closes >= SENDERS, "each sender's connection was closed at least once");
     broker.stop();
-}
-
-/// How a client that never reads ended its writing.
-#[derive(Debug, PartialEq, Eq)]
-enum NeverRead {
-    /// A write blocked for 200 ms: the broker stopped reading (backpressure).
-    HeldBack,
-    /// The broker closed the connection.
-    Closed,
-    Stopped,
-}
-
-/// Writes Fetch requests for `topic`-`partition` from offset 0 without ever reading a response,
-/// until the broker stops reading them (a write blocks for 200 ms), closes the connection, or
-/// `stop`; returns how many were written, why it ended, and the stream.
-fn never_read(
-    address: &str,
-    topic: &str,
-    partition: i32,
-    max_bytes: i32,
-    stop: &AtomicBool,
-) -> (usize, NeverRead, TcpStream) {
-    let mut stream = connect(address);
-    stream.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
-    let mut written = 0;
-    while !stop.load(Ordering::SeqCst) {
-        let frame = fetch_frame(topic, partition, 0, max_bytes, written as i32);
-        match stream.write_all(&frame) {
-            Ok(()) => written += 1,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                return (written, NeverRead::HeldBack, stream);
-            }
-            Err(_) => return (written, NeverRead::Closed, stream),
-        }
-    }
-    (written, NeverRead::Stopped, stream)
-}
-
-/// Waits, without reading, until the broker closes (resets) a connection it stopped reading
-/// from: a blocked write then fails. False if it is still open after `within`.
-fn reset_within(stream: &mut TcpStream, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    stream.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
-    while Instant::now() < deadline {
-        match stream.write_all(&[0u8; 1024]) {
-            Ok(()) => {}
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-            Err(_) => return true,
-        }
-    }
-    false
 }
 
 #[test]

@@ -22,8 +22,14 @@ use crate::error::{IoFailure, StorageError};
 use crate::log::config::{FlushPolicy, LogConfig};
 use crate::log::index::SegmentIndex;
 use crate::log::producer::ProducerStates;
-use crate::log::segment::{self, ProducerReplay, ScanStop, Segment};
+use crate::log::segment::{self, ProducerReplay, ScanExpectations, ScanStop, Segment};
 use crate::records::RecordStamp;
+
+/// The highest partition leader epoch a batch in the log may carry. Every batch is stamped with
+/// epoch 0 until replication brings leader changes (it will keep an epoch checkpoint and pass
+/// its latest epoch here); recovery refuses anything else, because the CRC does not cover the
+/// epoch and a damaged one would reach consumers (KIP-320 truncation checks).
+const LEADER_EPOCH_MAX: i32 = 0;
 
 /// A topic partition; its directory under the data dir is `{topic}-{partition}`, as in Kafka.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -440,7 +446,8 @@ impl Partition {
         let last_base = listing.last().copied();
         for &base in &listing {
             let path = segment::log_path(&dir, base);
-            if stopped || expected_next.is_some_and(|next| base < next) {
+            // A segment must start where the one before it ended: offsets never skip.
+            if stopped || expected_next.is_some_and(|next| base != next) {
                 remove_segment_files(&dir, base).await?;
                 report.segments_dropped += 1;
                 stopped = true;
@@ -461,7 +468,10 @@ impl Partition {
                         &path,
                         file_size,
                         base,
-                        expected_next.unwrap_or(base),
+                        ScanExpectations {
+                            next_offset: expected_next.unwrap_or(base),
+                            leader_epoch_max: LEADER_EPOCH_MAX,
+                        },
                         config.index_interval_bytes,
                         &mut ProducerReplay { states: &mut producers, from_offset: snapshot_offset },
                     )

@@ -414,8 +414,10 @@ pub enum ScanStop {
     TornTail,
     /// A batch that fails validation (bad magic, CRC, counts).
     Corrupt(String),
-    /// Offsets that go backwards.
-    OffsetsNotIncreasing,
+    /// A batch whose base offset does not follow the batch before it (or, for the first batch,
+    /// the segment's base offset): offsets going back, or a gap. The CRC does not cover the
+    /// base offset, so this is how damage to it shows; the log never has gaps (no compaction).
+    OffsetsNotContiguous,
 }
 
 /// Where a recovery scan replays idempotent-producer state: batches at or after
@@ -423,6 +425,15 @@ pub enum ScanStop {
 pub(crate) struct ProducerReplay<'a> {
     pub states: &'a mut crate::log::producer::ProducerStates,
     pub from_offset: i64,
+}
+
+/// What a recovery scan holds the batches of a segment to, beyond their own validity.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ScanExpectations {
+    /// Where the segment must start (the previous segment's next offset, or its own base).
+    pub next_offset: i64,
+    /// The highest partition leader epoch a batch may carry.
+    pub leader_epoch_max: i32,
 }
 
 /// The result of validating a segment file from its start.
@@ -433,17 +444,19 @@ pub(crate) struct ScanOutcome {
 
 const SCAN_CHUNK_BYTES: usize = 1 << 20;
 
-/// Validates every batch of a segment file (length, magic, CRC32C, increasing offsets) and
+/// Validates every batch of a segment file (length, magic, CRC32C, contiguous offsets) and
 /// rebuilds its indexes, stopping at the first batch that is not whole and valid.
 pub(crate) async fn scan_segment(
     file: &DmaFile,
     path: &Path,
     file_size: u64,
     base_offset: i64,
-    expected_next_offset: i64,
+    expected: ScanExpectations,
     index_interval_bytes: u64,
     producers: &mut ProducerReplay<'_>,
 ) -> Result<ScanOutcome, IoFailure> {
+    let ScanExpectations { next_offset: expected_next_offset, leader_epoch_max } = expected;
+    let mut leader_epoch = 0;
     let mut index = SegmentIndex::new(base_offset, index_interval_bytes);
     let mut next_offset = expected_next_offset.max(base_offset);
     let mut position = 0u64;
@@ -476,9 +489,16 @@ pub(crate) async fn scan_segment(
                 return Ok(ScanOutcome { index, stop: Some(ScanStop::Corrupt(e.to_string())) });
             }
         };
-        if header.base_offset < next_offset || header.last_offset() - base_offset > i64::from(u32::MAX >> 1) {
-            return Ok(ScanOutcome { index, stop: Some(ScanStop::OffsetsNotIncreasing) });
+        if header.base_offset != next_offset || header.last_offset() - base_offset > i64::from(u32::MAX >> 1) {
+            return Ok(ScanOutcome { index, stop: Some(ScanStop::OffsetsNotContiguous) });
         }
+        // Epochs never go back and never pass the partition's latest (the CRC does not cover them).
+        let epoch = header.partition_leader_epoch;
+        if !(leader_epoch..=leader_epoch_max).contains(&epoch) {
+            let message = format!("partition leader epoch {epoch} outside {leader_epoch}..={leader_epoch_max}");
+            return Ok(ScanOutcome { index, stop: Some(ScanStop::Corrupt(message)) });
+        }
+        leader_epoch = epoch;
         index.on_batch(&header, position);
         if header.base_offset >= producers.from_offset {
             producers.states.record(&header);

@@ -1,0 +1,76 @@
+//! `hostile-bench [--quick] [--repeat N] [DIR]`: what each hostile load of
+//! `tools/tests/hostile_clients.rs` costs a well-behaved producer (idempotent, `acks=all`,
+//! 1 KiB messages): its publish latency at a fixed rate and its throughput at full speed, beside
+//! the load, as ratios to the quiet baseline. A markdown table for `docs/reliability.md`; the
+//! broker runs in this process on one shard (a fresh one per run), the loads and the producer
+//! on threads beside it.
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark harness
+
+use std::time::Duration;
+
+use corelog_benches::hostile::{Attack, CalmFigures, calm_client, start_attack};
+use corelog_benches::{BenchArgs, hardware_report, median};
+
+fn main() {
+    let BenchArgs { quick, repeat, base } = BenchArgs::parse();
+    raise_open_files_limit();
+    let (duration, rate, idle) =
+        if quick { (Duration::from_millis(300), 200, 50) } else { (Duration::from_secs(5), 2_000, 9_000) };
+    let attacks = [
+        Attack::Quiet,
+        Attack::SlowLoris { connections: if quick { 20 } else { 200 } },
+        Attack::IdleConnections { connections: idle },
+        Attack::HugeFrames,
+        Attack::RandomBytes { senders: 2 },
+        Attack::NeverReads { clients: 4 },
+    ];
+    println!("## A well-behaved producer beside hostile clients\n");
+    println!("{}\n", hardware_report(&base));
+    println!(
+        "One broker shard in the bench process; producer: idempotent, acks=all, 1 KiB messages, latency at \
+         {rate} msg/s for {duration:?} (from scheduled send times), throughput at full speed for {duration:?}. \
+         Median of {repeat} runs, each on a fresh broker.\n"
+    );
+    println!("| load | msg/s at full speed | × quiet | p50 ms | p99 ms | p99 × quiet | max ms |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let mut quiet: Option<(f64, f64)> = None;
+    for attack in attacks {
+        let runs: Vec<CalmFigures> = (0..repeat).map(|run| measure(attack, &base, run, rate, duration)).collect();
+        let throughput = median(runs.iter().map(|r| r.max_rate_messages_per_sec).collect());
+        let p50 = median(runs.iter().map(|r| r.latency_ms_p50).collect());
+        let p99 = median(runs.iter().map(|r| r.latency_ms_p99).collect());
+        let max = median(runs.iter().map(|r| r.latency_ms_max).collect());
+        let (quiet_throughput, quiet_p99) = *quiet.get_or_insert((throughput, p99));
+        println!(
+            "| {} | {throughput:.0} | {:.2} | {p50:.2} | {p99:.2} | {:.2} | {max:.1} |",
+            attack.describe(),
+            throughput / quiet_throughput,
+            p99 / quiet_p99,
+        );
+    }
+}
+
+fn measure(attack: Attack, base: &std::path::Path, run: usize, rate: u32, duration: Duration) -> CalmFigures {
+    let dir = tempfile::tempdir_in(base).expect("temp dir");
+    let broker = corelog_benches::hostile::bench_broker(dir.path());
+    let address = broker.address.to_string();
+    corelog_benches::hostile::fill_fetch_topic(&address, "fetched");
+    let running = start_attack(attack, &address, "fetched");
+    std::thread::sleep(duration / 5);
+    let figures = calm_client(&address, &format!("calm-{run}"), rate, duration);
+    running.stop();
+    broker.stop().expect("stop the broker");
+    figures
+}
+
+/// Idle connections hold a descriptor at each end in this process.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit on a struct we own; the soft limit may rise to the hard one.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
