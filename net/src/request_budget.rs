@@ -54,6 +54,11 @@ impl RequestBudget {
         self.stats.get()
     }
 
+    /// Whether some connection is waiting for room: the budget is contended.
+    pub fn has_waiters(&self) -> bool {
+        !self.queue.borrow().is_empty()
+    }
+
     /// Waits for its turn and for room, then reserves `bytes`.
     pub fn reserve(self: &Rc<Self>, bytes: usize) -> Reserve {
         let ticket = self.next_ticket.get();

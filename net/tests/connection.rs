@@ -157,3 +157,23 @@ fn a_spent_request_budget_holds_every_connection_of_the_shard_back_until_it_is_r
     let (correlation_id, response) = decode_api_versions(read_response(&mut small), 3);
     assert_eq!((correlation_id, response.error_code), (2, 0));
 }
+
+#[test]
+fn a_stalled_frame_gives_its_request_memory_up_when_others_wait() {
+    // As above, but the big frame never completes: once another connection waits for the
+    // memory, a body arriving slower than the limit is given up and its connection closed.
+    let limits = ConnectionLimits { slow_frame_window: Duration::from_millis(200), ..ConnectionLimits::default() };
+    let broker = Broker::start(Options { limits, queued_max_request_bytes_per_shard: 64 << 10, ..Options::default() });
+    let mut stalled = broker.connect();
+    stalled.write_all(&(1i32 << 20).to_be_bytes()).unwrap();
+    stalled.write_all(&[0u8; 1000]).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+
+    let started = std::time::Instant::now();
+    let mut waiting = broker.connect();
+    waiting.write_all(&api_versions_request(3, 5)).unwrap();
+    let (correlation_id, response) = decode_api_versions(read_response(&mut waiting), 3);
+    assert_eq!((correlation_id, response.error_code), (5, 0));
+    assert!(started.elapsed() < Duration::from_secs(5), "answered only after {:?}", started.elapsed());
+    assert!(is_closed(&mut stalled), "the stalled frame's connection is closed");
+}

@@ -214,6 +214,7 @@ fn start(config: BrokerConfig) -> Result<(), String> {
             idle_timeout: Duration::from_millis(config.connections_max_idle_ms),
             max_in_flight_requests: config.max_in_flight_requests_per_connection,
             max_in_flight_bytes: config.max_in_flight_bytes_per_connection,
+            ..ConnectionLimits::default()
         },
         max_connections_per_shard: config.max_connections_per_shard,
         queued_max_request_bytes_per_shard: config.queued_max_request_bytes_per_shard,

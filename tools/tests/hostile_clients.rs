@@ -102,6 +102,37 @@ fn slow_loris_connections_are_closed_at_the_idle_timeout_while_others_are_served
 }
 
 #[test]
+fn slow_senders_of_large_frames_give_way_when_others_need_the_request_memory() {
+    const LORIS: usize = 6;
+    // 16 MiB of request memory per shard; each slow sender announces 50 MiB (a reservation of
+    // the whole budget) and then sends a byte every 200 ms. The idle timeout is longer than
+    // the harness's waits: only giving slow frames up when others wait lets the round trip end.
+    let node = Node::new("connections_max_idle_ms = 300000\nqueued_max_request_bytes_per_shard = 16777216\n");
+    let (broker, address) = node.start();
+    let mut streams: Vec<TcpStream> = (0..LORIS)
+        .map(|_| {
+            let mut stream = connect(&address);
+            stream.write_all(&(50i32 << 20).to_be_bytes()).unwrap();
+            stream.write_all(&[0, 18]).unwrap();
+            stream
+        })
+        .collect();
+    let dribbled: Vec<TcpStream> = streams.iter().map(|s| s.try_clone().unwrap()).collect();
+    let (took, ()) = alongside(&address, "beside-large-slow-frames", move |stop| {
+        let mut dribbled = dribbled;
+        while !stop.load(Ordering::SeqCst) {
+            dribble(&mut dribbled);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let closed = streams.iter_mut().map(|s| closed_within(s, Duration::from_secs(2))).filter(|&closed| closed).count();
+    eprintln!("large slow frames: round trip beside {LORIS} of them took {took:?}; {closed} closed");
+    // The last one granted on each shard may hold its reservation while nobody waits for it.
+    assert!(closed >= LORIS - 2, "slow senders of large frames in the way were closed: {closed} of {LORIS}");
+    broker.stop();
+}
+
+#[test]
 fn ten_thousand_idle_connections_are_held_then_closed_while_others_are_served() {
     const IDLE: usize = 10_000;
     // Longer than the round trip, so the connections are all open during it.
