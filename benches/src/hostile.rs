@@ -109,23 +109,34 @@ pub fn claim_huge_frame(address: &str, claim: i32, within: Duration) -> bool {
     closed_within(&mut stream, within)
 }
 
-/// One connection of random bytes (up to `max_bytes`, from the xorshift `state`); returns the
-/// bytes sent once the broker closed it (or it stayed open for `within`: `None`).
-pub fn send_noise(address: &str, state: &mut u64, max_bytes: usize, within: Duration) -> Option<u64> {
+/// 1 MiB of random bytes (xorshift from `seed`), made once so that sending noise costs the
+/// sender no more than its writes.
+pub fn noise(seed: u64) -> Vec<u8> {
+    let mut state = 0x2545_F491_4F6C_DD1D ^ (seed + 1);
+    (0..1 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// One connection of random bytes: up to `max_bytes` of `noise`, starting at `start` (each
+/// connection starts elsewhere, so each announces another frame size). Returns the bytes sent
+/// once the broker closed it (or `None` if it stayed open for `within`).
+pub fn send_noise(address: &str, noise: &[u8], start: usize, max_bytes: usize, within: Duration) -> Option<u64> {
     let mut stream = connect(address);
-    let mut chunk = vec![0u8; 64 << 10];
     let mut sent = 0u64;
+    let mut at = start % noise.len();
     while (sent as usize) < max_bytes {
-        for byte in chunk.iter_mut() {
-            *state ^= *state << 13;
-            *state ^= *state >> 7;
-            *state ^= *state << 17;
-            *byte = *state as u8;
-        }
-        if stream.write_all(&chunk).is_err() {
+        let chunk = &noise[at..noise.len().min(at + (64 << 10))];
+        if stream.write_all(chunk).is_err() {
             break;
         }
         sent += chunk.len() as u64;
+        at = (at + chunk.len()) % noise.len();
     }
     closed_within(&mut stream, within).then_some(sent)
 }
@@ -268,11 +279,13 @@ pub fn start_attack(attack: Attack, address: &str, fetch_topic: &str) -> Running
             for seed in 0..senders as u64 {
                 let (address, stop) = (address.to_string(), Arc::clone(&stop));
                 threads.push(spawn(Box::new(move || {
-                    let mut state = 0x2545_F491_4F6C_DD1D ^ (seed + 1);
+                    let noise = noise(seed);
+                    let mut start = 0usize;
                     while !stop.load(Ordering::SeqCst) {
                         // Noise that happens to announce a plausible frame size leaves the broker
                         // waiting for the rest: give up on it soon and start over.
-                        send_noise(&address, &mut state, 8 << 20, Duration::from_secs(1));
+                        send_noise(&address, &noise, start, 8 << 20, Duration::from_secs(1));
+                        start += 7_919;
                     }
                 })));
             }

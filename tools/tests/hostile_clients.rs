@@ -195,10 +195,12 @@ fn random_bytes_at_full_speed_close_only_their_own_connections() {
             .map(|seed| {
                 let (target, stop, closes, sent) = (target.clone(), stop.clone(), counted.clone(), sent.clone());
                 std::thread::spawn(move || {
-                    let mut state = 0x2545_F491_4F6C_DD1D ^ (seed + 1);
+                    let noise = noise(seed);
+                    let mut start = 0usize;
                     while !stop.load(Ordering::SeqCst) {
                         // Up to 8 MiB of noise, then wait for the broker to give up on it.
-                        let bytes = send_noise(&target, &mut state, 8 << 20, WAIT);
+                        let bytes = send_noise(&target, &noise, start, 8 << 20, WAIT);
+                        start += 7_919;
                         let bytes = bytes.expect("the broker closes a connection sending noise");
                         sent.fetch_add(bytes, Ordering::Relaxed);
                         closes.fetch_add(1, Ordering::Relaxed);

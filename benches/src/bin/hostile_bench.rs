@@ -14,6 +14,7 @@ use corelog_benches::{BenchArgs, hardware_report, median};
 fn main() {
     let BenchArgs { quick, repeat, base } = BenchArgs::parse();
     raise_open_files_limit();
+    CPUS.set(allowed_cpus()).expect("set once");
     let (duration, rate, idle) =
         if quick { (Duration::from_millis(300), 200, 50) } else { (Duration::from_secs(5), 2_000, 9_000) };
     let attacks = [
@@ -52,7 +53,12 @@ fn main() {
 
 fn measure(attack: Attack, base: &std::path::Path, run: usize, rate: u32, duration: Duration) -> CalmFigures {
     let dir = tempfile::tempdir_in(base).expect("temp dir");
+    // The broker's shard on the first CPU, every client (hostile or not) on the others: what is
+    // measured is what the load costs the broker, not the clients' own CPU.
+    let cpus = CPUS.get().expect("CPUs read at start");
+    set_affinity(&cpus[..1]);
     let broker = corelog_benches::hostile::bench_broker(dir.path());
+    set_affinity(if cpus.len() > 1 { &cpus[1..] } else { &cpus[..] });
     let address = broker.address.to_string();
     corelog_benches::hostile::fill_fetch_topic(&address, "fetched");
     let running = start_attack(attack, &address, "fetched");
@@ -61,6 +67,30 @@ fn measure(attack: Attack, base: &std::path::Path, run: usize, rate: u32, durati
     running.stop();
     broker.stop().expect("stop the broker");
     figures
+}
+
+/// The CPUs this process may use, read before any thread is bound.
+static CPUS: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for this thread.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer and size.
+    unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    // SAFETY: CPU_ISSET reads the set filled above.
+    (0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect()
+}
+
+/// Binds the calling thread (and the threads it starts from now on) to `cpus`.
+fn set_affinity(cpus: &[usize]) {
+    // SAFETY: building and applying a cpu_set_t we own to the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
 }
 
 /// Idle connections hold a descriptor at each end in this process.
