@@ -98,7 +98,12 @@ pub async fn device_sync_rate(dir: &Path, operations: u64) -> f64 {
 
 /// A whole broker in this process on a fresh port, with the given group settings.
 pub fn local_broker(dir: &Path, group: CoordinatorConfig) -> corelog_net::server::LocalBroker {
-    let config = corelog_net::server::ServerConfig {
+    corelog_net::server::LocalBroker::start(server_config(dir, group), 1).expect("start the broker")
+}
+
+/// The benches' broker settings: defaults, a fresh port on 127.0.0.1, data in `dir`.
+pub fn server_config(dir: &Path, group: CoordinatorConfig) -> corelog_net::server::ServerConfig {
+    corelog_net::server::ServerConfig {
         node_id: 0,
         data_dir: dir.to_path_buf(),
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -115,8 +120,7 @@ pub fn local_broker(dir: &Path, group: CoordinatorConfig) -> corelog_net::server
         retention_check_interval: Duration::from_secs(300),
         group,
         offsets_topic_partitions: 8,
-    };
-    corelog_net::server::LocalBroker::start(config, 1).expect("start the broker")
+    }
 }
 
 pub struct RebalanceReport {

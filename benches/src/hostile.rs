@@ -413,22 +413,9 @@ pub fn calm_client(address: &str, topic: &str, rate: u32, duration: Duration) ->
 /// A whole broker in this process, one shard, room for the idle connections of the bench.
 pub fn bench_broker(dir: &std::path::Path) -> corelog_net::server::LocalBroker {
     let config = corelog_net::server::ServerConfig {
-        node_id: 0,
-        data_dir: dir.to_path_buf(),
-        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        advertised: None,
-        cache_budget_bytes_per_shard: 64 << 20,
-        write_shape: Default::default(),
-        limits: Default::default(),
         max_connections_per_shard: 20_000,
-        fetch_max_bytes: 55 << 20,
-        queued_max_request_bytes_per_shard: 256 << 20,
-        default_log: Default::default(),
-        num_partitions: 1,
-        auto_create_topics: true,
-        retention_check_interval: Duration::from_secs(300),
-        group: Default::default(),
         offsets_topic_partitions: 1,
+        ..crate::groups::server_config(dir, Default::default())
     };
     corelog_net::server::LocalBroker::start(config, 1).expect("start the broker")
 }
