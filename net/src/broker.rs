@@ -43,6 +43,8 @@ pub mod error_code {
     pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
     pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
+    pub const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
+    pub const INVALID_FETCH_SESSION_EPOCH: i16 = 71;
 }
 
 /// Broker-wide settings the handlers need.
@@ -312,6 +314,8 @@ pub struct ShardBroker {
     pub registry: Arc<Registry>,
     pub settings: Arc<BrokerSettings>,
     pub groups: Rc<GroupService>,
+    /// Incremental fetch sessions of the connections this shard accepted.
+    pub fetch_sessions: std::cell::RefCell<crate::handlers::fetch_session::FetchSessions>,
     controller_lock: glommio::sync::Semaphore,
 }
 
@@ -325,7 +329,8 @@ impl ShardBroker {
         groups: Rc<GroupService>,
     ) -> Rc<Self> {
         let controller_lock = glommio::sync::Semaphore::new(1);
-        let broker = Rc::new(Self { ctx, log, registry, settings, groups, controller_lock });
+        let fetch_sessions = Default::default();
+        let broker = Rc::new(Self { ctx, log, registry, settings, groups, fetch_sessions, controller_lock });
         let handler = Rc::clone(&broker);
         broker.ctx.serve(move |request| Rc::clone(&handler).on_shard_request(request));
         broker

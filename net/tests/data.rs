@@ -385,3 +385,92 @@ fn a_produce_pipelined_behind_a_long_poll_is_appended_and_wakes_it() {
         decode_response(read_frame(&mut stream), ApiKey::Produce, 9);
     assert_eq!((correlation_id, produced.responses[0].partition_responses[0].error_code), (2, 0));
 }
+
+/// A fetch of topic `id`'s partitions 0 and 1 in session `session_id` at `epoch` (v13: topics
+/// by id), naming only `changed` (partition, offset) and forgetting `forgotten`.
+fn session_fetch(
+    id: uuid::Uuid,
+    session_id: i32,
+    epoch: i32,
+    changed: &[(i32, i64)],
+    forgotten: &[i32],
+) -> FetchRequest {
+    use kafka_protocol::messages::fetch_request::ForgottenTopic;
+    let partitions: Vec<FetchPartition> = changed
+        .iter()
+        .map(|&(p, offset)| {
+            FetchPartition::default().with_partition(p).with_fetch_offset(offset).with_partition_max_bytes(1 << 20)
+        })
+        .collect();
+    let mut request = FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_min_bytes(0)
+        .with_max_bytes(50 << 20)
+        .with_session_id(session_id)
+        .with_session_epoch(epoch);
+    if !partitions.is_empty() {
+        request.topics = vec![FetchTopic::default().with_topic_id(id).with_partitions(partitions)];
+    }
+    if !forgotten.is_empty() {
+        request.forgotten_topics_data =
+            vec![ForgottenTopic::default().with_topic_id(id).with_partitions(forgotten.to_vec())];
+    }
+    request
+}
+
+/// (partition, high watermark, batches) of every partition a response carries.
+fn carried(response: &FetchResponse) -> Vec<(i32, i64, usize)> {
+    response
+        .responses
+        .iter()
+        .flat_map(|t| t.partitions.iter())
+        .map(|p| (p.partition_index, p.high_watermark, batches(p.records.as_deref().unwrap_or_default()).len()))
+        .collect()
+}
+
+#[test]
+fn an_incremental_fetch_session_answers_only_what_changed() {
+    let broker = Broker::start(Options::default());
+    let mut client = broker.client();
+    let id = create_topic(&mut client, "sessions", 2);
+    for partition in 0..2 {
+        let (error, _) = produce(&mut client, 9, "sessions", partition, batch::build_test_batch(3, b"v", 1_000));
+        assert_eq!(error, 0);
+    }
+    // A full fetch opens a session and carries both partitions.
+    let response: FetchResponse = client.call(ApiKey::Fetch, 13, &session_fetch(id, 0, 0, &[(0, 0), (1, 0)], &[]));
+    assert_eq!(response.error_code, 0);
+    let session = response.session_id;
+    assert_ne!(session, 0, "a session is opened");
+    assert_eq!(carried(&response), [(0, 3, 1), (1, 3, 1)]);
+
+    // The consumer moved on from both; nothing new: an empty response.
+    let response: FetchResponse =
+        client.call(ApiKey::Fetch, 13, &session_fetch(id, session, 1, &[(0, 3), (1, 3)], &[]));
+    assert_eq!((response.error_code, response.session_id), (0, session));
+    assert_eq!(carried(&response), []);
+
+    // New records on partition 1 only: only partition 1, although the request names nothing.
+    produce(&mut client, 9, "sessions", 1, batch::build_test_batch(2, b"w", 2_000));
+    let response: FetchResponse = client.call(ApiKey::Fetch, 13, &session_fetch(id, session, 2, &[], &[]));
+    assert_eq!(carried(&response), [(1, 5, 1)]);
+
+    // Partition 1 forgotten: its new records no longer come.
+    let response: FetchResponse = client.call(ApiKey::Fetch, 13, &session_fetch(id, session, 3, &[], &[1]));
+    assert_eq!(carried(&response), []);
+    produce(&mut client, 9, "sessions", 1, batch::build_test_batch(1, b"x", 3_000));
+    produce(&mut client, 9, "sessions", 0, batch::build_test_batch(1, b"y", 3_000));
+    let response: FetchResponse = client.call(ApiKey::Fetch, 13, &session_fetch(id, session, 4, &[], &[]));
+    assert_eq!(carried(&response), [(0, 4, 1)]);
+
+    // Out of step, unknown, ended.
+    let response: FetchResponse = client.call(ApiKey::Fetch, 13, &session_fetch(id, session, 4, &[], &[]));
+    assert_eq!((response.error_code, response.session_id), (71, 0), "INVALID_FETCH_SESSION_EPOCH");
+    let response: FetchResponse = client.call(ApiKey::Fetch, 13, &session_fetch(id, session ^ 1, 1, &[], &[]));
+    assert_eq!(response.error_code, 70, "FETCH_SESSION_ID_NOT_FOUND");
+    let response: FetchResponse = client.call(ApiKey::Fetch, 13, &session_fetch(id, session, -1, &[(0, 0)], &[]));
+    assert_eq!((response.error_code, response.session_id), (0, 0));
+    assert_eq!(carried(&response), [(0, 4, 2)], "a sessionless fetch is a full fetch");
+    let response: FetchResponse = client.call(ApiKey::Fetch, 13, &session_fetch(id, session, 5, &[], &[]));
+    assert_eq!(response.error_code, 70, "the ended session is gone");
+}

@@ -7,9 +7,11 @@
 //! While fewer than `min_bytes` are there, the fetch waits on each partition's owner for its
 //! high watermark to move (woken by the append or the fsync that moves it), then reads again.
 //!
-//! Not yet (issue 3): incremental fetch sessions (session id 0 is returned, which clients
-//! treat as "no session" and keep sending full requests) and the hand-written zero-copy
-//! response (records are copied into the response here).
+//! Incremental fetch sessions (v7+, KIP-227) decide which partitions are read and which the
+//! response carries: see [`crate::handlers::fetch_session`].
+//!
+//! Not yet (issue 3): the hand-written zero-copy response (records are copied into the
+//! response here).
 
 use std::time::{Duration, Instant};
 
@@ -19,7 +21,11 @@ use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, Partition
 use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
 
 use crate::broker::{ShardBroker, ShardRequest, ShardResponse, error_code};
+use crate::handlers::fetch_session::{FetchTarget, PartitionState, Plan};
 use crate::handlers::metadata::topic_uuid;
+
+/// A topic of the fetch: as named on the wire (name, id), and its name once resolved.
+type FetchedTopic = (TopicName, uuid::Uuid, Option<String>);
 
 struct Wanted {
     topic_index: usize,
@@ -36,27 +42,11 @@ pub async fn handle(broker: &ShardBroker, request: FetchRequest, version: i16) -
     let max_wait = Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0)).min(MAX_WAIT_MAX);
     let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
     let max_bytes = usize::try_from(request.max_bytes).unwrap_or(0).clamp(1, broker.settings.fetch_max_bytes);
-    let snapshot = broker.registry.snapshot();
-    // Resolve names (v12 and below) or topic ids (v13+).
-    let mut topics: Vec<(TopicName, uuid::Uuid, Option<String>)> = Vec::new();
-    let mut wanted = Vec::new();
-    for topic in &request.topics {
-        let name = if version >= 13 {
-            snapshot.values().find(|r| topic_uuid(r) == topic.topic_id).map(|r| r.name.clone())
-        } else {
-            Some(topic.topic.0.to_string())
-        };
-        let topic_index = topics.len();
-        topics.push((topic.topic.clone(), topic.topic_id, name.clone()));
-        for partition in &topic.partitions {
-            wanted.push(Wanted {
-                topic_index,
-                partition: TopicPartition::new(name.clone().unwrap_or_default(), partition.partition),
-                offset: partition.fetch_offset,
-                max_bytes: usize::try_from(partition.partition_max_bytes).unwrap_or(0),
-            });
-        }
+    let (plan, targets) = broker.fetch_sessions.borrow_mut().begin(&request, version, Instant::now());
+    if let Plan::Refused { error_code } = plan {
+        return FetchResponse::default().with_error_code(error_code).with_session_id(0);
     }
+    let (topics, wanted) = resolve(broker, &targets, version);
     loop {
         let mut budget = max_bytes;
         let mut results = Vec::with_capacity(wanted.len());
@@ -85,13 +75,42 @@ pub async fn handle(broker: &ShardBroker, request: FetchRequest, version: i16) -
         }
         let errors = results.iter().any(Result::is_err);
         let remaining = max_wait.saturating_sub(started.elapsed());
-        if total >= min_bytes.max(1) || errors || remaining.is_zero() {
-            return respond(version, &topics, &wanted, results);
-        }
-        if !wait_for_data(broker, &wanted, &results, remaining).await {
-            return respond(version, &topics, &wanted, results);
+        if total >= min_bytes.max(1)
+            || errors
+            || remaining.is_zero()
+            || !wait_for_data(broker, &wanted, &results, remaining).await
+        {
+            return respond(broker, version, &plan, &topics, &wanted, results);
         }
     }
+}
+
+/// Groups the partitions to read by topic (in order of first appearance) and resolves topic
+/// names (v12 and below) or ids (v13+).
+fn resolve(broker: &ShardBroker, targets: &[FetchTarget], version: i16) -> (Vec<FetchedTopic>, Vec<Wanted>) {
+    let snapshot = broker.registry.snapshot();
+    let mut topics: Vec<FetchedTopic> = Vec::new();
+    let mut wanted = Vec::with_capacity(targets.len());
+    for target in targets {
+        let known = topics.iter().position(|(name, id, _)| *name == target.topic && *id == target.topic_id);
+        let topic_index = known.unwrap_or_else(|| {
+            let name = if version >= 13 {
+                snapshot.values().find(|r| topic_uuid(r) == target.topic_id).map(|r| r.name.clone())
+            } else {
+                Some(target.topic.0.to_string())
+            };
+            topics.push((target.topic.clone(), target.topic_id, name));
+            topics.len() - 1
+        });
+        let name = topics[topic_index].2.clone().unwrap_or_default();
+        wanted.push(Wanted {
+            topic_index,
+            partition: TopicPartition::new(name, target.partition),
+            offset: target.fetch_offset,
+            max_bytes: usize::try_from(target.max_bytes).unwrap_or(0),
+        });
+    }
+    (topics, wanted)
 }
 
 /// Waits until one of the partitions has data beyond what this pass saw, or `remaining`
@@ -130,11 +149,42 @@ async fn wait_for_data(
 }
 
 fn respond(
+    broker: &ShardBroker,
     version: i16,
-    topics: &[(TopicName, uuid::Uuid, Option<String>)],
+    plan: &Plan,
+    topics: &[FetchedTopic],
     wanted: &[Wanted],
     results: Vec<Result<Option<crate::broker::ReadReply>, i16>>,
 ) -> FetchResponse {
+    // What each partition's response says, for the session to compare with the last one.
+    let states: Vec<(Option<PartitionState>, bool)> = results
+        .iter()
+        .map(|result| match result {
+            Ok(Some(reply)) => {
+                let offsets = &reply.offsets;
+                let state = PartitionState {
+                    high_watermark: offsets.high_watermark,
+                    last_stable_offset: offsets.high_watermark,
+                    log_start_offset: offsets.log_start_offset,
+                    error_code: error_code::NONE,
+                };
+                (Some(state), !reply.records.is_empty())
+            }
+            // Not read this time (the response was full): nothing to tell.
+            Ok(None) => (None, false),
+            Err(code) => {
+                let state = PartitionState {
+                    high_watermark: -1,
+                    last_stable_offset: -1,
+                    log_start_offset: -1,
+                    error_code: *code,
+                };
+                (Some(state), false)
+            }
+        })
+        .collect();
+    let included = broker.fetch_sessions.borrow_mut().finish(plan, &states);
+    let incremental = matches!(plan, Plan::Incremental { .. });
     let mut responses: Vec<FetchableTopicResponse> = topics
         .iter()
         .map(|(name, id, _)| {
@@ -142,7 +192,10 @@ fn respond(
             if version >= 13 { response.with_topic_id(*id) } else { response.with_topic(name.clone()) }
         })
         .collect();
-    for (want, result) in wanted.iter().zip(results) {
+    for ((want, result), included) in wanted.iter().zip(results).zip(included) {
+        if !included || (incremental && matches!(result, Ok(None))) {
+            continue;
+        }
         let mut data = PartitionData::default().with_partition_index(want.partition.partition);
         data = match result {
             Ok(Some(reply)) => {
@@ -158,5 +211,9 @@ fn respond(
         };
         responses[want.topic_index].partitions.push(data);
     }
-    FetchResponse::default().with_responses(responses)
+    if incremental {
+        responses.retain(|topic| !topic.partitions.is_empty());
+    }
+    let response = FetchResponse::default().with_responses(responses);
+    if version >= 7 { response.with_session_id(plan.response_session_id()) } else { response }
 }
