@@ -114,6 +114,7 @@ pub fn server_config(dir: &Path, group: CoordinatorConfig) -> corelog_net::serve
         max_connections_per_shard: 1000,
         fetch_max_bytes: 55 << 20,
         queued_max_request_bytes_per_shard: 256 << 20,
+        connections_per_sec_max_per_shard: None,
         default_log: LogConfig::default(),
         num_partitions: 1,
         auto_create_topics: true,

@@ -410,10 +410,12 @@ pub fn calm_client(address: &str, topic: &str, rate: u32, duration: Duration) ->
     }
 }
 
-/// A whole broker in this process, one shard, room for the idle connections of the bench.
-pub fn bench_broker(dir: &std::path::Path) -> corelog_net::server::LocalBroker {
+/// A whole broker in this process, one shard, room for the idle connections of the bench,
+/// accepting at most `connections_per_sec` new connections a second.
+pub fn bench_broker(dir: &std::path::Path, connections_per_sec: Option<f64>) -> corelog_net::server::LocalBroker {
     let config = corelog_net::server::ServerConfig {
         max_connections_per_shard: 20_000,
+        connections_per_sec_max_per_shard: connections_per_sec,
         offsets_topic_partitions: 1,
         ..crate::groups::server_config(dir, Default::default())
     };

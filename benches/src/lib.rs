@@ -27,7 +27,8 @@ pub fn on_shard<T>(f: impl std::future::Future<Output = T>) -> T {
     }
 }
 
-/// The command line of the report binaries: `[--quick] [--repeat N] [DIR]`.
+/// The command line of the report binaries: `[--quick] [--repeat N] [DIR]` (and options of
+/// their own, each `--name VALUE` or one of `SWITCHES`).
 pub struct BenchArgs {
     pub quick: bool,
     pub repeat: usize,
@@ -44,10 +45,16 @@ impl BenchArgs {
             .and_then(|i| args.get(i + 1))
             .and_then(|n| n.parse().ok())
             .unwrap_or(3);
+        // DIR is the argument that is neither a flag nor a flag's value.
+        const SWITCHES: [&str; 2] = ["--quick", "--unbound"];
         let base = args
             .iter()
-            .find(|a| !a.starts_with("--") && a.parse::<usize>().is_err())
-            .map(std::path::PathBuf::from)
+            .enumerate()
+            .find(|&(i, a)| {
+                let after_option = i > 0 && args[i - 1].starts_with("--") && !SWITCHES.contains(&args[i - 1].as_str());
+                !a.starts_with("--") && !after_option
+            })
+            .map(|(_, a)| std::path::PathBuf::from(a))
             .unwrap_or_else(std::env::temp_dir);
         Self { quick: args.iter().any(|a| a == "--quick"), repeat, base }
     }

@@ -80,7 +80,7 @@ fn the_rebalance_scenario_runs() {
 fn the_hostile_scenarios_run() {
     use corelog_benches::hostile::{Attack, calm_client, fill_fetch_topic, start_attack};
     let dir = tempfile::tempdir().unwrap();
-    let broker = corelog_benches::hostile::bench_broker(dir.path());
+    let broker = corelog_benches::hostile::bench_broker(dir.path(), None);
     let address = broker.address.to_string();
     fill_fetch_topic(&address, "fetched");
     let attacks = [

@@ -17,4 +17,4 @@ pub mod request_budget;
 pub mod server;
 
 pub use connection::ConnectionLimits;
-pub use listener::{Listener, ListenerStats};
+pub use listener::{Listener, ListenerLimits, ListenerStats};

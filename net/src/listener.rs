@@ -2,9 +2,13 @@
 //! (glommio sets it), so the kernel spreads connections across shards; each connection then
 //! lives on the shard that accepted it.
 //!
-//! Limits: `max_connections` per shard, a connection beyond it is accepted and closed at once
-//! (the client sees a clean close and retries elsewhere or later); the shard's
-//! [`RequestBudget`] for request bytes read and not yet answered, shared by its connections.
+//! Limits ([`ListenerLimits`]): `max_connections` per shard, a connection beyond it is accepted
+//! and closed at once (the client sees a clean close and retries elsewhere or later); new
+//! connections accepted at most `connections_per_sec_max` a second (Kafka's
+//! `max.connection.creation.rate`, KIP-612: beyond it the shard waits before accepting, so a
+//! connection storm waits in the kernel's backlog instead of taking the shard's time); the
+//! shard's [`RequestBudget`] for request bytes read and not yet answered, shared by its
+//! connections.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -21,15 +25,54 @@ pub struct ListenerStats {
     pub accepted: u64,
     pub refused_over_limit: u64,
     pub closed_by_broker: u64,
+    /// Accepts that waited for the connection creation rate.
+    pub throttled: u64,
     pub active: usize,
+}
+
+/// The limits of one shard's listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerLimits {
+    pub max_connections: usize,
+    /// The shard's [`RequestBudget`].
+    pub queued_max_request_bytes: usize,
+    /// New connections accepted per second at most (None: no limit).
+    pub connections_per_sec_max: Option<f64>,
 }
 
 pub struct Listener {
     listener: TcpListener,
     limits: ConnectionLimits,
-    max_connections: usize,
+    listener_limits: ListenerLimits,
     budget: Rc<RequestBudget>,
     stats: Rc<Cell<ListenerStats>>,
+}
+
+/// Paces accepts to a rate, allowing a burst of one second's worth.
+struct AcceptPace {
+    per_sec: f64,
+    tokens: f64,
+    refilled: std::time::Instant,
+}
+
+impl AcceptPace {
+    fn new(per_sec: f64) -> Self {
+        let per_sec = per_sec.max(0.001);
+        Self { per_sec, tokens: per_sec.max(1.0), refilled: std::time::Instant::now() }
+    }
+
+    /// How long to wait before the next accept (zero: now), taking its token.
+    fn take(&mut self, now: std::time::Instant) -> std::time::Duration {
+        let burst = self.per_sec.max(1.0);
+        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * self.per_sec).min(burst);
+        self.refilled = now;
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
+            std::time::Duration::ZERO
+        } else {
+            std::time::Duration::from_secs_f64(-self.tokens / self.per_sec)
+        }
+    }
 }
 
 /// Fails if another process already listens on `address`. SO_REUSEPORT, which the shards
@@ -51,15 +94,14 @@ impl Listener {
     pub fn bind(
         address: SocketAddr,
         limits: ConnectionLimits,
-        max_connections: usize,
-        queued_max_request_bytes: usize,
+        listener_limits: ListenerLimits,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(address).map_err(std::io::Error::from)?;
         Ok(Self {
             listener,
             limits,
-            max_connections,
-            budget: RequestBudget::new(queued_max_request_bytes),
+            listener_limits,
+            budget: RequestBudget::new(listener_limits.queued_max_request_bytes),
             stats: Rc::new(Cell::new(ListenerStats::default())),
         })
     }
@@ -85,7 +127,15 @@ impl Listener {
     /// Accepts connections until `stop` resolves; each runs as its own task.
     pub async fn run(&self, broker: Rc<ShardBroker>, stop: impl std::future::Future<Output = ()>) {
         let accept_loop = async {
+            let mut pace = self.listener_limits.connections_per_sec_max.map(AcceptPace::new);
             loop {
+                if let Some(pace) = pace.as_mut() {
+                    let wait = pace.take(std::time::Instant::now());
+                    if !wait.is_zero() {
+                        Self::update(&self.stats, |s| s.throttled += 1);
+                        glommio::timer::sleep(wait).await;
+                    }
+                }
                 let stream = match self.listener.accept().await {
                     Ok(stream) => stream,
                     Err(error) => {
@@ -94,7 +144,7 @@ impl Listener {
                         continue;
                     }
                 };
-                if self.stats.get().active >= self.max_connections {
+                if self.stats.get().active >= self.listener_limits.max_connections {
                     Self::update(&self.stats, |s| s.refused_over_limit += 1);
                     drop(stream);
                     continue;
@@ -119,5 +169,24 @@ impl Listener {
             }
         };
         futures_lite::future::or(accept_loop, stop).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn accepts_are_paced_to_the_rate_after_a_burst_of_one_second() {
+        let start = Instant::now();
+        let mut pace = AcceptPace::new(10.0);
+        pace.refilled = start;
+        let waits: Vec<Duration> = (0..12).map(|_| pace.take(start)).collect();
+        assert!(waits[..10].iter().all(Duration::is_zero), "a burst of 10: {waits:?}");
+        assert_eq!(waits[10], Duration::from_millis(100));
+        assert_eq!(waits[11], Duration::from_millis(200));
+        // A second later the bucket has refilled by 10 (minus the two taken on credit).
+        assert!(pace.take(start + Duration::from_secs(1)).is_zero());
     }
 }

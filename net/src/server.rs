@@ -34,6 +34,9 @@ pub struct ServerConfig {
     /// Request bytes read and not yet answered, over all connections of a shard
     /// (`queued.max.request.bytes`, per shard).
     pub queued_max_request_bytes_per_shard: usize,
+    /// New connections a shard accepts per second at most (`max.connection.creation.rate`
+    /// divided among the shards); None: no limit.
+    pub connections_per_sec_max_per_shard: Option<f64>,
     /// `fetch.max.bytes`: the most record bytes one Fetch response carries.
     pub fetch_max_bytes: usize,
     pub default_log: LogConfig,
@@ -155,12 +158,12 @@ pub async fn run_shard(
     {
         return fail(error.to_string());
     }
-    let listener = match Listener::bind(
-        address,
-        config.limits.clone(),
-        config.max_connections_per_shard,
-        config.queued_max_request_bytes_per_shard,
-    ) {
+    let listener_limits = crate::listener::ListenerLimits {
+        max_connections: config.max_connections_per_shard,
+        queued_max_request_bytes: config.queued_max_request_bytes_per_shard,
+        connections_per_sec_max: config.connections_per_sec_max_per_shard,
+    };
+    let listener = match Listener::bind(address, config.limits.clone(), listener_limits) {
         Ok(listener) => listener,
         Err(error) => return fail(format!("cannot listen on {address}: {error}")),
     };

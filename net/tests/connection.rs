@@ -177,3 +177,31 @@ fn a_stalled_frame_gives_its_request_memory_up_when_others_wait() {
     assert!(started.elapsed() < Duration::from_secs(5), "answered only after {:?}", started.elapsed());
     assert!(is_closed(&mut stalled), "the stalled frame's connection is closed");
 }
+
+#[test]
+fn new_connections_are_accepted_at_most_at_the_configured_rate() {
+    // 20 a second after a burst of 20: 50 new connections are all served only after 1.5 s,
+    // while a connection made before keeps being served at once.
+    let broker = Broker::start(Options { connections_per_sec_max_per_shard: Some(20.0), ..Options::default() });
+    let mut existing = broker.connect();
+    existing.write_all(&api_versions_request(3, 1)).unwrap();
+    read_response(&mut existing);
+    let started = std::time::Instant::now();
+    let mut storm: Vec<_> = (0..50)
+        .map(|i| {
+            let mut stream = broker.connect();
+            stream.write_all(&api_versions_request(0, i)).unwrap();
+            stream
+        })
+        .collect();
+    existing.write_all(&api_versions_request(3, 2)).unwrap();
+    let (correlation_id, _) = decode_api_versions(read_response(&mut existing), 3);
+    assert_eq!(correlation_id, 2);
+    let existing_served = started.elapsed();
+    for stream in &mut storm {
+        read_response(stream);
+    }
+    let storm_served = started.elapsed();
+    assert!(storm_served >= Duration::from_millis(1_400), "50 connections served within {storm_served:?}");
+    assert!(existing_served < storm_served, "the existing connection waited for the storm");
+}

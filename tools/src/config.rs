@@ -49,6 +49,8 @@ pub struct FileConfig {
     pub queued_max_request_bytes_per_shard: Option<usize>,
     /// `fetch.max.bytes`: the most record bytes one Fetch response carries.
     pub fetch_max_bytes: Option<usize>,
+    /// `max.connection.creation.rate`: new connections per second, for the whole broker.
+    pub max_connection_creation_rate: Option<f64>,
     /// `offsets.topic.num.partitions`: partitions of `__consumer_offsets` when it is created.
     pub offsets_topic_num_partitions: Option<i32>,
     /// `group.initial.rebalance.delay.ms`.
@@ -97,6 +99,8 @@ pub struct BrokerConfig {
     pub max_connections_per_shard: usize,
     pub queued_max_request_bytes_per_shard: usize,
     pub fetch_max_bytes: usize,
+    /// None: no limit (Kafka's default).
+    pub max_connection_creation_rate: Option<f64>,
     pub max_in_flight_requests_per_connection: usize,
     pub max_in_flight_bytes_per_connection: usize,
     pub offsets_topic_num_partitions: i32,
@@ -190,6 +194,10 @@ impl BrokerConfig {
         if !(1024..=i32::MAX as usize).contains(&fetch_max_bytes) {
             return Err(invalid("fetch_max_bytes", "must be between 1024 and 2147483647"));
         }
+        let max_connection_creation_rate = file.max_connection_creation_rate;
+        if max_connection_creation_rate.is_some_and(|rate| !(rate.is_finite() && rate > 0.0)) {
+            return Err(invalid("max_connection_creation_rate", "must be a positive number of connections per second"));
+        }
         let max_in_flight_requests_per_connection = file.max_in_flight_requests_per_connection.unwrap_or(64);
         if max_in_flight_requests_per_connection == 0 {
             return Err(invalid("max_in_flight_requests_per_connection", "must be at least 1"));
@@ -248,6 +256,7 @@ impl BrokerConfig {
             max_connections_per_shard,
             queued_max_request_bytes_per_shard,
             fetch_max_bytes,
+            max_connection_creation_rate,
             max_in_flight_requests_per_connection,
             max_in_flight_bytes_per_connection,
             offsets_topic_num_partitions,

@@ -218,6 +218,7 @@ fn start(config: BrokerConfig) -> Result<(), String> {
         },
         max_connections_per_shard: config.max_connections_per_shard,
         queued_max_request_bytes_per_shard: config.queued_max_request_bytes_per_shard,
+        connections_per_sec_max_per_shard: config.max_connection_creation_rate.map(|rate| rate / shards as f64),
         fetch_max_bytes: config.fetch_max_bytes,
         default_log: config.log.clone(),
         num_partitions: config.num_partitions,

@@ -1,9 +1,12 @@
-//! `hostile-bench [--quick] [--repeat N] [DIR]`: what each hostile load of
+//! `hostile-bench [--quick] [--repeat N] [--unbound] [--connection-rate N] [DIR]`: what each hostile load of
 //! `tools/tests/hostile_clients.rs` costs a well-behaved producer (idempotent, `acks=all`,
 //! 1 KiB messages): its publish latency at a fixed rate and its throughput at full speed, beside
 //! the load, as ratios to the quiet baseline. A markdown table for `docs/reliability.md`; the
 //! broker runs in this process on one shard (a fresh one per run), the loads and the producer
-//! on threads beside it.
+//! on threads beside it: by default the shard on the first CPU and the clients on the others
+//! (`--unbound`: all of them anywhere); `--connection-rate N` sets the broker's
+//! `max.connection.creation.rate`; `--only loris,idle,huge,noise,unread` measures those loads
+//! (and the quiet baseline) only.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark harness
 
 use std::time::Duration;
@@ -15,6 +18,11 @@ fn main() {
     let BenchArgs { quick, repeat, base } = BenchArgs::parse();
     raise_open_files_limit();
     CPUS.set(allowed_cpus()).expect("set once");
+    let args: Vec<String> = std::env::args().collect();
+    let unbound = args.iter().any(|a| a == "--unbound");
+    let connection_rate: Option<f64> =
+        args.iter().position(|a| a == "--connection-rate").and_then(|i| args.get(i + 1)).and_then(|n| n.parse().ok());
+    SETUP.set((unbound, connection_rate)).expect("set once");
     let (duration, rate, idle) =
         if quick { (Duration::from_millis(300), 200, 50) } else { (Duration::from_secs(5), 2_000, 9_000) };
     let attacks = [
@@ -25,12 +33,31 @@ fn main() {
         Attack::RandomBytes { senders: 2 },
         Attack::NeverReads { clients: 4 },
     ];
+    let only: Option<Vec<String>> = std::env::args()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .find(|w| w[0] == "--only")
+        .map(|w| w[1].split(',').map(str::to_string).collect());
+    let short = |attack: &Attack| match attack {
+        Attack::Quiet => "quiet",
+        Attack::SlowLoris { .. } => "loris",
+        Attack::IdleConnections { .. } => "idle",
+        Attack::HugeFrames => "huge",
+        Attack::RandomBytes { .. } => "noise",
+        Attack::NeverReads { .. } => "unread",
+    };
+    let attacks: Vec<Attack> = attacks
+        .into_iter()
+        .filter(|a| matches!(a, Attack::Quiet) || only.as_ref().is_none_or(|o| o.iter().any(|n| n == short(a))))
+        .collect();
     println!("## A well-behaved producer beside hostile clients\n");
     println!("{}\n", hardware_report(&base));
     println!(
         "One broker shard in the bench process; producer: idempotent, acks=all, 1 KiB messages, latency at \
          {rate} msg/s for {duration:?} (from scheduled send times), throughput at full speed for {duration:?}. \
-         Median of {repeat} runs, each on a fresh broker.\n"
+         Median of {repeat} runs, each on a fresh broker. CPUs: {}; connection creation rate limit: {}.\n",
+        if unbound { "broker and clients unbound" } else { "broker shard on the first, clients on the others" },
+        connection_rate.map_or("none".to_string(), |r| format!("{r}/s")),
     );
     println!("| load | msg/s at full speed | × quiet | p50 ms | p99 ms | p99 × quiet | max ms |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
@@ -56,9 +83,10 @@ fn measure(attack: Attack, base: &std::path::Path, run: usize, rate: u32, durati
     // The broker's shard on the first CPU, every client (hostile or not) on the others: what is
     // measured is what the load costs the broker, not the clients' own CPU.
     let cpus = CPUS.get().expect("CPUs read at start");
-    set_affinity(&cpus[..1]);
-    let broker = corelog_benches::hostile::bench_broker(dir.path());
-    set_affinity(if cpus.len() > 1 { &cpus[1..] } else { &cpus[..] });
+    let &(unbound, connection_rate) = SETUP.get().expect("set at start");
+    set_affinity(if unbound { cpus } else { &cpus[..1] });
+    let broker = corelog_benches::hostile::bench_broker(dir.path(), connection_rate);
+    set_affinity(if cpus.len() > 1 && !unbound { &cpus[1..] } else { &cpus[..] });
     let address = broker.address.to_string();
     corelog_benches::hostile::fill_fetch_topic(&address, "fetched");
     let running = start_attack(attack, &address, "fetched");
@@ -68,6 +96,9 @@ fn measure(attack: Attack, base: &std::path::Path, run: usize, rate: u32, durati
     broker.stop().expect("stop the broker");
     figures
 }
+
+/// `--unbound` and `--connection-rate`.
+static SETUP: std::sync::OnceLock<(bool, Option<f64>)> = std::sync::OnceLock::new();
 
 /// The CPUs this process may use, read before any thread is bound.
 static CPUS: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();

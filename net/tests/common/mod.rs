@@ -24,6 +24,7 @@ pub struct Options {
     pub limits: ConnectionLimits,
     pub max_connections_per_shard: usize,
     pub queued_max_request_bytes_per_shard: usize,
+    pub connections_per_sec_max_per_shard: Option<f64>,
     pub auto_create_topics: bool,
     pub group: corelog_net::group::classic::CoordinatorConfig,
 }
@@ -35,6 +36,7 @@ impl Default for Options {
             limits: ConnectionLimits::default(),
             max_connections_per_shard: 1000,
             queued_max_request_bytes_per_shard: 256 << 20,
+            connections_per_sec_max_per_shard: None,
             auto_create_topics: true,
             // Tests do not wait for more members to join an empty group.
             group: corelog_net::group::classic::CoordinatorConfig {
@@ -61,6 +63,7 @@ impl Broker {
             limits: options.limits,
             max_connections_per_shard: options.max_connections_per_shard,
             queued_max_request_bytes_per_shard: options.queued_max_request_bytes_per_shard,
+            connections_per_sec_max_per_shard: options.connections_per_sec_max_per_shard,
             fetch_max_bytes: 55 << 20,
             default_log: LogConfig::default(),
             num_partitions: 1,
