@@ -360,6 +360,28 @@ mod tests {
     }
 
     #[test]
+    fn limits_of_hostile_clients_are_read_and_checked() {
+        let config = resolve("", Overrides::default()).unwrap();
+        assert_eq!(config.queued_max_request_bytes_per_shard, 256 << 20);
+        assert_eq!(config.fetch_max_bytes, 55 << 20);
+        assert_eq!(config.max_connection_creation_rate, None, "no limit by default, as in Kafka");
+        let text =
+            "queued_max_request_bytes_per_shard = 1048576\nfetch_max_bytes = 4096\nmax_connection_creation_rate = 50.5";
+        let config = resolve(text, Overrides::default()).unwrap();
+        assert_eq!(config.queued_max_request_bytes_per_shard, 1 << 20);
+        assert_eq!(config.fetch_max_bytes, 4096);
+        assert_eq!(config.max_connection_creation_rate, Some(50.5));
+        for (text, key) in [
+            ("queued_max_request_bytes_per_shard = 0", "queued_max_request_bytes_per_shard"),
+            ("fetch_max_bytes = 10", "fetch_max_bytes"),
+            ("max_connection_creation_rate = 0.0", "max_connection_creation_rate"),
+        ] {
+            let err = resolve(text, Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn minus_one_means_unlimited_retention() {
         let config = resolve("[log]\nretention_ms = -1\nretention_bytes = 1000", Overrides::default()).unwrap();
         assert_eq!(config.log.retention_ms, None);
