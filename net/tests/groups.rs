@@ -459,3 +459,64 @@ fn the_internal_topic_refuses_produce_delete_growth_and_config_changes() {
     create_topic(&mut client, "still", 1);
     assert_eq!(commit(&mut client, "after", "", -1, &[("still", 0, 3)]), vec![0]);
 }
+
+#[test]
+fn a_consumer_protocol_member_subscribed_by_regular_expression_gets_topics_created_later() {
+    use kafka_protocol::messages::consumer_group_heartbeat_request::TopicPartitions;
+    use kafka_protocol::messages::{
+        ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatRequest,
+        ConsumerGroupHeartbeatResponse,
+    };
+    let broker = Broker::start(Options { shards: 2, ..Options::default() });
+    let mut client = broker.client();
+    let first = create_topic(&mut client, "metrics-cpu", 2);
+    create_topic(&mut client, "logs", 1);
+    let heartbeat = |client: &mut Client, epoch: i32, regex: Option<&str>, owned: Vec<TopicPartitions>| {
+        let request = ConsumerGroupHeartbeatRequest::default()
+            .with_group_id(group("rx"))
+            .with_member_id(text("member-1"))
+            .with_member_epoch(epoch)
+            .with_rebalance_timeout_ms(5_000)
+            .with_subscribed_topic_regex(regex.map(|r| StrBytes::from_string(r.to_string())))
+            .with_topic_partitions(Some(owned));
+        let response: ConsumerGroupHeartbeatResponse = client.call(ApiKey::ConsumerGroupHeartbeat, 1, &request);
+        response
+    };
+    let joined = heartbeat(&mut client, 0, Some("metrics-.*"), Vec::new());
+    assert_eq!(joined.error_code, 0, "{:?}", joined.error_message);
+    let assigned = joined.assignment.unwrap().topic_partitions;
+    assert_eq!(assigned.iter().map(|t| t.topic_id).collect::<Vec<_>>(), [first], "only the matching topic");
+    assert_eq!(assigned[0].partitions, vec![0, 1]);
+
+    // A topic created later that matches is assigned at a later heartbeat (no new subscription sent).
+    let second = create_topic(&mut client, "metrics-disk", 1);
+    let as_owned = |assigned: &[kafka_protocol::messages::consumer_group_heartbeat_response::TopicPartitions]| {
+        assigned
+            .iter()
+            .map(|t| TopicPartitions::default().with_topic_id(t.topic_id).with_partitions(t.partitions.clone()))
+            .collect::<Vec<_>>()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (mut epoch, mut owned) = (joined.member_epoch, assigned);
+    while !owned.iter().any(|t| t.topic_id == second) {
+        assert!(std::time::Instant::now() < deadline, "metrics-disk was never assigned: {owned:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let response = heartbeat(&mut client, epoch, None, as_owned(&owned));
+        assert_eq!(response.error_code, 0, "{:?}", response.error_message);
+        epoch = response.member_epoch;
+        if let Some(assignment) = response.assignment {
+            owned = assignment.topic_partitions;
+        }
+    }
+
+    let described: ConsumerGroupDescribeResponse = client.call(
+        ApiKey::ConsumerGroupDescribe,
+        1,
+        &ConsumerGroupDescribeRequest::default().with_group_ids(vec![group("rx")]),
+    );
+    let member = &described.groups[0].members[0];
+    assert_eq!(member.subscribed_topic_regex.as_deref(), Some("metrics-.*"));
+
+    let invalid = heartbeat(&mut client, 0, Some("metrics-("), Vec::new());
+    assert_eq!(invalid.error_code, 128, "INVALID_REGULAR_EXPRESSION");
+}

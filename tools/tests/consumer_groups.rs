@@ -411,3 +411,58 @@ fn groups_are_listed_described_and_deleted_and_their_lag_is_known() {
     drop(observer);
     broker.stop();
 }
+
+/// `count` messages to `topic` (partition by partition), values `topic-i`.
+fn produce_to(address: &str, topic: &str, count: usize) {
+    let producer: BaseProducer =
+        ClientConfig::new().set("bootstrap.servers", address).set("linger.ms", "5").create().expect("producer");
+    for i in 0..count {
+        let value = format!("{topic}-{i}");
+        let mut record = BaseRecord::<str, str>::to(topic).payload(&value);
+        while let Err((_, returned)) = producer.send(record) {
+            record = returned;
+            producer.poll(Duration::from_millis(10));
+        }
+    }
+    producer.flush(WAIT).expect("flush");
+}
+
+#[test]
+fn a_regular_expression_subscription_follows_topics_created_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, address) = start_broker(dir.path());
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", &address).create().expect("admin client");
+    let create = |name: &str| {
+        let topic = NewTopic::new(name, 2, TopicReplication::Fixed(1));
+        let results = futures_lite::future::block_on(admin.create_topics(&[topic], &AdminOptions::new())).unwrap();
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+    };
+    create("rx-first");
+    create("other");
+    produce_to(&address, "rx-first", 20);
+    produce_to(&address, "other", 5);
+    let consumer: BaseConsumer = consumer_config(&address, "regex-group", "consumer", None)
+        .set("topic.metadata.refresh.interval.ms", "500")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&["^rx-.*"]).expect("subscribe");
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let wait_for = |topic: &str, count: usize, seen: &mut BTreeSet<String>| {
+        let deadline = Instant::now() + WAIT;
+        while seen.iter().filter(|v| v.starts_with(&format!("{topic}-"))).count() < count {
+            assert!(Instant::now() < deadline, "{topic}: {count} messages within {WAIT:?}; seen {seen:?}");
+            if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+                let value = String::from_utf8(message.payload().unwrap().to_vec()).unwrap();
+                assert!(!value.starts_with("other-"), "a topic the expression does not match was consumed");
+                seen.insert(value);
+            }
+        }
+    };
+    wait_for("rx-first", 20, &mut seen);
+    create("rx-second");
+    produce_to(&address, "rx-second", 10);
+    wait_for("rx-second", 10, &mut seen);
+    drop(consumer);
+    broker.stop();
+}

@@ -5,6 +5,11 @@
 //! owner has confirmed it let go (it no longer lists it as owned). A member's epoch reaches
 //! the group's assignment epoch when it owns nothing outside its target.
 //!
+//! A member subscribes to topic names, to a regular expression (RE2 syntax, matching whole
+//! names, as Kafka's RE2/J), or both; a regular expression is resolved against the topics the
+//! coordinator was last told of ([`ConsumerCoordinator::set_topic_names`]), so topics created
+//! or deleted later join or leave the subscription with the next group epoch.
+//!
 //! Membership is kept in memory only: after a coordinator restart members are told
 //! UNKNOWN_MEMBER_ID and rejoin (epoch 0), as after a fencing. Committed offsets are durable
 //! like those of classic groups.
@@ -19,6 +24,7 @@ pub mod error_code {
     pub const UNRELEASED_INSTANCE_ID: i16 = 111;
     pub const UNSUPPORTED_ASSIGNOR: i16 = 112;
     pub const STALE_MEMBER_EPOCH: i16 = 113;
+    pub const INVALID_REGULAR_EXPRESSION: i16 = 128;
 }
 
 use super::classic::error_code::{GROUP_MAX_SIZE_REACHED, INVALID_GROUP_ID, INVALID_REQUEST, NONE, UNKNOWN_MEMBER_ID};
@@ -59,6 +65,8 @@ pub struct HeartbeatRequest {
     pub rebalance_timeout_ms: i32,
     /// None: unchanged since the last heartbeat.
     pub subscribed_topics: Option<Vec<String>>,
+    /// None: unchanged; empty: none any more.
+    pub subscribed_regex: Option<String>,
     pub server_assignor: Option<String>,
     /// None: unchanged.
     pub owned: Option<Assignment>,
@@ -98,7 +106,10 @@ pub struct Member {
     pub client_host: String,
     pub epoch: i32,
     previous_epoch: i32,
+    /// Every topic subscribed to: the names, and the topics the regular expression matches.
     pub subscribed: Vec<String>,
+    subscribed_names: Vec<String>,
+    pub subscribed_regex: Option<SubscriptionRegex>,
     pub rebalance_timeout_ms: i32,
     /// What the member owns (as the coordinator handed it out).
     pub assigned: Assignment,
@@ -311,10 +322,38 @@ pub fn assign_range(
     target
 }
 
+/// A subscription's regular expression, as sent and compiled (anchored: whole names).
+#[derive(Debug, Clone)]
+pub struct SubscriptionRegex {
+    pub text: String,
+    compiled: regex::Regex,
+}
+
+impl SubscriptionRegex {
+    /// None when `text` is not a valid regular expression.
+    pub fn new(text: &str) -> Option<Self> {
+        let compiled = regex::Regex::new(&format!("^(?:{text})$")).ok()?;
+        Some(Self { text: text.to_string(), compiled })
+    }
+}
+
+/// Names ∪ the topics `regex` matches, sorted, without repeats.
+fn resolve_subscription(names: &[String], regex: Option<&SubscriptionRegex>, topics: &[String]) -> Vec<String> {
+    let mut subscribed: Vec<String> = names.to_vec();
+    if let Some(regex) = regex {
+        subscribed.extend(topics.iter().filter(|t| regex.compiled.is_match(t)).cloned());
+    }
+    subscribed.sort();
+    subscribed.dedup();
+    subscribed
+}
+
 /// The consumer groups of one shard.
 pub struct ConsumerCoordinator {
     config: ConsumerConfig,
     groups: HashMap<String, ConsumerGroup>,
+    /// The topics regular expressions are matched against (internal topics excluded).
+    topic_names: Vec<String>,
     /// Makes generated member ids unique across restarts (random per start) and within one.
     member_id_prefix: String,
     next_member_seq: u64,
@@ -322,7 +361,35 @@ pub struct ConsumerCoordinator {
 
 impl ConsumerCoordinator {
     pub fn new(config: ConsumerConfig, member_id_prefix: String) -> Self {
-        Self { config, groups: HashMap::new(), member_id_prefix, next_member_seq: 0 }
+        Self { config, groups: HashMap::new(), topic_names: Vec::new(), member_id_prefix, next_member_seq: 0 }
+    }
+
+    /// The topics that exist now (without internal ones): subscriptions by regular expression
+    /// are resolved again, and a group whose subscriptions changed gets a new epoch (its
+    /// target assignment is computed again at the next heartbeat or tick).
+    pub fn set_topic_names(&mut self, mut names: Vec<String>) {
+        names.sort();
+        if names == self.topic_names {
+            return;
+        }
+        self.topic_names = names;
+        for group in self.groups.values_mut() {
+            let mut changed = false;
+            for member in group.members.values_mut() {
+                if member.subscribed_regex.is_none() {
+                    continue;
+                }
+                let subscribed =
+                    resolve_subscription(&member.subscribed_names, member.subscribed_regex.as_ref(), &self.topic_names);
+                if subscribed != member.subscribed {
+                    member.subscribed = subscribed;
+                    changed = true;
+                }
+            }
+            if changed {
+                group.epoch += 1;
+            }
+        }
     }
 
     pub fn group(&self, id: &str) -> Option<&ConsumerGroup> {
@@ -366,9 +433,20 @@ impl ConsumerCoordinator {
         {
             return refuse(UNSUPPORTED_ASSIGNOR, "supported assignors: uniform, range");
         }
-        if request.member_epoch == 0 && request.subscribed_topics.is_none() {
+        let joining_without_subscription =
+            request.subscribed_topics.is_none() && request.subscribed_regex.as_deref().is_none_or(str::is_empty);
+        if request.member_epoch == 0 && joining_without_subscription {
             return refuse(INVALID_REQUEST, "a joining member must send its subscription");
         }
+        // None: unchanged; Some(None): no regular expression any more.
+        let regex = match request.subscribed_regex.as_deref() {
+            None => None,
+            Some("") => Some(None),
+            Some(text) => match SubscriptionRegex::new(text) {
+                Some(regex) => Some(Some(regex)),
+                None => return refuse(INVALID_REGULAR_EXPRESSION, "the subscribed regular expression is not valid"),
+            },
+        };
         if request.member_epoch == 0 && request.rebalance_timeout_ms < 0 {
             return refuse(INVALID_REQUEST, "the rebalance timeout must not be negative");
         }
@@ -432,10 +510,17 @@ impl ConsumerCoordinator {
             let mut topics = topics.clone();
             topics.sort();
             topics.dedup();
-            if topics != member.subscribed {
-                member.subscribed = topics;
-                bump = true;
-            }
+            member.subscribed_names = topics;
+        }
+        if let Some(regex) = regex {
+            tracing::debug!(group = %request.group_id, member = %member_id, regex = ?regex.as_ref().map(|r| &r.text), "subscription regex");
+            member.subscribed_regex = regex;
+        }
+        let subscribed =
+            resolve_subscription(&member.subscribed_names, member.subscribed_regex.as_ref(), &self.topic_names);
+        if subscribed != member.subscribed {
+            member.subscribed = subscribed;
+            bump = true;
         }
         if let Some(owned) = &request.owned {
             // Revocations are confirmed by no longer owning the partitions.
@@ -550,6 +635,8 @@ fn join(
             epoch,
             previous_epoch: epoch,
             subscribed: Vec::new(),
+            subscribed_names: Vec::new(),
+            subscribed_regex: None,
             rebalance_timeout_ms: request.rebalance_timeout_ms,
             assigned,
             pending_revocation: Assignment::new(),
@@ -605,6 +692,7 @@ mod tests {
             rack_id: None,
             rebalance_timeout_ms: 10_000,
             subscribed_topics: (epoch == 0).then(|| vec!["t".to_string()]),
+            subscribed_regex: None,
             server_assignor: None,
             owned: owned.cloned(),
             client_id: "c".into(),
@@ -729,5 +817,53 @@ mod tests {
         back.member_id = "a3".into();
         assert_eq!(c.heartbeat(back, 0, &parts, 30).error_code, UNRELEASED_INSTANCE_ID);
         assert!(c.group("g").unwrap().epoch <= epoch + 1);
+    }
+
+    #[test]
+    fn a_regular_expression_subscribes_to_the_topics_it_matches_now_and_later() {
+        let mut c = ConsumerCoordinator::new(ConsumerConfig::default(), "t".into());
+        c.set_topic_names(vec!["orders-eu".into(), "orders-us".into(), "payments".into()]);
+        let parts = |topic: &str| topic.starts_with("orders-").then_some(2).or((topic == "payments").then_some(2));
+        let join = HeartbeatRequest {
+            subscribed_topics: None,
+            subscribed_regex: Some("orders-.*".into()),
+            ..heartbeat("a", 0, None)
+        };
+        let a = c.heartbeat(join, 0, &parts, 0);
+        assert_eq!(a.error_code, NONE);
+        let owned = a.assignment.unwrap();
+        assert_eq!(owned.keys().collect::<Vec<_>>(), ["orders-eu", "orders-us"], "whole names only");
+        let epoch = c.group("g").unwrap().epoch;
+
+        // A new matching topic joins the subscription: a new group epoch and its partitions.
+        c.set_topic_names(vec!["orders-eu".into(), "orders-us".into(), "orders-asia".into(), "payments".into()]);
+        assert_eq!(c.group("g").unwrap().epoch, epoch + 1);
+        let again = c.heartbeat(heartbeat("a", a.member_epoch, Some(&owned)), 0, &parts, 10);
+        assert!(again.assignment.unwrap().contains_key("orders-asia"));
+        assert_eq!(c.group("g").unwrap().members["a"].subscribed_regex.as_ref().unwrap().text, "orders-.*");
+        // A topic that does not match changes nothing.
+        let epoch = c.group("g").unwrap().epoch;
+        c.set_topic_names(vec!["orders-eu".into(), "orders-us".into(), "orders-asia".into(), "payroll".into()]);
+        assert_eq!(c.group("g").unwrap().epoch, epoch);
+
+        // Names and an expression together; an empty expression drops it; a bad one is refused.
+        let both = HeartbeatRequest {
+            subscribed_topics: Some(vec!["payments".into()]),
+            subscribed_regex: Some("orders-eu".into()),
+            ..heartbeat("b", 0, None)
+        };
+        assert_eq!(c.heartbeat(both, 0, &parts, 20).error_code, NONE);
+        assert_eq!(c.group("g").unwrap().members["b"].subscribed, ["orders-eu", "payments"]);
+        let b_epoch = c.group("g").unwrap().members["b"].epoch;
+        let cleared = HeartbeatRequest { subscribed_regex: Some(String::new()), ..heartbeat("b", b_epoch, None) };
+        assert_eq!(c.heartbeat(cleared, 0, &parts, 30).error_code, NONE);
+        assert_eq!(c.group("g").unwrap().members["b"].subscribed, ["payments"]);
+        let bad = HeartbeatRequest {
+            subscribed_topics: None,
+            subscribed_regex: Some("orders-(".into()),
+            ..heartbeat("c", 0, None)
+        };
+        assert_eq!(c.heartbeat(bad, 0, &parts, 40).error_code, INVALID_REGULAR_EXPRESSION);
+        assert!(!c.group("g").unwrap().members.contains_key("c"));
     }
 }

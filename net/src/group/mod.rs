@@ -81,6 +81,8 @@ pub struct ConsumerMemberView {
     pub client_id: String,
     pub client_host: String,
     pub subscribed: Vec<String>,
+    /// The subscription's regular expression, if any (`subscribed` holds what it matches).
+    pub subscribed_regex: Option<String>,
     pub assigned: consumer::Assignment,
     pub target: consumer::Assignment,
 }
@@ -133,6 +135,8 @@ pub struct GroupService {
     /// state may be mid-rebalance, which no record describes).
     written_groups: RefCell<HashMap<String, StoredRecord>>,
     consumers: RefCell<ConsumerCoordinator>,
+    /// The registry version the consumer coordinator last got the topic names of.
+    consumer_topics_version: Cell<u64>,
     registry: std::sync::Arc<Registry>,
     log: Rc<ShardLog>,
     waiters: RefCell<HashMap<Ticket, Waiter>>,
@@ -152,6 +156,7 @@ impl GroupService {
             snapshotting: RefCell::new(std::collections::HashSet::new()),
             written_groups: RefCell::new(HashMap::new()),
             consumers: RefCell::new(ConsumerCoordinator::new(config.consumer.clone(), member_id_prefix.clone())),
+            consumer_topics_version: Cell::new(0),
             registry,
             coordinator: RefCell::new(Coordinator::new(config, member_id_prefix)),
             log,
@@ -565,9 +570,21 @@ impl GroupService {
                 ..Default::default()
             };
         }
+        self.refresh_consumer_topics();
         let topics = self.registry.snapshot();
         let partitions_of = |topic: &str| topics.get(topic).map(|t| t.partitions);
         self.consumers.borrow_mut().heartbeat(request, partition, &partitions_of, corelog_engine::now_ms())
+    }
+
+    /// Tells the consumer coordinator the topics that exist, when they changed (subscriptions
+    /// by regular expression are resolved against them; internal topics never match).
+    fn refresh_consumer_topics(&self) {
+        let version = self.registry.version();
+        if self.consumer_topics_version.replace(version) == version {
+            return;
+        }
+        let names = self.registry.snapshot().keys().filter(|name| *name != OFFSETS_TOPIC).cloned().collect();
+        self.consumers.borrow_mut().set_topic_names(names);
     }
 
     /// A consumer-protocol group as ConsumerGroupDescribe shows it.
@@ -591,6 +608,7 @@ impl GroupService {
                     client_id: m.client_id.clone(),
                     client_host: m.client_host.clone(),
                     subscribed: m.subscribed.clone(),
+                    subscribed_regex: m.subscribed_regex.as_ref().map(|r| r.text.clone()),
                     assigned: m.assigned.clone(),
                     target: group.target.get(&m.member_id).cloned().unwrap_or_default(),
                 })
@@ -735,6 +753,7 @@ impl GroupService {
                 self.expire_offsets(now_ms);
             }
             {
+                self.refresh_consumer_topics();
                 let topics = self.registry.snapshot();
                 let partitions_of = |topic: &str| topics.get(topic).map(|t| t.partitions);
                 self.consumers.borrow_mut().tick(now_ms, &partitions_of);

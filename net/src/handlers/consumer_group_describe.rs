@@ -60,6 +60,7 @@ pub async fn handle(
                                 .with_subscribed_topic_names(
                                     m.subscribed.into_iter().map(|t| TopicName(StrBytes::from_string(t))).collect(),
                                 )
+                                .with_subscribed_topic_regex(m.subscribed_regex.map(StrBytes::from_string))
                                 .with_assignment(assignment(&topics, m.assigned))
                                 .with_target_assignment(assignment(&topics, m.target));
                             // v1: 1 = a member of the consumer protocol.

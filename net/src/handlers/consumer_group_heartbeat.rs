@@ -29,10 +29,6 @@ pub async fn handle(
             .with_error_message(Some(StrBytes::from_string(message.to_string())))
             .with_member_epoch(-1)
     };
-    // librdkafka sends an empty regular expression when it subscribes by name.
-    if request.subscribed_topic_regex.as_ref().is_some_and(|regex| !regex.is_empty()) {
-        return refuse(error_code::INVALID_REQUEST, "subscribing by regular expression is not supported yet");
-    }
     if version >= 1 && request.member_epoch == 0 && request.member_id.is_empty() {
         return refuse(error_code::INVALID_REQUEST, "from version 1 the member chooses its member id");
     }
@@ -61,6 +57,8 @@ pub async fn handle(
             .subscribed_topic_names
             .as_ref()
             .map(|names| names.iter().map(|n| n.0.to_string()).collect()),
+        // librdkafka sends an empty one when it subscribes by name only.
+        subscribed_regex: request.subscribed_topic_regex.as_ref().map(|regex| regex.to_string()),
         server_assignor: request.server_assignor.as_ref().map(|a| a.to_string()),
         owned,
         client_id: client.client_id.clone(),
