@@ -85,17 +85,22 @@ pub fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
     }
 }
 
-/// A slow-loris connection: announces a 64-byte frame and sends its first 2 bytes; [`dribble`]
-/// sends one more byte at a time, so the frame is never complete.
-pub fn slow_loris(address: &str) -> TcpStream {
+/// A slow-loris connection: announces a frame of `announced_bytes` and sends its first 2
+/// bytes; [`dribble_until`] then sends one more byte at a time, so the frame never completes.
+pub fn slow_loris(address: &str, announced_bytes: i32) -> TcpStream {
     let mut stream = connect(address);
-    stream.write_all(&[0, 0, 0, 64, 0, 18]).expect("start a frame");
+    stream.write_all(&announced_bytes.to_be_bytes()).expect("announce a frame");
+    stream.write_all(&[0, 18]).expect("start a frame");
     stream
 }
 
-pub fn dribble(streams: &mut [TcpStream]) {
-    for stream in streams {
-        let _ = stream.write_all(&[0]);
+/// One byte on each stream every 200 ms until `stop`.
+pub fn dribble_until(streams: &mut [TcpStream], stop: &AtomicBool) {
+    while !stop.load(Ordering::SeqCst) {
+        for stream in streams.iter_mut() {
+            let _ = stream.write_all(&[0]);
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -252,14 +257,9 @@ pub fn start_attack(attack: Attack, address: &str, fetch_topic: &str) -> Running
     match attack {
         Attack::Quiet => {}
         Attack::SlowLoris { connections } => {
-            let mut streams: Vec<TcpStream> = (0..connections).map(|_| slow_loris(address)).collect();
+            let mut streams: Vec<TcpStream> = (0..connections).map(|_| slow_loris(address, 64)).collect();
             let stop = Arc::clone(&stop);
-            threads.push(spawn(Box::new(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    dribble(&mut streams);
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-            })));
+            threads.push(spawn(Box::new(move || dribble_until(&mut streams, &stop))));
         }
         Attack::IdleConnections { connections } => {
             let streams: Vec<TcpStream> = (0..connections).map(|_| connect(address)).collect();

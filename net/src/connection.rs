@@ -109,8 +109,6 @@ pub enum ConnectionError {
     Idle(Duration),
     #[error("the client accepted no response bytes for {0:?}")]
     WriteStalled(Duration),
-    #[error("a {size}-byte frame arrived at {received} bytes in {window:?} while others waited for request memory")]
-    SlowFrame { size: usize, received: usize, window: Duration },
     #[error("write failed: {0}")]
     Write(std::io::Error),
 }
@@ -307,7 +305,14 @@ async fn read_requests<R: AsyncRead + Unpin>(
         let Some(size) = within_idle_timeout(limits, read).await? else { return Ok(()) };
         // Waiting here is the broker's doing, so it does not count against the client.
         let reservation = budget.reserve(size).await;
-        let frame = read_body(input, size, limits, budget).await?;
+        // The body within the idle timeout; slow senders give way while others need the memory.
+        let pace = frame::BodyPace {
+            timeout: limits.idle_timeout,
+            slow_window: limits.slow_frame_window,
+            slow_min_bytes: limits.slow_frame_min_bytes,
+            contended: &|| budget.has_waiters(),
+        };
+        let frame = frame::read_frame_body(input, size, &pace).await?;
         // Only Produce and Fetch are pipelined; any other request runs once everything before
         // it is answered, as Kafka runs a connection's requests one at a time (a commit then
         // a fetch of the offsets must see the commit).
@@ -319,49 +324,6 @@ async fn read_requests<R: AsyncRead + Unpin>(
         let pending = start(frame.freeze(), broker, host).await?;
         queue.push(pending, bytes, reservation);
     }
-}
-
-/// Reads a frame's body (its size prefix read, its reservation held): within the idle timeout,
-/// and, while others wait for request memory, at no less than `slow_frame_min_bytes` per
-/// `slow_frame_window` (a slow sender would otherwise hold a reservation it is not filling).
-/// Dropping a pending read is safe: glommio's stream reads on readiness, into our buffer.
-async fn read_body<R: AsyncRead + Unpin>(
-    input: &mut R,
-    size: usize,
-    limits: &ConnectionLimits,
-    budget: &RequestBudget,
-) -> Result<BytesMut, ConnectionError> {
-    use futures_lite::AsyncReadExt;
-    let started = std::time::Instant::now();
-    let deadline = started + limits.idle_timeout;
-    let window = limits.slow_frame_window.max(Duration::from_millis(1));
-    let mut frame = BytesMut::zeroed(size);
-    let mut filled = 0usize;
-    let (mut window_start, mut window_filled) = (started, 0usize);
-    while filled < size {
-        let now = std::time::Instant::now();
-        if now >= deadline {
-            return Err(ConnectionError::Idle(limits.idle_timeout));
-        }
-        let wait = (window_start + window).min(deadline).saturating_duration_since(now);
-        let read = input.read(&mut frame[filled..]);
-        match glommio::timer::timeout(wait, async { Ok(read.await) }).await {
-            Ok(Ok(0)) => return Err(FrameError::Truncated.into()),
-            Ok(Ok(n)) => filled += n,
-            Ok(Err(error)) => return Err(FrameError::Io(error).into()),
-            Err(_) => {}
-        }
-        let now = std::time::Instant::now();
-        if now >= window_start + window {
-            let received = filled - window_filled;
-            let wanted = limits.slow_frame_min_bytes.min(size - window_filled);
-            if received < wanted && budget.has_waiters() {
-                return Err(ConnectionError::SlowFrame { size, received, window });
-            }
-            (window_start, window_filled) = (now, filled);
-        }
-    }
-    Ok(frame)
 }
 
 /// Reading part of a request may not take longer than the idle timeout.

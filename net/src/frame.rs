@@ -2,6 +2,8 @@
 //! many bytes. The size is checked against `socket.request.max.bytes` before anything is
 //! allocated, so a client claiming 2 GiB costs nothing but its connection.
 
+use std::time::{Duration, Instant};
+
 use bytes::{BufMut, BytesMut};
 use futures_lite::{AsyncRead, AsyncReadExt};
 
@@ -16,6 +18,12 @@ pub enum FrameError {
     Truncated,
     #[error("read failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the frame did not arrive within {0:?}")]
+    TimedOut(Duration),
+    #[error(
+        "a {size_bytes}-byte frame arrived at {received} bytes in {window:?} while others waited for request memory"
+    )]
+    Slow { size_bytes: usize, received: usize, window: Duration },
 }
 
 /// Checks a frame size prefix.
@@ -28,17 +36,6 @@ pub fn check_size(size: i32, max_bytes: usize) -> Result<usize, FrameError> {
         return Err(FrameError::TooLarge { size, max_bytes });
     }
     Ok(size_bytes)
-}
-
-/// Reads one frame. `Ok(None)` when the peer closed the connection between frames.
-pub async fn read_frame<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    max_bytes: usize,
-) -> Result<Option<BytesMut>, FrameError> {
-    match read_frame_size(reader, max_bytes).await? {
-        Some(size_bytes) => read_frame_body(reader, size_bytes).await.map(Some),
-        None => Ok(None),
-    }
 }
 
 /// Reads and checks a frame's size prefix. `Ok(None)` when the peer closed the connection
@@ -59,13 +56,60 @@ pub async fn read_frame_size<R: AsyncRead + Unpin>(
     check_size(i32::from_be_bytes(size), max_bytes).map(Some)
 }
 
-/// Reads the `size_bytes` of a frame after its size prefix.
-pub async fn read_frame_body<R: AsyncRead + Unpin>(reader: &mut R, size_bytes: usize) -> Result<BytesMut, FrameError> {
+/// How long a frame's body may take to arrive (the connection's limits).
+pub struct BodyPace<'a> {
+    /// The whole body, from its size prefix on.
+    pub timeout: Duration,
+    /// While `contended()` (others wait for request memory), a body arriving at less than
+    /// `slow_min_bytes` per `slow_window` is given up.
+    pub slow_window: Duration,
+    pub slow_min_bytes: usize,
+    pub contended: &'a dyn Fn() -> bool,
+}
+
+/// Reads the `size_bytes` of a frame after its size prefix, at the pace `pace` allows. A read
+/// that completes at once (the usual case) sets no timer. Dropping a pending read is safe with
+/// glommio's streams: they read on readiness, into the caller's buffer.
+pub async fn read_frame_body<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    size_bytes: usize,
+    pace: &BodyPace<'_>,
+) -> Result<BytesMut, FrameError> {
+    let started = Instant::now();
+    let deadline = started + pace.timeout;
+    let window = pace.slow_window.max(Duration::from_millis(1));
     let mut frame = BytesMut::zeroed(size_bytes);
-    reader.read_exact(&mut frame).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
-        _ => FrameError::Io(e),
-    })?;
+    let mut filled = 0usize;
+    let (mut window_start, mut window_filled) = (started, 0usize);
+    while filled < size_bytes {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(FrameError::TimedOut(pace.timeout));
+        }
+        let mut read = reader.read(&mut frame[filled..]);
+        let read = match futures_lite::future::poll_once(&mut read).await {
+            Some(read) => Some(read),
+            None => {
+                let wait = (window_start + window).min(deadline).saturating_duration_since(now);
+                glommio::timer::timeout(wait, async { Ok(read.await) }).await.ok()
+            }
+        };
+        match read {
+            Some(Ok(0)) => return Err(FrameError::Truncated),
+            Some(Ok(n)) => filled += n,
+            Some(Err(error)) => return Err(FrameError::Io(error)),
+            None => {}
+        }
+        let now = Instant::now();
+        if now >= window_start + window {
+            let received = filled - window_filled;
+            let wanted = pace.slow_min_bytes.min(size_bytes - window_filled);
+            if received < wanted && (pace.contended)() {
+                return Err(FrameError::Slow { size_bytes, received, window });
+            }
+            (window_start, window_filled) = (now, filled);
+        }
+    }
     Ok(frame)
 }
 
@@ -81,8 +125,21 @@ pub fn encode_frame(body: &[u8]) -> BytesMut {
 mod tests {
     use super::*;
 
+    /// A whole frame (size prefix, then body at an unhurried pace) from `bytes`.
     fn read(bytes: &[u8], max: usize) -> Result<Option<BytesMut>, FrameError> {
-        futures_lite::future::block_on(read_frame(&mut futures_lite::io::Cursor::new(bytes.to_vec()), max))
+        let mut reader = futures_lite::io::Cursor::new(bytes.to_vec());
+        let pace = BodyPace {
+            timeout: Duration::from_secs(60),
+            slow_window: Duration::from_secs(60),
+            slow_min_bytes: 0,
+            contended: &|| false,
+        };
+        futures_lite::future::block_on(async {
+            match read_frame_size(&mut reader, max).await? {
+                Some(size) => read_frame_body(&mut reader, size, &pace).await.map(Some),
+                None => Ok(None),
+            }
+        })
     }
 
     #[test]

@@ -75,6 +75,12 @@ fn alongside<T: Send + 'static>(
     (took, attack.join().expect("the hostile client's thread"))
 }
 
+/// The well-behaved round trip while `streams` get a byte every 200 ms.
+fn dribbled_beside(address: &str, topic: &str, streams: &[TcpStream]) -> Duration {
+    let mut dribbled: Vec<TcpStream> = streams.iter().map(|s| s.try_clone().unwrap()).collect();
+    alongside(address, topic, move |stop| dribble_until(&mut dribbled, &stop)).0
+}
+
 #[test]
 fn slow_loris_connections_are_closed_at_the_idle_timeout_while_others_are_served() {
     const LORIS: usize = 200;
@@ -82,16 +88,9 @@ fn slow_loris_connections_are_closed_at_the_idle_timeout_while_others_are_served
     let (broker, address) = node.start();
     // Each announces a 64-byte frame and sends its first 2 bytes; then one byte every 200 ms,
     // so a frame is never complete.
-    let mut streams: Vec<TcpStream> = (0..LORIS).map(|_| slow_loris(&address)).collect();
-    let dribbled: Vec<TcpStream> = streams.iter().map(|s| s.try_clone().unwrap()).collect();
+    let mut streams: Vec<TcpStream> = (0..LORIS).map(|_| slow_loris(&address, 64)).collect();
     let started = Instant::now();
-    let (took, ()) = alongside(&address, "beside-slow-loris", move |stop| {
-        let mut dribbled = dribbled;
-        while !stop.load(Ordering::SeqCst) {
-            dribble(&mut dribbled);
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    });
+    let took = dribbled_beside(&address, "beside-slow-loris", &streams);
     let closed = streams.iter_mut().map(|s| closed_within(s, WAIT)).filter(|&closed| closed).count();
     let closed_after = started.elapsed();
     eprintln!(
@@ -109,22 +108,8 @@ fn slow_senders_of_large_frames_give_way_when_others_need_the_request_memory() {
     // the harness's waits: only giving slow frames up when others wait lets the round trip end.
     let node = Node::new("connections_max_idle_ms = 300000\nqueued_max_request_bytes_per_shard = 16777216\n");
     let (broker, address) = node.start();
-    let mut streams: Vec<TcpStream> = (0..LORIS)
-        .map(|_| {
-            let mut stream = connect(&address);
-            stream.write_all(&(50i32 << 20).to_be_bytes()).unwrap();
-            stream.write_all(&[0, 18]).unwrap();
-            stream
-        })
-        .collect();
-    let dribbled: Vec<TcpStream> = streams.iter().map(|s| s.try_clone().unwrap()).collect();
-    let (took, ()) = alongside(&address, "beside-large-slow-frames", move |stop| {
-        let mut dribbled = dribbled;
-        while !stop.load(Ordering::SeqCst) {
-            dribble(&mut dribbled);
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    });
+    let mut streams: Vec<TcpStream> = (0..LORIS).map(|_| slow_loris(&address, 50 << 20)).collect();
+    let took = dribbled_beside(&address, "beside-large-slow-frames", &streams);
     let closed = streams.iter_mut().map(|s| closed_within(s, Duration::from_secs(2))).filter(|&closed| closed).count();
     eprintln!("large slow frames: round trip beside {LORIS} of them took {took:?}; {closed} closed");
     // The last one granted on each shard may hold its reservation while nobody waits for it.

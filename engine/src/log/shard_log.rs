@@ -628,14 +628,7 @@ impl ShardLog {
 
     async fn flusher_loop(self: Rc<Self>) {
         loop {
-            let interval_ms = self.shortest_sync_interval_ms();
-            let stalled = self.inner.borrow().partitions.values().any(|(_, p)| p.stalled.is_some());
-            let interval_ms = match (interval_ms, stalled) {
-                (Some(ms), true) => Some(ms.min(STALL_RETRY_MS as u64)),
-                (None, true) => Some(STALL_RETRY_MS as u64),
-                (interval_ms, false) => interval_ms,
-            };
-            match interval_ms {
+            match self.timed_wake_ms() {
                 Some(ms) => {
                     let sleep = glommio::timer::sleep(Duration::from_millis(ms));
                     futures_lite::future::or(self.flusher_wake.wait(), sleep).await;
@@ -650,24 +643,15 @@ impl ShardLog {
                     .partitions
                     .iter()
                     .filter(|(name, (_, p))| {
-                        !wave.contains(name)
-                            && p.failed.is_none()
-                            && p.has_unsynced()
-                            && (inner.stopping || matches!(p.config.flush, FlushPolicy::IntervalMs(ms) if now - p.last_sync_ms >= ms as i64))
+                        let sync_due = p.has_unsynced()
+                            && (inner.stopping || matches!(p.config.flush, FlushPolicy::IntervalMs(ms) if now - p.last_sync_ms >= ms as i64));
+                        // Partitions held back for lack of space retry their writes now and then.
+                        let retry_due = p.stalled.as_ref().is_some_and(|s| now >= s.retry_at_ms);
+                        !wave.contains(name) && p.failed.is_none() && (sync_due || retry_due)
                     })
                     .map(|(name, _)| name.clone())
                     .collect();
                 wave.extend(due);
-                // Partitions held back for lack of space retry their writes now and then.
-                let retry: Vec<TopicPartition> = inner
-                    .partitions
-                    .iter()
-                    .filter(|(name, (_, p))| {
-                        !wave.contains(name) && p.stalled.as_ref().is_some_and(|s| now >= s.retry_at_ms)
-                    })
-                    .map(|(name, _)| name.clone())
-                    .collect();
-                wave.extend(retry);
                 let appends = std::mem::take(&mut inner.appends_since_wave);
                 inner.stats.wave_appends_max = inner.stats.wave_appends_max.max(appends);
                 (wave, inner.stopping)
@@ -699,12 +683,15 @@ impl ShardLog {
         self.config.faults.as_deref()
     }
 
-    fn shortest_sync_interval_ms(&self) -> Option<u64> {
+    /// When the flusher must run even if nothing wakes it: the shortest sync interval of a
+    /// partition with unsynced data, or the retry of a partition held back for lack of space.
+    fn timed_wake_ms(&self) -> Option<u64> {
         let inner = self.inner.borrow();
         inner
             .partitions
             .values()
             .filter_map(|(_, p)| match p.config.flush {
+                _ if p.stalled.is_some() => Some(STALL_RETRY_MS as u64),
                 FlushPolicy::IntervalMs(ms) if p.has_unsynced() => Some(ms.max(1)),
                 _ => None,
             })
@@ -849,14 +836,10 @@ impl ShardLog {
         let result = match &captured {
             Some((file, _, _)) => {
                 use std::os::fd::AsRawFd;
-                let path = segment::log_path(&dir, base);
+                let failed = |error| IoFailure::new("fdatasync", &segment::log_path(&dir, base), error);
                 match self.faults().and_then(|f| f.next(IoOperation::Sync)) {
-                    Some(Fault::Errno(errno)) => Err(IoFailure::new("fdatasync", &path, errno_error(errno))),
-                    _ => self
-                        .side_ring
-                        .fdatasync(file.as_raw_fd())
-                        .await
-                        .map_err(|e| IoFailure::new("fdatasync", &path, e)),
+                    Some(Fault::Errno(errno)) => Err(failed(errno_error(errno))),
+                    _ => self.side_ring.fdatasync(file.as_raw_fd()).await.map_err(failed),
                 }
             }
             None => Ok(()),

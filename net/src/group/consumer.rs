@@ -506,6 +506,9 @@ impl ConsumerCoordinator {
             member.rebalance_timeout_ms = request.rebalance_timeout_ms;
         }
         let mut bump = request.member_epoch == 0;
+        // Topics created or deleted since are handled by `set_topic_names`: the subscription is
+        // resolved here only when the request changes it.
+        let resubscribed = request.subscribed_topics.is_some() || regex.is_some();
         if let Some(topics) = &request.subscribed_topics {
             let mut topics = topics.clone();
             topics.sort();
@@ -516,11 +519,13 @@ impl ConsumerCoordinator {
             tracing::debug!(group = %request.group_id, member = %member_id, regex = ?regex.as_ref().map(|r| &r.text), "subscription regex");
             member.subscribed_regex = regex;
         }
-        let subscribed =
-            resolve_subscription(&member.subscribed_names, member.subscribed_regex.as_ref(), &self.topic_names);
-        if subscribed != member.subscribed {
-            member.subscribed = subscribed;
-            bump = true;
+        if resubscribed {
+            let subscribed =
+                resolve_subscription(&member.subscribed_names, member.subscribed_regex.as_ref(), &self.topic_names);
+            if subscribed != member.subscribed {
+                member.subscribed = subscribed;
+                bump = true;
+            }
         }
         if let Some(owned) = &request.owned {
             // Revocations are confirmed by no longer owning the partitions.

@@ -92,7 +92,12 @@ fn resolve(broker: &ShardBroker, targets: &[FetchTarget], version: i16) -> (Vec<
     let mut topics: Vec<FetchedTopic> = Vec::new();
     let mut wanted = Vec::with_capacity(targets.len());
     for target in targets {
-        let known = topics.iter().position(|(name, id, _)| *name == target.topic && *id == target.topic_id);
+        // Requests (and sessions, mostly) list a topic's partitions together: try the last one first.
+        let same = |(name, id, _): &FetchedTopic| *name == target.topic && *id == target.topic_id;
+        let known = match topics.last() {
+            Some(last) if same(last) => Some(topics.len() - 1),
+            _ => topics.iter().position(same),
+        };
         let topic_index = known.unwrap_or_else(|| {
             let name = if version >= 13 {
                 snapshot.values().find(|r| topic_uuid(r) == target.topic_id).map(|r| r.name.clone())
@@ -156,34 +161,12 @@ fn respond(
     wanted: &[Wanted],
     results: Vec<Result<Option<crate::broker::ReadReply>, i16>>,
 ) -> FetchResponse {
-    // What each partition's response says, for the session to compare with the last one.
-    let states: Vec<(Option<PartitionState>, bool)> = results
-        .iter()
-        .map(|result| match result {
-            Ok(Some(reply)) => {
-                let offsets = &reply.offsets;
-                let state = PartitionState {
-                    high_watermark: offsets.high_watermark,
-                    last_stable_offset: offsets.high_watermark,
-                    log_start_offset: offsets.log_start_offset,
-                    error_code: error_code::NONE,
-                };
-                (Some(state), !reply.records.is_empty())
-            }
-            // Not read this time (the response was full): nothing to tell.
-            Ok(None) => (None, false),
-            Err(code) => {
-                let state = PartitionState {
-                    high_watermark: -1,
-                    last_stable_offset: -1,
-                    log_start_offset: -1,
-                    error_code: *code,
-                };
-                (Some(state), false)
-            }
-        })
-        .collect();
-    let included = broker.fetch_sessions.borrow_mut().finish(plan, &states);
+    let included = match plan {
+        Plan::Opened { .. } | Plan::Incremental { .. } => {
+            broker.fetch_sessions.borrow_mut().finish(plan, &session_states(&results))
+        }
+        Plan::Sessionless | Plan::Refused { .. } => vec![true; results.len()],
+    };
     let incremental = matches!(plan, Plan::Incremental { .. });
     let mut responses: Vec<FetchableTopicResponse> = topics
         .iter()
@@ -216,4 +199,35 @@ fn respond(
     }
     let response = FetchResponse::default().with_responses(responses);
     if version >= 7 { response.with_session_id(plan.response_session_id()) } else { response }
+}
+
+/// What each partition's response says (and whether it carries records), for a fetch session
+/// to compare with what it said last.
+fn session_states(results: &[Result<Option<crate::broker::ReadReply>, i16>]) -> Vec<(Option<PartitionState>, bool)> {
+    results
+        .iter()
+        .map(|result| match result {
+            Ok(Some(reply)) => {
+                let offsets = &reply.offsets;
+                let state = PartitionState {
+                    high_watermark: offsets.high_watermark,
+                    last_stable_offset: offsets.high_watermark,
+                    log_start_offset: offsets.log_start_offset,
+                    error_code: error_code::NONE,
+                };
+                (Some(state), !reply.records.is_empty())
+            }
+            // Not read this time (the response was full): nothing to tell.
+            Ok(None) => (None, false),
+            Err(code) => {
+                let state = PartitionState {
+                    high_watermark: -1,
+                    last_stable_offset: -1,
+                    log_start_offset: -1,
+                    error_code: *code,
+                };
+                (Some(state), false)
+            }
+        })
+        .collect()
 }
