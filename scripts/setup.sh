@@ -4,10 +4,11 @@
 #   cmake, libcurl4-openssl-dev  build librdkafka for the `rdkafka` real-client tests
 #   git, pkg-config, build-essential
 #   kcat                         real-client smoke test (scripts/client-smoke.sh)
+#   e2fsprogs, mount             mkfs.ext4 and loop mounts for the full-disk test (tools/tests/disk_full.rs)
 #   kafka-python (PyPI)          real-client smoke test (scripts/kafka_python_smoke.py)
 set -euo pipefail
 
-packages=(cmake libcurl4-openssl-dev git pkg-config build-essential kcat)
+packages=(cmake libcurl4-openssl-dev git pkg-config build-essential kcat e2fsprogs mount)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -474,3 +474,19 @@ fn an_incremental_fetch_session_answers_only_what_changed() {
     let response: FetchResponse = client.call(ApiKey::Fetch, 13, &session_fetch(id, session, 5, &[], &[]));
     assert_eq!(response.error_code, 70, "the ended session is gone");
 }
+
+#[test]
+fn a_fetch_never_carries_more_than_the_brokers_fetch_max_bytes() {
+    // 6 batches of about 40 KiB; the client asks for 50 MiB, the broker allows 100 KiB.
+    let broker = Broker::start(Options { fetch_max_bytes: 100 << 10, ..Options::default() });
+    let mut client = broker.client();
+    let id = create_topic(&mut client, "capped", 1);
+    for _ in 0..6 {
+        assert_eq!(produce(&mut client, 9, "capped", 0, batch::build_test_batch(1, &[7u8; 40 << 10], 1_000)).0, 0);
+    }
+    let response: FetchResponse = client.call(ApiKey::Fetch, 12, &fetch_request("capped", id, 0, 0, 0, 12));
+    let records = response.responses[0].partitions[0].records.clone().unwrap_or_default();
+    let fetched = batches(&records).len();
+    assert!(records.len() <= 100 << 10, "{} bytes in a response capped at 100 KiB", records.len());
+    assert!((1..6).contains(&fetched), "{fetched} batches");
+}

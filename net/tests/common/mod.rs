@@ -25,6 +25,7 @@ pub struct Options {
     pub max_connections_per_shard: usize,
     pub queued_max_request_bytes_per_shard: usize,
     pub connections_per_sec_max_per_shard: Option<f64>,
+    pub fetch_max_bytes: usize,
     pub auto_create_topics: bool,
     pub group: corelog_net::group::classic::CoordinatorConfig,
 }
@@ -37,6 +38,7 @@ impl Default for Options {
             max_connections_per_shard: 1000,
             queued_max_request_bytes_per_shard: 256 << 20,
             connections_per_sec_max_per_shard: None,
+            fetch_max_bytes: 55 << 20,
             auto_create_topics: true,
             // Tests do not wait for more members to join an empty group.
             group: corelog_net::group::classic::CoordinatorConfig {
@@ -64,7 +66,7 @@ impl Broker {
             max_connections_per_shard: options.max_connections_per_shard,
             queued_max_request_bytes_per_shard: options.queued_max_request_bytes_per_shard,
             connections_per_sec_max_per_shard: options.connections_per_sec_max_per_shard,
-            fetch_max_bytes: 55 << 20,
+            fetch_max_bytes: options.fetch_max_bytes,
             default_log: LogConfig::default(),
             num_partitions: 1,
             auto_create_topics: options.auto_create_topics,
