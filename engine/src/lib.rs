@@ -7,12 +7,14 @@
 //! - [`side_ring`]: the per-shard io_uring ring for splice and socket writability.
 //! - [`device`]: start-up preparation of data devices (glommio's IOPOLL probe).
 //! - [`faults`]: fault injection at the storage I/O edge, for tests.
+//! - [`metrics`]: histograms a shard keeps and a scrape merges.
 
 pub mod batch;
 pub mod device;
 pub mod error;
 pub mod faults;
 pub mod log;
+pub mod metrics;
 pub mod records;
 pub mod runtime;
 pub mod side_ring;

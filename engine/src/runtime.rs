@@ -163,6 +163,8 @@ pub struct ShardContext<Req: Send + 'static, Resp: Send + 'static> {
     pub id: ShardId,
     pub shard_count: usize,
     pub placement: PlacementView,
+    /// DMA memory glommio registered for this shard's I/O buffers.
+    pub io_memory_bytes: usize,
     senders: Senders<Envelope<Req, Resp>>,
     receivers: RefCell<Option<glommio::channels::channel_mesh::Receivers<Envelope<Req, Resp>>>>,
     handler: RefCell<Option<Handler<Req, Resp>>>,
@@ -265,6 +267,7 @@ impl<T: Send + 'static> Runtime<T> {
                 .io_memory(config.io_memory_bytes);
             let (mesh, stop_flag, placement, main) =
                 (mesh.clone(), Arc::clone(&stop), Arc::clone(&placement), main.clone());
+            let io_memory_bytes = config.io_memory_bytes;
             let handle = builder
                 .spawn(move || async move {
                     let (senders, receivers) = mesh.join().await.map_err(|e| format!("mesh join failed: {e}"))?;
@@ -272,6 +275,7 @@ impl<T: Send + 'static> Runtime<T> {
                         id: senders.peer_id(),
                         shard_count: senders.nr_consumers(),
                         placement: PlacementView::new(placement),
+                        io_memory_bytes,
                         senders,
                         receivers: RefCell::new(Some(receivers)),
                         handler: RefCell::new(None),

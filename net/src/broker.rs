@@ -17,6 +17,7 @@ use corelog_engine::runtime::{ShardContext, ShardId};
 use crate::configs::{self, ConfigChange};
 use crate::group::classic::{Committed, JoinOutcome, JoinRequest, MemberRef, SyncOutcome, SyncRequest};
 use crate::group::{self, GroupDescription, GroupService, OFFSETS_TOPIC, OffsetCommit};
+use crate::metrics::ShardMetrics;
 use crate::registry::{self, Registry, TopicRecord};
 
 /// Most partitions one topic may have: creating a topic is sequential work on the controller
@@ -316,6 +317,8 @@ pub struct ShardBroker {
     pub groups: Rc<GroupService>,
     /// Incremental fetch sessions of the connections this shard accepted.
     pub fetch_sessions: std::cell::RefCell<crate::handlers::fetch_session::FetchSessions>,
+    /// The shard's request counters, read by scrapes (see `crate::admin`).
+    pub metrics: Rc<ShardMetrics>,
     controller_lock: glommio::sync::Semaphore,
 }
 
@@ -330,7 +333,8 @@ impl ShardBroker {
     ) -> Rc<Self> {
         let controller_lock = glommio::sync::Semaphore::new(1);
         let fetch_sessions = Default::default();
-        let broker = Rc::new(Self { ctx, log, registry, settings, groups, fetch_sessions, controller_lock });
+        let metrics = ShardMetrics::new();
+        let broker = Rc::new(Self { ctx, log, registry, settings, groups, fetch_sessions, metrics, controller_lock });
         let handler = Rc::clone(&broker);
         broker.ctx.serve(move |request| Rc::clone(&handler).on_shard_request(request));
         broker
@@ -516,7 +520,7 @@ impl ShardBroker {
             let registry = Arc::clone(&self.registry);
             let stored = glommio::executor().spawn_blocking(move || registry.store(topics)).await;
             if let Err(message) = stored {
-                tracing::error!(%message, "cannot persist the topic registry");
+                tracing::error!(topics = ?created, %message, "cannot persist the topic registry: topics not created");
                 for outcome in outcomes.iter_mut().filter(|o| created.contains(&o.name)) {
                     *outcome = TopicOutcome::error(&outcome.name, error_code::KAFKA_STORAGE_ERROR, message.clone());
                 }
@@ -667,8 +671,8 @@ impl ShardBroker {
         }
         let registry = Arc::clone(&self.registry);
         if let Err(message) = glommio::executor().spawn_blocking(move || registry.store(topics)).await {
-            tracing::error!(%message, "cannot persist the topic registry");
             let names: Vec<String> = changed.iter().map(|(r, _)| r.name.clone()).collect();
+            tracing::error!(topics = ?names, %message, "cannot persist the topic registry: configs not changed");
             for outcome in outcomes.iter_mut().filter(|o| names.contains(&o.name)) {
                 *outcome = TopicOutcome::error(&outcome.name, error_code::KAFKA_STORAGE_ERROR, message.clone());
             }
@@ -771,7 +775,7 @@ impl ShardBroker {
         }
         let registry = Arc::clone(&self.registry);
         if let Err(message) = glommio::executor().spawn_blocking(move || registry.store(topics)).await {
-            tracing::error!(%message, "cannot persist the topic registry");
+            tracing::error!(topics = ?grown, %message, "cannot persist the topic registry: partitions not added");
             for outcome in outcomes.iter_mut().filter(|o| grown.contains(&o.name)) {
                 *outcome = TopicOutcome::error(&outcome.name, error_code::KAFKA_STORAGE_ERROR, message.clone());
             }

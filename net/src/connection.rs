@@ -26,7 +26,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -50,6 +50,7 @@ use crate::handlers::{
     find_coordinator, heartbeat, init_producer_id, join_group, leave_group, list_groups, list_offsets, metadata,
     offset_commit, offset_delete, offset_fetch, offset_for_leader_epoch, produce, sync_group,
 };
+use crate::metrics::{InFlight, RequestResult};
 use crate::request_budget::{RequestBudget, Reservation};
 
 /// Who sent a request: its header's client id and the connection's peer address.
@@ -144,7 +145,11 @@ impl Pending {
 struct Queued {
     pending: Pending,
     bytes: usize,
+    /// API key and when the whole frame had been read: the request's latency starts there.
+    key: i16,
+    started: Instant,
     _reservation: Reservation,
+    _in_flight: InFlight,
 }
 
 /// The queue between the reader and the writer of one connection.
@@ -167,8 +172,9 @@ impl Queue {
         }
     }
 
-    fn push(&self, pending: Pending, bytes: usize, reservation: Reservation) {
-        self.entries.borrow_mut().push_back(Queued { pending, bytes, _reservation: reservation });
+    fn push(&self, queued: Queued) {
+        let bytes = queued.bytes;
+        self.entries.borrow_mut().push_back(queued);
         self.bytes.set(self.bytes.get() + bytes);
         self.outstanding.set(self.outstanding.get() + 1);
         Self::wake(&self.writer);
@@ -275,14 +281,19 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let writer = async {
         let mut out = Half(&shared);
         while let Some(queued) = queue.next().await {
-            if let Some(response) = queued.pending.finish(broker).await? {
+            let (key, started, bytes) = (queued.key, queued.started, queued.bytes);
+            let result = if let Some(response) = queued.pending.finish(broker).await? {
                 let write = async { Ok(out.write_all(&response).await) };
                 match glommio::timer::timeout(limits.idle_timeout, write).await {
                     Ok(written) => written.map_err(ConnectionError::Write)?,
                     Err(_) => return Err(ConnectionError::WriteStalled(limits.idle_timeout)),
                 }
-            }
-            queue.answered(queued.bytes);
+                RequestResult::Ok
+            } else {
+                RequestResult::Unanswered
+            };
+            broker.metrics.request_done(key, result, started);
+            queue.answered(bytes);
         }
         Ok(())
     };
@@ -320,9 +331,17 @@ async fn read_requests<R: AsyncRead + Unpin>(
         if !pipelined {
             queue.drained().await;
         }
-        let bytes = frame.len();
-        let pending = start(frame.freeze(), broker, host).await?;
-        queue.push(pending, bytes, reservation);
+        let (bytes, started) = (frame.len(), Instant::now());
+        let key = if frame.len() >= 2 { i16::from_be_bytes([frame[0], frame[1]]) } else { -1 };
+        let pending = match start(frame.freeze(), broker, host).await {
+            Ok(pending) => pending,
+            Err(error) => {
+                broker.metrics.request_done(key, RequestResult::Rejected, started);
+                return Err(error);
+            }
+        };
+        let in_flight = broker.metrics.in_flight();
+        queue.push(Queued { pending, bytes, key, started, _reservation: reservation, _in_flight: in_flight });
     }
 }
 

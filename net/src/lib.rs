@@ -4,6 +4,7 @@
 //! The broker advertises only the APIs it implements (see [`api::SUPPORTED`]), so clients
 //! fail clearly rather than half-working.
 
+pub mod admin;
 pub mod api;
 pub mod broker;
 pub mod configs;
@@ -12,6 +13,7 @@ pub mod frame;
 pub mod group;
 pub mod handlers;
 pub mod listener;
+pub mod metrics;
 pub mod registry;
 pub mod request_budget;
 pub mod server;

@@ -17,14 +17,26 @@ use std::rc::Rc;
 use glommio::net::TcpListener;
 
 use crate::broker::ShardBroker;
-use crate::connection::{self, ConnectionLimits};
+use crate::connection::{self, ConnectionError, ConnectionLimits};
+use crate::frame::FrameError;
 use crate::request_budget::{RequestBudget, RequestBudgetStats};
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ListenerStats {
     pub accepted: u64,
     pub refused_over_limit: u64,
+    /// Closed by the broker: the sum of the reasons below but `closed_by_client`.
     pub closed_by_broker: u64,
+    /// The peer closed (or reset) the connection.
+    pub closed_by_client: u64,
+    /// No request, or no rest of a frame, within the idle timeout (or too slow a frame body).
+    pub closed_idle: u64,
+    /// Bad frames or requests: malformed, unsupported, unknown.
+    pub closed_rejected: u64,
+    /// The peer accepted no response bytes within the idle timeout.
+    pub closed_write_stalled: u64,
+    /// Writing a response failed.
+    pub closed_error: u64,
     /// Accepts that waited for the connection creation rate.
     pub throttled: u64,
     pub active: usize,
@@ -159,10 +171,30 @@ impl Listener {
                     let peer = stream.peer_addr().ok();
                     let mut stream = stream;
                     let _ = stream.set_nodelay(true);
-                    if let Err(error) = connection::serve(&mut stream, &limits, &budget, &broker, peer).await {
-                        tracing::debug!(?peer, %error, "closing connection");
-                        Self::update(&stats, |s| s.closed_by_broker += 1);
-                    }
+                    let result = connection::serve(&mut stream, &limits, &budget, &broker, peer).await;
+                    let peer_closed = match &result {
+                        Ok(()) => true,
+                        Err(error) => {
+                            tracing::debug!(?peer, %error, "closing connection");
+                            matches!(error, ConnectionError::Frame(FrameError::Truncated | FrameError::Io(_)))
+                        }
+                    };
+                    Self::update(&stats, |s| match &result {
+                        _ if peer_closed => s.closed_by_client += 1,
+                        Ok(()) => {}
+                        Err(error) => {
+                            s.closed_by_broker += 1;
+                            match error {
+                                ConnectionError::Idle(_)
+                                | ConnectionError::Frame(FrameError::TimedOut(_) | FrameError::Slow { .. }) => {
+                                    s.closed_idle += 1
+                                }
+                                ConnectionError::WriteStalled(_) => s.closed_write_stalled += 1,
+                                ConnectionError::Write(_) => s.closed_error += 1,
+                                _ => s.closed_rejected += 1,
+                            }
+                        }
+                    });
                     Self::update(&stats, |s| s.active -= 1);
                 })
                 .detach();

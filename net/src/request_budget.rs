@@ -23,8 +23,9 @@ use std::task::{Context, Poll, Waker};
 pub struct RequestBudgetStats {
     pub reserved_bytes: usize,
     pub reserved_bytes_peak: usize,
-    /// Reservations that had to wait for others to be released.
+    /// Reservations that had to wait for others to be released, and how long they waited.
     pub waits: u64,
+    pub wait_micros: u64,
 }
 
 pub struct RequestBudget {
@@ -64,7 +65,7 @@ impl RequestBudget {
         let ticket = self.next_ticket.get();
         self.next_ticket.set(ticket + 1);
         self.queue.borrow_mut().push_back((ticket, None));
-        Reserve { budget: Some(Rc::clone(self)), ticket, bytes, waited: false }
+        Reserve { budget: Some(Rc::clone(self)), ticket, bytes, waiting_since: None }
     }
 
     fn update(&self, f: impl FnOnce(&mut RequestBudgetStats)) {
@@ -94,7 +95,8 @@ pub struct Reserve {
     budget: Option<Rc<RequestBudget>>,
     ticket: u64,
     bytes: usize,
-    waited: bool,
+    /// When it first had to wait.
+    waiting_since: Option<std::time::Instant>,
 }
 
 impl Future for Reserve {
@@ -112,16 +114,19 @@ impl Future for Reserve {
                 if let Some(entry) = queue.iter_mut().find(|(ticket, _)| *ticket == this.ticket) {
                     entry.1 = Some(cx.waker().clone());
                 }
-                this.waited = true;
+                this.waiting_since.get_or_insert_with(std::time::Instant::now);
                 return Poll::Pending;
             }
             queue.pop_front();
         }
-        let (bytes, waited) = (this.bytes, this.waited);
+        let (bytes, waited) = (this.bytes, this.waiting_since.map(|since| since.elapsed()));
         budget.update(|s| {
             s.reserved_bytes += bytes;
             s.reserved_bytes_peak = s.reserved_bytes_peak.max(s.reserved_bytes);
-            s.waits += u64::from(waited);
+            if let Some(waited) = waited {
+                s.waits += 1;
+                s.wait_micros += waited.as_micros() as u64;
+            }
         });
         // The next in line may fit too.
         budget.wake_first();

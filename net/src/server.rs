@@ -11,12 +11,16 @@ use std::time::Duration;
 use corelog_engine::log::{LogConfig, ShardLog, ShardLogConfig, TopicPartition, WriteShape};
 use corelog_engine::runtime::{PlacementTable, ShardContext};
 
+use crate::admin::AdminHub;
 use crate::broker::{BrokerSettings, ShardBroker, ShardRequest, ShardResponse, TopicSpec};
 use crate::connection::ConnectionLimits;
 use crate::group::classic::CoordinatorConfig;
 use crate::group::{GroupService, OFFSETS_TOPIC};
 use crate::listener::Listener;
 use crate::registry::{self, Registry};
+
+/// How often each shard's probe timer measures the delay of its task queue.
+const TASK_DELAY_PROBE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Everything a shard needs to run, shared by all shards.
 #[derive(Debug, Clone)]
@@ -91,8 +95,10 @@ pub async fn run_shard(
     registry: Arc<Registry>,
     bound: Arc<OnceLock<SocketAddr>>,
     events: mpsc::Sender<ShardEvent>,
+    admin: Arc<AdminHub>,
 ) -> Result<(), String> {
     let shard = ctx.id;
+    let io_memory_bytes = ctx.io_memory_bytes;
     let fail = |reason: String| {
         let _ = events.send(ShardEvent::Failed { shard, reason: reason.clone() });
         Err(reason)
@@ -164,7 +170,7 @@ pub async fn run_shard(
         connections_per_sec_max: config.connections_per_sec_max_per_shard,
     };
     let listener = match Listener::bind(address, config.limits.clone(), listener_limits) {
-        Ok(listener) => listener,
+        Ok(listener) => Rc::new(listener),
         Err(error) => return fail(format!("cannot listen on {address}: {error}")),
     };
     let actual = match listener.local_addr() {
@@ -214,6 +220,29 @@ pub async fn run_shard(
     {
         return fail(reason);
     }
+    let admin_requests = admin.register(shard);
+    let snapshot_broker = Rc::clone(&broker);
+    let snapshot_listener = Rc::clone(&listener);
+    let budget_limit_bytes = config.queued_max_request_bytes_per_shard;
+    let admin_task = glommio::spawn_local(crate::admin::serve_shard(admin_requests, move || {
+        let (broker, listener) = (&snapshot_broker, &snapshot_listener);
+        let topics = broker.registry.snapshot();
+        broker.metrics.forget_topics(|topic| topics.contains_key(topic));
+        let mut snapshot = broker.metrics.snapshot(shard);
+        snapshot.storage = broker.log.stats();
+        snapshot.storage_histograms = broker.log.histograms();
+        snapshot.partitions = broker.log.partition_metrics();
+        snapshot.connections.listener = listener.stats();
+        snapshot.connections.budget = listener.request_budget_stats();
+        snapshot.connections.budget_limit_bytes = budget_limit_bytes;
+        snapshot.io_memory_bytes = io_memory_bytes;
+        snapshot.groups = broker.groups.metrics();
+        snapshot
+    }))
+    .detach();
+    let delay_probe =
+        glommio::spawn_local(crate::metrics::probe_task_delay(Rc::clone(&broker.metrics), TASK_DELAY_PROBE_INTERVAL))
+            .detach();
     let _ = events.send(ShardEvent::Ready { shard, partitions: owned.len(), listen: actual });
 
     let retention_log = Rc::clone(&log);
@@ -234,6 +263,8 @@ pub async fn run_shard(
     listener.run(Rc::clone(&broker), broker.ctx.stopped()).await;
     retention.cancel();
     group_timers.cancel();
+    admin_task.cancel();
+    delay_probe.cancel();
     if let Err(error) = log.close().await {
         return fail(format!("clean stop failed: {error}"));
     }
@@ -297,6 +328,8 @@ async fn create_offsets_topic(broker: &ShardBroker) -> Result<(), String> {
 /// benchmarks run. `corelog start` composes the same pieces with signals and the hardware plan.
 pub struct LocalBroker {
     pub address: SocketAddr,
+    /// Scrapes of the shards' metrics (what the admin API serves).
+    pub admin: Arc<AdminHub>,
     runtime: Option<corelog_engine::runtime::Runtime<Result<(), String>>>,
 }
 
@@ -305,16 +338,25 @@ impl LocalBroker {
     pub fn start(config: ServerConfig, shards: usize) -> Result<Self, String> {
         let placement = PlacementTable::new(shards);
         let registry = prepare(&config.data_dir, &placement)?;
+        let admin = AdminHub::new(shards, config.data_dir.clone());
+        let shard_admin = Arc::clone(&admin);
         let config = Arc::new(config);
         let (tx, rx) = mpsc::channel();
         let bound = Arc::new(OnceLock::new());
         let runtime_config =
             corelog_engine::runtime::RuntimeConfig { shards, ..corelog_engine::runtime::RuntimeConfig::default() };
         let runtime = corelog_engine::runtime::Runtime::start(&runtime_config, placement, move |ctx| {
-            run_shard(ctx, Arc::clone(&config), Arc::clone(&registry), Arc::clone(&bound), tx.clone())
+            run_shard(
+                ctx,
+                Arc::clone(&config),
+                Arc::clone(&registry),
+                Arc::clone(&bound),
+                tx.clone(),
+                Arc::clone(&shard_admin),
+            )
         })
         .map_err(|e| e.to_string())?;
-        let mut broker = Self { address: SocketAddr::from(([127, 0, 0, 1], 0)), runtime: Some(runtime) };
+        let mut broker = Self { address: SocketAddr::from(([127, 0, 0, 1], 0)), admin, runtime: Some(runtime) };
         for _ in 0..shards {
             match rx.recv_timeout(Duration::from_secs(60)) {
                 Ok(ShardEvent::Ready { listen, .. }) => broker.address = listen,
@@ -322,6 +364,7 @@ impl LocalBroker {
                 Err(_) => return Err("the shards did not start within 60 s".into()),
             }
         }
+        broker.admin.set_ready(true);
         Ok(broker)
     }
 
@@ -332,6 +375,7 @@ impl LocalBroker {
 
     fn shutdown(&mut self) -> Result<(), String> {
         let Some(runtime) = self.runtime.take() else { return Ok(()) };
+        self.admin.set_ready(false);
         runtime.stop();
         for result in runtime.join().map_err(|e| e.to_string())? {
             result?;

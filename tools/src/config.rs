@@ -69,6 +69,12 @@ pub struct FileConfig {
     pub max_in_flight_requests_per_connection: Option<usize>,
     /// Request bytes read from one connection and not yet answered.
     pub max_in_flight_bytes_per_connection: Option<usize>,
+    /// The admin HTTP API (metrics, health, partitions): `HOST:PORT`, or `none` for no API.
+    pub admin_listen: Option<String>,
+    /// What the broker logs: a `tracing` filter such as `info` or `info,corelog_net=debug`.
+    pub log_level: Option<String>,
+    /// `human` or `json`.
+    pub log_format: Option<String>,
     #[serde(default)]
     pub log: LogSection,
 }
@@ -80,11 +86,26 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub cores: Option<usize>,
     pub config: Option<PathBuf>,
+    pub admin_listen: Option<String>,
+    pub log_level: Option<String>,
+    pub log_format: Option<LogFormat>,
 }
 
-#[derive(Debug, Clone)]
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct BrokerConfig {
     pub node_id: i32,
+    /// None: no admin API.
+    pub admin_listen: Option<SocketAddr>,
+    pub log_level: String,
+    pub log_format: LogFormat,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub advertised_listen: Option<SocketAddr>,
@@ -132,6 +153,8 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
 
 pub const DEFAULT_DATA_DIR: &str = "./corelog-data";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9092";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9644";
+pub const DEFAULT_LOG_LEVEL: &str = "info";
 
 impl BrokerConfig {
     pub fn load(overrides: &Overrides) -> Result<Self, ConfigError> {
@@ -155,6 +178,25 @@ impl BrokerConfig {
             Some(text) => Some(
                 text.parse().map_err(|e| invalid("advertised_listen", format!("{text:?} is not HOST:PORT ({e})")))?,
             ),
+        };
+        let admin_text =
+            overrides.admin_listen.clone().or(file.admin_listen).unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.to_string());
+        let admin_listen = match admin_text.as_str() {
+            "none" => None,
+            text => Some(
+                text.parse()
+                    .map_err(|e| invalid("admin_listen", format!("{text:?} is neither HOST:PORT nor `none` ({e})")))?,
+            ),
+        };
+        let log_level = overrides.log_level.clone().or(file.log_level).unwrap_or_else(|| DEFAULT_LOG_LEVEL.into());
+        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&log_level) {
+            return Err(invalid("log_level", format!("{log_level:?}: {error}")));
+        }
+        let log_format = match (overrides.log_format, file.log_format.as_deref()) {
+            (Some(format), _) => format,
+            (None, None | Some("human")) => LogFormat::Human,
+            (None, Some("json")) => LogFormat::Json,
+            (None, Some(other)) => return Err(invalid("log_format", format!("{other:?}: expected human or json"))),
         };
         let num_partitions = file.num_partitions.unwrap_or(1);
         if num_partitions < 1 {
@@ -243,6 +285,9 @@ impl BrokerConfig {
         }
         Ok(Self {
             node_id: file.node_id.unwrap_or(0),
+            admin_listen,
+            log_level,
+            log_format,
             data_dir,
             listen,
             advertised_listen,
@@ -375,6 +420,34 @@ mod tests {
             ("queued_max_request_bytes_per_shard = 0", "queued_max_request_bytes_per_shard"),
             ("fetch_max_bytes = 10", "fetch_max_bytes"),
             ("max_connection_creation_rate = 0.0", "max_connection_creation_rate"),
+        ] {
+            let err = resolve(text, Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn admin_listener_and_logging_are_configured_with_the_usual_precedence() {
+        let config = resolve("", Overrides::default()).unwrap();
+        assert_eq!(config.admin_listen.map(|a| a.to_string()), Some("127.0.0.1:9644".to_string()));
+        assert_eq!((config.log_level.as_str(), config.log_format), ("info", LogFormat::Human));
+        let text = "admin_listen = \"none\"\nlog_level = \"debug\"\nlog_format = \"json\"";
+        let config = resolve(text, Overrides::default()).unwrap();
+        assert_eq!(config.admin_listen, None);
+        assert_eq!((config.log_level.as_str(), config.log_format), ("debug", LogFormat::Json));
+        let overrides = Overrides {
+            admin_listen: Some("127.0.0.1:0".into()),
+            log_level: Some("warn,corelog_net=trace".into()),
+            log_format: Some(LogFormat::Human),
+            ..Overrides::default()
+        };
+        let config = resolve(text, overrides).unwrap();
+        assert_eq!(config.admin_listen.map(|a| a.to_string()), Some("127.0.0.1:0".to_string()));
+        assert_eq!((config.log_level.as_str(), config.log_format), ("warn,corelog_net=trace", LogFormat::Human));
+        for (text, key) in [
+            ("admin_listen = \"somewhere\"", "`admin_listen`"),
+            ("log_level = \"info,[[\"", "`log_level`"),
+            ("log_format = \"xml\"", "`log_format`"),
         ] {
             let err = resolve(text, Overrides::default()).unwrap_err();
             assert!(err.to_string().contains(key), "{text}: {err}");

@@ -1,12 +1,15 @@
 //! The `corelog` binary: broker, admin tools and hardware tooling in one executable.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use config::LogFormat;
 
+mod admin;
+mod cluster;
 mod config;
+mod logging;
 mod start;
 
 #[global_allocator]
@@ -16,16 +19,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(name = "corelog", version, about = "A Kafka-compatible, thread-per-core event streaming broker")]
 struct Cli {
     /// Log format: human (default) or json.
-    #[arg(long, global = true, env = "CORELOG_LOG_FORMAT", default_value = "human")]
-    log_format: LogFormat,
+    #[arg(long, global = true, env = "CORELOG_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+    /// Log filter, e.g. `info` or `info,corelog_net=debug` [default: info]
+    #[arg(long, global = true, env = "CORELOG_LOG")]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum LogFormat {
-    Human,
-    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -44,6 +44,14 @@ enum Command {
         /// TOML config file (flags and CORELOG_* variables override it)
         #[arg(long, env = "CORELOG_CONFIG")]
         config: Option<PathBuf>,
+        /// Admin HTTP API address (metrics, health), or `none` [default: 127.0.0.1:9644]
+        #[arg(long, env = "CORELOG_ADMIN_LISTEN")]
+        admin_listen: Option<String>,
+    },
+    /// Ask a running broker about itself (health).
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
     },
     /// Probe the machine, measure the data dir's device, check and apply kernel tuning.
     Hardware {
@@ -52,30 +60,23 @@ enum Command {
     },
 }
 
-fn init_logging(format: LogFormat) {
-    // glommio logs through `log`; the subscriber's `tracing-log` bridge picks it up.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CORELOG_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    let result = match format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-    if let Err(error) = result {
-        eprintln!("corelog: cannot initialise logging: {error}");
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
     match cli.command {
-        Command::Start { data_dir, listen, cores, config } => {
-            start::run(&config::Overrides { data_dir, listen, cores, config })
+        Command::Start { data_dir, listen, cores, config, admin_listen } => start::run(&config::Overrides {
+            data_dir,
+            listen,
+            cores,
+            config,
+            admin_listen,
+            log_level: cli.log_level,
+            log_format: cli.log_format,
+        }),
+        Command::Cluster { command } => cluster::run(command),
+        Command::Hardware { command } => {
+            let level = cli.log_level.unwrap_or_else(|| config::DEFAULT_LOG_LEVEL.to_string());
+            logging::init(cli.log_format.unwrap_or(LogFormat::Human), &level);
+            corelog_hardware::cli::run(command)
         }
-        Command::Hardware { command } => corelog_hardware::cli::run(command),
     }
 }

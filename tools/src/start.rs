@@ -9,19 +9,22 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::mpsc;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use corelog_engine::log::WriteShape;
 use corelog_engine::runtime::{self, PlacementTable, Runtime, RuntimeConfig};
 use corelog_hardware::iotune::IoProfile;
 use corelog_net::ConnectionLimits;
+use corelog_net::admin::AdminHub;
 use corelog_net::group::classic::CoordinatorConfig;
 use corelog_net::group::consumer::ConsumerConfig;
 use corelog_net::server::{self, ServerConfig, ShardEvent};
 use nix::sys::signal::{SigSet, Signal};
 
+use crate::admin::{AdminServer, AdminState};
 use crate::config::{BrokerConfig, ConfigError, Overrides};
+use crate::logging::LogControl;
 
 pub const EXIT_USAGE: u8 = 2;
 
@@ -107,7 +110,8 @@ pub fn run(overrides: &Overrides) -> ExitCode {
         Ok(config) => config,
         Err(error) => return usage_error(&error),
     };
-    match start(config) {
+    let log = crate::logging::init(config.log_format, &config.log_level);
+    match start(config, log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(reason) => runtime::fail_stop(&reason),
     }
@@ -171,22 +175,51 @@ fn write_shape(config: &BrokerConfig) -> WriteShape {
     }
 }
 
-fn start(config: BrokerConfig) -> Result<(), String> {
+fn start(config: BrokerConfig, log: Option<Arc<LogControl>>) -> Result<(), String> {
     // The lock creates the data dir, which the hardware probe then maps to its device.
     let _lock = DataDirLock::acquire(&config.data_dir)?;
-    let cpus = plan_cpus(&config);
-    let shards = cpus.len();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         config = %config.source,
         data_dir = %config.data_dir.display(),
         node_id = config.node_id,
+        listen = %config.listen,
+        advertised_listen = ?config.advertised_listen,
+        admin_listen = ?config.admin_listen,
+        log_level = %config.log_level,
         "starting corelog"
     );
+    let cpus = plan_cpus(&config);
+    let shards = cpus.len();
     tracing::info!(shards, cpus = ?cpus, cache_budget_bytes_per_shard = config.cache_budget_bytes_per_shard, "shards");
     raise_open_files_limit(shards * config.max_connections_per_shard);
     let placement = PlacementTable::new(shards);
     let registry = server::prepare(&config.data_dir, &placement)?;
+    let hub = AdminHub::new(shards, config.data_dir.clone());
+    let admin_state = Arc::new(AdminState {
+        hub: Arc::clone(&hub),
+        log,
+        config: serde_json::json!({ "source": config.source, "config": config }),
+        broker: Mutex::new(serde_json::json!({
+            "node_id": config.node_id,
+            "kafka_address": null,
+            "admin_address": null,
+            "version": env!("CARGO_PKG_VERSION"),
+            "shards": shards,
+            "data_dir": config.data_dir.display().to_string(),
+        })),
+    });
+    // Bound before the shards start, so that a taken port stops start-up at once; it answers
+    // "not ready" while partitions recover.
+    let admin = match config.admin_listen {
+        Some(address) => {
+            let admin = AdminServer::start(address, Arc::clone(&admin_state))?;
+            tracing::info!(admin = %admin.address, "admin API listening");
+            Some(admin)
+        }
+        None => None,
+    };
+    let admin_address = admin.as_ref().map_or_else(|| "none".to_string(), |a| a.address.to_string());
     let topics = registry.snapshot().len();
 
     // Signals are blocked before any thread starts, so only this thread receives them.
@@ -239,8 +272,16 @@ fn start(config: BrokerConfig) -> Result<(), String> {
         offsets_topic_partitions: config.offsets_topic_num_partitions,
     });
     let bound = Arc::new(OnceLock::new());
+    let shard_hub = Arc::clone(&hub);
     let runtime = Runtime::start(&runtime_config, Arc::clone(&placement), move |ctx| {
-        server::run_shard(ctx, Arc::clone(&server_config), Arc::clone(&registry), Arc::clone(&bound), events_tx.clone())
+        server::run_shard(
+            ctx,
+            Arc::clone(&server_config),
+            Arc::clone(&registry),
+            Arc::clone(&bound),
+            events_tx.clone(),
+            Arc::clone(&shard_hub),
+        )
     })
     .map_err(|e| e.to_string())?;
 
@@ -259,9 +300,16 @@ fn start(config: BrokerConfig) -> Result<(), String> {
             Err(_) => return Err("shards did not become ready".into()),
         }
     }
-    tracing::info!(%listen, topics, "corelog ready");
+    {
+        let mut broker = admin_state.broker.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        broker["kafka_address"] = serde_json::json!(config.advertised_listen.unwrap_or(listen).to_string());
+        broker["admin_address"] = serde_json::json!(admin_address);
+    }
+    hub.set_ready(true);
+    tracing::info!(%listen, admin = %admin_address, topics, "corelog ready");
 
     let signal = signals.wait().map_err(|e| format!("waiting for signals failed: {e}"))?;
+    hub.set_ready(false);
     tracing::info!(?signal, "stopping: flushing every partition");
     // A second signal during the stop ends the process at once.
     std::thread::spawn(move || {
@@ -271,7 +319,11 @@ fn start(config: BrokerConfig) -> Result<(), String> {
         }
     });
     runtime.stop();
-    let results = runtime.join().map_err(|e| e.to_string())?;
+    let results = runtime.join().map_err(|e| e.to_string());
+    if let Some(admin) = admin {
+        admin.stop();
+    }
+    let results = results?;
     if let Some(Err(reason)) = results.into_iter().find(Result::is_err) {
         return Err(reason);
     }

@@ -34,7 +34,7 @@ impl FlushPolicy {
 
 /// Storage settings of one partition. Defaults are Kafka's topic defaults, except the flush
 /// policy (corelog syncs before acknowledging by default).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LogConfig {
     /// `segment.bytes`: roll when the active segment would grow past this.
     pub segment_bytes: u64,

@@ -11,4 +11,7 @@ pub mod shard_log;
 pub use config::{FlushPolicy, LogConfig};
 pub use partition::{PartitionOffsets, RecoveryReport, TopicPartition};
 pub use segment::{ScanStop, WriteShape};
-pub use shard_log::{Appended, Durable, FileRange, ReadData, ReadResult, ShardLog, ShardLogConfig, ShardLogStats};
+pub use shard_log::{
+    Appended, Durable, FileRange, PartitionMetrics, PartitionState, ReadData, ReadResult, ShardLog, ShardLogConfig,
+    ShardLogHistograms, ShardLogStats,
+};

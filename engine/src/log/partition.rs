@@ -104,6 +104,10 @@ pub(crate) struct Partition {
     pub stalled: Option<Stalled>,
     pub last_sync_ms: i64,
     pub checkpoint_generation: u64,
+    /// Batches appended since this partition was opened (not those recovered): bytes and
+    /// records, for the per-topic throughput metrics.
+    pub appended_bytes: u64,
+    pub appended_records: u64,
 }
 
 /// Why and since when a partition's writes are held back, and when the flusher retries them.
@@ -554,6 +558,8 @@ impl Partition {
             stalled: None,
             last_sync_ms: now_ms,
             checkpoint_generation: 0,
+            appended_bytes: 0,
+            appended_records: 0,
         };
         Ok((partition, report))
     }

@@ -33,6 +33,7 @@ use crate::log::partition::{
 };
 use crate::log::producer::Verdict;
 use crate::log::segment::{self, Segment, WriteShape};
+use crate::metrics::Histogram;
 use crate::now_ms;
 use crate::records::{self, RecordStamp};
 use crate::side_ring::SideRing;
@@ -73,7 +74,61 @@ pub struct ShardLogStats {
     pub syncs: u64,
     /// Appends covered by the largest wave so far.
     pub wave_appends_max: u64,
+    /// fdatasyncs that failed (each takes its partition offline).
+    pub sync_errors: u64,
     pub cache: CacheStats,
+}
+
+/// The shard's storage histograms, for metrics: fdatasync latency and the size of every
+/// group-commit wave (appends it covered, bytes it wrote).
+#[derive(Debug, Clone)]
+pub struct ShardLogHistograms {
+    pub sync_seconds: Histogram,
+    pub wave_appends: Histogram,
+    pub wave_bytes: Histogram,
+}
+
+impl Default for ShardLogHistograms {
+    fn default() -> Self {
+        Self {
+            sync_seconds: Histogram::latency(),
+            wave_appends: Histogram::new(crate::metrics::COUNT_BOUNDS),
+            wave_bytes: Histogram::new(crate::metrics::BYTES_BOUNDS),
+        }
+    }
+}
+
+/// Where a partition stands, for metrics and the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionState {
+    Online,
+    /// Writes held back for lack of space, retried by the flusher.
+    Stalled,
+    /// An I/O error took it offline until restart.
+    Offline,
+}
+
+impl PartitionState {
+    pub fn name(self) -> &'static str {
+        match self {
+            PartitionState::Online => "online",
+            PartitionState::Stalled => "stalled",
+            PartitionState::Offline => "offline",
+        }
+    }
+}
+
+/// One partition as metrics and the admin API show it.
+#[derive(Debug, Clone)]
+pub struct PartitionMetrics {
+    pub partition: TopicPartition,
+    pub offsets: PartitionOffsets,
+    pub segments: usize,
+    pub size_bytes: u64,
+    pub state: PartitionState,
+    /// Appended since the partition was opened.
+    pub appended_bytes: u64,
+    pub appended_records: u64,
 }
 
 /// A completed append: its offsets, and a future that resolves once the append is
@@ -187,6 +242,7 @@ struct Inner {
     dirty: BTreeSet<TopicPartition>,
     stopping: bool,
     stats: ShardLogStats,
+    histograms: ShardLogHistograms,
     appends_since_wave: u64,
     syncs_in_flight: usize,
 }
@@ -217,6 +273,7 @@ impl ShardLog {
                 dirty: BTreeSet::new(),
                 stopping: false,
                 stats: ShardLogStats::default(),
+                histograms: ShardLogHistograms::default(),
                 appends_since_wave: 0,
                 syncs_in_flight: 0,
             }),
@@ -342,6 +399,8 @@ impl ShardLog {
         cache.insert(*id, header.base_offset, header.last_offset(), bytes);
         stats.appends += 1;
         stats.appended_bytes += header.size_bytes as u64;
+        partition.appended_bytes += header.size_bytes as u64;
+        partition.appended_records += u64::try_from(header.record_count).unwrap_or(0);
         inner.appends_since_wave += 1;
         inner.dirty.insert(name.clone());
         drop(inner);
@@ -582,6 +641,34 @@ impl ShardLog {
         ShardLogStats { cache: inner.cache.stats(), ..inner.stats }
     }
 
+    pub fn histograms(&self) -> ShardLogHistograms {
+        self.inner.borrow().histograms.clone()
+    }
+
+    /// Every partition of the shard: offsets, size, state and append counters.
+    pub fn partition_metrics(&self) -> Vec<PartitionMetrics> {
+        let inner = self.inner.borrow();
+        inner
+            .partitions
+            .values()
+            .map(|(_, p)| PartitionMetrics {
+                partition: p.name.clone(),
+                offsets: p.offsets(),
+                segments: p.segments.len(),
+                size_bytes: p.size_bytes(),
+                state: if p.failed.is_some() {
+                    PartitionState::Offline
+                } else if p.stalled.is_some() {
+                    PartitionState::Stalled
+                } else {
+                    PartitionState::Online
+                },
+                appended_bytes: p.appended_bytes,
+                appended_records: p.appended_records,
+            })
+            .collect()
+    }
+
     /// Graceful stop: refuse new appends, write and sync everything, finalize every segment's
     /// indexes so the next start need not scan, then stop the flusher.
     pub async fn close(&self) -> Result<(), StorageError> {
@@ -636,7 +723,7 @@ impl ShardLog {
                 None => self.flusher_wake.wait().await,
             }
             let now = now_ms();
-            let (wave, stopping) = {
+            let (wave, stopping, appends) = {
                 let mut inner = self.inner.borrow_mut();
                 let mut wave: Vec<TopicPartition> = std::mem::take(&mut inner.dirty).into_iter().collect();
                 let due: Vec<TopicPartition> = inner
@@ -654,14 +741,18 @@ impl ShardLog {
                 wave.extend(due);
                 let appends = std::mem::take(&mut inner.appends_since_wave);
                 inner.stats.wave_appends_max = inner.stats.wave_appends_max.max(appends);
-                (wave, inner.stopping)
+                (wave, inner.stopping, appends)
             };
             if !wave.is_empty() {
+                let written_before = self.inner.borrow().stats.written_bytes;
                 let this = &self;
                 let flushes = wave.iter().map(|name| this.flush_partition(name, stopping));
                 futures_util::future::join_all(flushes).await;
                 let mut inner = self.inner.borrow_mut();
                 inner.stats.waves += 1;
+                let wave_bytes = inner.stats.written_bytes - written_before;
+                inner.histograms.wave_appends.observe(appends as f64);
+                inner.histograms.wave_bytes.observe(wave_bytes as f64);
                 let Inner { partitions, ids, cache, .. } = &mut *inner;
                 cache.evict(|id, base| {
                     ids.get(&id)
@@ -833,6 +924,7 @@ impl ShardLog {
         let captured = self
             .with_segment(&name, base, |_, s| (s.file.clone(), s.written_bytes, s.written_next_offset))
             .and_then(|(file, bytes, next)| file.map(|f| (f, bytes, next)));
+        let started = std::time::Instant::now();
         let result = match &captured {
             Some((file, _, _)) => {
                 use std::os::fd::AsRawFd;
@@ -861,8 +953,14 @@ impl ShardLog {
         });
         let mut inner = self.inner.borrow_mut();
         inner.syncs_in_flight -= 1;
-        if result.is_ok() {
-            inner.stats.syncs += 1;
+        if captured.is_some() {
+            match result {
+                Ok(()) => {
+                    inner.stats.syncs += 1;
+                    inner.histograms.sync_seconds.observe_duration(started.elapsed());
+                }
+                Err(_) => inner.stats.sync_errors += 1,
+            }
         }
         if let Some((_, partition)) = inner.partitions.get_mut(&name) {
             partition.complete_waiters();

@@ -525,6 +525,32 @@ impl GroupService {
         })
     }
 
+    /// Every group of this shard with its member count and committed offsets, for metrics.
+    pub fn metrics(&self) -> Vec<crate::metrics::GroupMetrics> {
+        let consumers = self.consumers.borrow();
+        let coordinator = self.coordinator.borrow();
+        let mut groups: Vec<crate::metrics::GroupMetrics> = coordinator
+            .groups()
+            .map(|g| crate::metrics::GroupMetrics {
+                group_id: g.id.clone(),
+                members: consumers.group(&g.id).map_or(g.members.len(), |c| c.members.len()),
+                offsets: g
+                    .offsets
+                    .iter()
+                    .map(|((topic, partition), c)| (topic.clone(), *partition, c.offset))
+                    .collect(),
+            })
+            .collect();
+        for group in consumers.groups().filter(|c| coordinator.group(&c.id).is_none()) {
+            groups.push(crate::metrics::GroupMetrics {
+                group_id: group.id.clone(),
+                members: group.members.len(),
+                offsets: Vec::new(),
+            });
+        }
+        groups
+    }
+
     /// Every group of this shard.
     pub fn list(&self) -> Vec<ListedGroup> {
         let consumers = self.consumers.borrow();

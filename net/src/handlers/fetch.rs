@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use corelog_engine::log::TopicPartition;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, TopicName};
 
 use crate::broker::{ShardBroker, ShardRequest, ShardResponse, error_code};
 use crate::handlers::fetch_session::{FetchTarget, PartitionState, Plan};
@@ -182,6 +182,7 @@ fn respond(
         let mut data = PartitionData::default().with_partition_index(want.partition.partition);
         data = match result {
             Ok(Some(reply)) => {
+                broker.metrics.bytes_out(&want.partition.topic, reply.records.len());
                 let offsets = reply.offsets;
                 let data = data
                     .with_high_watermark(offsets.high_watermark)
@@ -190,7 +191,10 @@ fn respond(
                 if version >= 5 { data.with_log_start_offset(offsets.log_start_offset) } else { data }
             }
             Ok(None) => data.with_high_watermark(-1).with_records(Some(Bytes::new())),
-            Err(code) => data.with_error_code(code).with_high_watermark(-1).with_records(Some(Bytes::new())),
+            Err(code) => {
+                broker.metrics.partition_error(ApiKey::Fetch as i16, code);
+                data.with_error_code(code).with_high_watermark(-1).with_records(Some(Bytes::new()))
+            }
         };
         responses[want.topic_index].partitions.push(data);
     }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use corelog_engine::log::TopicPartition;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
+use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
 use crate::broker::{AppendReply, ShardBroker, ShardRequest, ShardResponse, error_code};
@@ -89,6 +89,11 @@ impl PendingProduce {
             (partition, result)
         });
         let results = futures_util::future::join_all(waits).await;
+        for (_, result) in &results {
+            if let Err(code) = result {
+                broker.metrics.partition_error(ApiKey::Produce as i16, *code);
+            }
+        }
         response(self.version, results)
     }
 }

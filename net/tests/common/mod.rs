@@ -91,6 +91,11 @@ impl Broker {
         }
     }
 
+    /// What the admin API scrapes: the shards' metrics.
+    pub fn admin(&self) -> &std::sync::Arc<corelog_net::admin::AdminHub> {
+        &self.local.as_ref().expect("a running broker").admin
+    }
+
     pub fn client(&self) -> Client {
         let stream = TcpStream::connect(self.address).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();

@@ -3,6 +3,7 @@
 // Each test binary uses a subset of the harness.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod kafka;
 pub mod proxy;
 
@@ -29,11 +30,14 @@ impl Broker {
 
     /// Like [`Broker::start`], listening on `listen`.
     pub fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> Self {
+        // Tests run side by side: never the default admin port.
+        let admin: &[&str] = if extra.contains(&"--admin-listen") { &[] } else { &["--admin-listen", "127.0.0.1:0"] };
         let mut child = Command::new(env!("CARGO_BIN_EXE_corelog"))
             .arg("start")
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--listen", listen])
+            .args(admin)
             .args(extra)
             .env("CORELOG_LOG", std::env::var("CORELOG_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::null())
@@ -81,6 +85,24 @@ impl Broker {
             .to_string();
         assert!(!address.ends_with(":0"), "port 0 must be resolved: {ready}");
         address
+    }
+
+    /// The admin API address from the ready line (after [`Broker::wait_ready`]).
+    pub fn admin_address(&self) -> String {
+        let ready = self.seen.iter().rev().find(|line| line.contains("corelog ready")).expect("the broker is ready");
+        ready
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("admin="))
+            .unwrap_or_else(|| panic!("the ready line names the admin API: {ready}"))
+            .to_string()
+    }
+
+    /// Every log line read so far, after reading what is waiting.
+    pub fn log_lines(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        &self.seen
     }
 
     pub fn pid(&self) -> u32 {
