@@ -4,11 +4,11 @@
 //! it outright (no atomics, no locks on the data path), a scrape copies it, and copies from
 //! every shard add up ([`Histogram::merge`]) into the Prometheus histogram of the broker.
 
-/// Upper bounds of latency buckets, in seconds: 25 µs to 10 s, roughly ×2 apart (wide enough
-/// for an fsync of a cached virtio disk and for a 30 s fetch long poll's tail alike).
+/// Upper bounds of latency buckets, in seconds: 25 µs to 30 s, roughly ×2 apart (wide enough
+/// for an fsync of a cached virtio disk and for a fetch long poll, at most 30 s, alike).
 pub const LATENCY_BOUNDS_SECONDS: &[f64] = &[
     0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 5.0, 10.0,
+    2.5, 5.0, 10.0, 30.0,
 ];
 
 /// Upper bounds of size buckets, in bytes: 1 KiB to 64 MiB, ×4 apart.

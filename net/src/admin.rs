@@ -36,6 +36,9 @@ pub enum AdminRequest {
 /// Shared by the shards (each registers its channel at start) and the admin thread.
 pub struct AdminHub {
     shards: Mutex<Vec<Option<async_mpsc::Sender<AdminRequest>>>>,
+    /// Each shard's last snapshot: a scrape a shard misses reports its counters as they last
+    /// were, so that merged counters never drop (which Prometheus would read as a reset).
+    last: Mutex<Vec<Option<ShardSnapshot>>>,
     data_dir: PathBuf,
     /// Start-up done and not stopping (set by whoever composes the broker).
     ready: AtomicBool,
@@ -62,6 +65,7 @@ impl AdminHub {
     pub fn new(shards: usize, data_dir: PathBuf) -> std::sync::Arc<Self> {
         std::sync::Arc::new(Self {
             shards: Mutex::new(vec![None; shards]),
+            last: Mutex::new(vec![None; shards]),
             data_dir,
             ready: AtomicBool::new(false),
             started: std::time::SystemTime::now(),
@@ -101,7 +105,19 @@ impl AdminHub {
     /// Blocks the calling thread: call it from the admin thread, never from a shard.
     pub fn collect(&self, timeout: Duration) -> Collected {
         let (snapshots, down, starting) = self.ask(timeout, AdminRequest::Snapshot);
+        let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for snapshot in &snapshots {
+            if let Some(slot) = last.get_mut(snapshot.shard) {
+                *slot = Some(snapshot.clone());
+            }
+        }
         Collected { snapshots, down, starting }
+    }
+
+    /// The last snapshots of `shards` (those that had answered a scrape before).
+    fn last_snapshots(&self, shards: &[usize]) -> Vec<ShardSnapshot> {
+        let last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        shards.iter().filter_map(|&shard| last.get(shard).cloned().flatten()).collect()
     }
 
     /// Asks every shard whether it serves, waiting at most `timeout`: which are down or
@@ -238,7 +254,9 @@ pub fn render_metrics(hub: &AdminHub, collected: Collected) -> String {
         start_time_seconds: hub.started.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
         ..Merged::default()
     };
-    for snapshot in &collected.snapshots {
+    // Shards that missed this scrape count with their last counters; their gauges are left out.
+    let stale = hub.last_snapshots(&collected.down);
+    for (snapshot, fresh) in collected.snapshots.iter().map(|s| (s, true)).chain(stale.iter().map(|s| (s, false))) {
         for (key, stats) in &snapshot.apis {
             let entry = merged.apis.entry(api_name(*key)).or_default();
             entry.ok += stats.ok;
@@ -254,6 +272,9 @@ pub fn render_metrics(hub: &AdminHub, collected: Collected) -> String {
             let topic = merged.topics.entry(partition.partition.topic.clone()).or_default();
             topic.0 += partition.appended_bytes;
             topic.1 += partition.appended_records;
+            if !fresh {
+                continue;
+            }
             merged.high_watermarks.insert(
                 (partition.partition.topic.clone(), partition.partition.partition),
                 partition.offsets.high_watermark,
@@ -695,6 +716,38 @@ mod tests {
         let metrics = render_metrics(&hub, collected);
         assert!(metrics.contains("corelog_shard_up{shard=\"0\"} 0"), "{metrics}");
         assert!(metrics.contains("corelog_ready 1"), "{metrics}");
+    }
+
+    #[test]
+    fn a_shard_that_misses_a_scrape_keeps_its_counters_in_the_sums() {
+        let hub = AdminHub::new(1, std::env::temp_dir());
+        let snapshot = ShardSnapshot {
+            shard: 0,
+            apis: vec![(0, ApiStats { ok: 5, ..ApiStats::default() })],
+            unknown_rejected: 0,
+            partition_errors: vec![((0, 6), 2)],
+            topic_bytes_out: vec![("t".to_string(), 7)],
+            storage: Default::default(),
+            storage_histograms: Default::default(),
+            partitions: Vec::new(),
+            connections: Default::default(),
+            reactor: crate::metrics::ReactorSnapshot {
+                busy_seconds: 1.0,
+                cpu_seconds: 1.0,
+                tasks: 1,
+                task_delay: Histogram::latency(),
+            },
+            io_memory_bytes: 0,
+            groups: Vec::new(),
+        };
+        hub.last.lock().unwrap()[0] = Some(snapshot);
+        let missed = Collected { snapshots: Vec::new(), down: vec![0], starting: Vec::new() };
+        let metrics = render_metrics(&hub, missed);
+        assert!(metrics.contains("corelog_shard_up{shard=\"0\"} 0"), "{metrics}");
+        assert!(metrics.contains("corelog_kafka_requests_total{api=\"Produce\",result=\"ok\"} 5"), "{metrics}");
+        assert!(metrics.contains("error=\"NOT_LEADER_OR_FOLLOWER\"} 2"), "{metrics}");
+        assert!(metrics.contains("corelog_topic_bytes_out_total{topic=\"t\"} 7"), "{metrics}");
+        assert!(!metrics.contains("corelog_reactor_busy_seconds_total{"), "no per-shard series of a missing shard");
     }
 
     #[test]

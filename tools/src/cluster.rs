@@ -66,7 +66,8 @@ fn health_table(body: &serde_json::Value) -> String {
     let mut out = format!("LIVE   {}\nREADY  {}\n\nSHARD  STATE\n", yes(&body["live"]), yes(&body["ready"]));
     for shard in body["shards"].as_array().into_iter().flatten() {
         let state = shard["state"].as_str().unwrap_or("unknown");
-        out.push_str(&format!("{:<6} {state}\n", shard["shard"]));
+        let id = shard["shard"].as_u64().map_or_else(|| "?".to_string(), |id| id.to_string());
+        out.push_str(&format!("{id:<6} {state}\n"));
     }
     out
 }

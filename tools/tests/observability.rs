@@ -17,7 +17,7 @@ use common::{Broker, WAIT};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::producer::{BaseRecord, Producer};
 
-const MESSAGES: usize = 2_000;
+const MESSAGES: usize = 10_000;
 const VALUE_BYTES: usize = 200;
 
 /// `series{labels} value` lines of a scrape.
@@ -32,14 +32,15 @@ fn series(scrape: &str) -> HashMap<String, f64> {
         .collect()
 }
 
-/// Every name a scrape can show: gauges as declared, counters with `_total`, histograms with
-/// `_bucket`, `_sum` and `_count`.
+/// Every name a scrape can show: the families as declared, counters with `_total`,
+/// histograms with `_bucket`, `_sum` and `_count`.
 fn exposed_names(scrape: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for line in scrape.lines() {
         let Some(rest) = line.strip_prefix("# TYPE ") else { continue };
         let mut words = rest.split_whitespace();
         let (Some(name), Some(kind)) = (words.next(), words.next()) else { continue };
+        names.insert(name.to_string());
         match kind {
             "counter" => {
                 names.insert(format!("{name}_total"));
@@ -49,9 +50,7 @@ fn exposed_names(scrape: &str) -> BTreeSet<String> {
                     names.insert(format!("{name}{suffix}"));
                 }
             }
-            _ => {
-                names.insert(name.to_string());
-            }
+            _ => {}
         }
     }
     names
@@ -176,7 +175,18 @@ fn metrics_move_with_a_real_client_load_and_the_admin_api_answers_during_it() {
     let dashboard: serde_json::Value = serde_json::from_str(&dashboard_text).expect("the Grafana dashboard parses");
     assert!(dashboard["panels"].as_array().is_some_and(|p| p.len() >= 10), "the dashboard has its panels");
     for file in ["grafana/corelog-dashboard.json", "alerts/corelog-alerts.yml", "metrics.md"] {
-        let named = metric_names_in(&std::fs::read_to_string(docs.join(file)).unwrap());
+        let text = std::fs::read_to_string(docs.join(file)).unwrap();
+        // YAML comments may sketch rules for metrics to come (under-replicated partitions).
+        let text: String = if file.ends_with(".yml") {
+            text.lines().filter(|line| !line.trim_start().starts_with('#')).collect::<Vec<_>>().join("\n")
+        } else {
+            text
+        };
+        // Crate names in log filters (`corelog_net=debug`) and name prefixes (`corelog_partition_`)
+        // are not metrics.
+        let crates = ["corelog_net", "corelog_engine", "corelog_tools", "corelog_hardware", "corelog_benches"];
+        let named: BTreeSet<String> =
+            metric_names_in(&text).into_iter().filter(|n| !n.ends_with('_') && !crates.contains(&n.as_str())).collect();
         assert!(!named.is_empty(), "{file} names metrics");
         let unknown: Vec<&String> =
             named.iter().filter(|n| !exposed.contains(*n) && !exposed.contains(&format!("{n}_total"))).collect();
