@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use corelog_engine::log::{LogConfig, PartitionOffsets, ShardLog, TopicPartition};
+use corelog_engine::log::{LogConfig, PartitionOffsets, ReadData, ShardLog, TopicPartition};
 use corelog_engine::records::RecordStamp;
 use corelog_engine::runtime::{ShardContext, ShardId};
 
@@ -272,7 +272,15 @@ pub struct AppendReply {
 #[derive(Debug)]
 pub struct ReadReply {
     pub offsets: PartitionOffsets,
-    pub records: bytes::Bytes,
+    /// Whole batches, in order: the batch cache's own buffers (shared, not copied, also
+    /// across shards), or one buffer a file read filled.
+    pub records: Vec<bytes::Bytes>,
+}
+
+impl ReadReply {
+    pub fn records_len(&self) -> usize {
+        self.records.iter().map(bytes::Bytes::len).sum()
+    }
 }
 
 /// A record to find by time along with a partition's offsets (ListOffsets).
@@ -814,8 +822,15 @@ impl ShardBroker {
     /// Reads on this shard (the owner); the bytes are copied out so they can cross shards.
     async fn read_local(&self, partition: &TopicPartition, offset: i64, max_bytes: usize) -> Result<ReadReply, i16> {
         let result = self.log.read(partition, offset, max_bytes).await.map_err(|e| e.kafka_error_code())?;
-        let records = result.to_vec().await.map_err(|_| error_code::KAFKA_STORAGE_ERROR)?;
-        Ok(ReadReply { offsets: result.offsets, records: bytes::Bytes::from(records) })
+        let records = match result.data {
+            ReadData::Empty => Vec::new(),
+            ReadData::Cached(batches) => batches,
+            ReadData::File(range) => {
+                let bytes = range.read_to_vec().await.map_err(|_| error_code::KAFKA_STORAGE_ERROR)?;
+                vec![bytes::Bytes::from(bytes)]
+            }
+        };
+        Ok(ReadReply { offsets: result.offsets, records })
     }
 
     async fn offsets_local(&self, partition: &TopicPartition, lookup: TimeLookup) -> Result<OffsetsReply, i16> {

@@ -47,8 +47,8 @@ use crate::handlers::produce::PendingProduce;
 use crate::handlers::{
     alter_configs, api_versions, consumer_group_describe, consumer_group_heartbeat, create_partitions, create_topics,
     delete_groups, delete_records, delete_topics, describe_cluster, describe_configs, describe_groups, fetch,
-    find_coordinator, heartbeat, init_producer_id, join_group, leave_group, list_groups, list_offsets, metadata,
-    offset_commit, offset_delete, offset_fetch, offset_for_leader_epoch, produce, sync_group,
+    fetch_response, find_coordinator, heartbeat, init_producer_id, join_group, leave_group, list_groups, list_offsets,
+    metadata, offset_commit, offset_delete, offset_fetch, offset_for_leader_epoch, produce, sync_group,
 };
 use crate::metrics::{InFlight, RequestResult};
 use crate::request_budget::{RequestBudget, Reservation};
@@ -123,18 +123,19 @@ enum Pending {
 }
 
 impl Pending {
-    /// The rest of the work, then the response frame (or none).
-    async fn finish(self, broker: &ShardBroker) -> Result<Option<BytesMut>, ConnectionError> {
+    /// The rest of the work, then the response frame (or none) as segments to write in
+    /// order: one buffer, or for a Fetch the fields and the record batches as they are.
+    async fn finish(self, broker: &ShardBroker) -> Result<Option<Vec<Bytes>>, ConnectionError> {
         match self {
-            Pending::Done(response) => Ok(response),
+            Pending::Done(response) => Ok(response.map(|frame| vec![frame.freeze()])),
             Pending::Produce(call, pending) => {
                 let responds = pending.responds();
                 let response = pending.finish(broker).await;
-                if responds { call.encode(&response).map(Some) } else { Ok(None) }
+                if responds { call.encode(&response).map(|frame| Some(vec![frame.freeze()])) } else { Ok(None) }
             }
             Pending::Fetch(call, request) => {
                 let response = fetch::handle(broker, request, call.version).await;
-                call.encode(&response).map(Some)
+                fetch_response::encode(&response, call.version, call.correlation_id).map(Some).map_err(encode_error)
             }
         }
     }
@@ -283,7 +284,14 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         while let Some(queued) = queue.next().await {
             let (key, started, bytes) = (queued.key, queued.started, queued.bytes);
             let result = if let Some(response) = queued.pending.finish(broker).await? {
-                let write = async { Ok(out.write_all(&response).await) };
+                let write = async {
+                    for segment in &response {
+                        if let Err(error) = out.write_all(segment).await {
+                            return Ok(Err(error));
+                        }
+                    }
+                    Ok(Ok(()))
+                };
                 match glommio::timer::timeout(limits.idle_timeout, write).await {
                     Ok(written) => written.map_err(ConnectionError::Write)?,
                     Err(_) => return Err(ConnectionError::WriteStalled(limits.idle_timeout)),

@@ -176,6 +176,12 @@ fn write_shape(config: &BrokerConfig) -> WriteShape {
 }
 
 fn start(config: BrokerConfig, log: Option<Arc<LogControl>>) -> Result<(), String> {
+    // Signals are blocked before any thread starts (the admin API's, the shards'), so that
+    // only this thread receives them: one delivered to another thread would kill the process.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals.thread_block().map_err(|e| format!("cannot block signals: {e}"))?;
     // The lock creates the data dir, which the hardware probe then maps to its device.
     let _lock = DataDirLock::acquire(&config.data_dir)?;
     tracing::info!(
@@ -221,12 +227,6 @@ fn start(config: BrokerConfig, log: Option<Arc<LogControl>>) -> Result<(), Strin
     };
     let admin_address = admin.as_ref().map_or_else(|| "none".to_string(), |a| a.address.to_string());
     let topics = registry.snapshot().len();
-
-    // Signals are blocked before any thread starts, so only this thread receives them.
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGINT);
-    signals.add(Signal::SIGTERM);
-    signals.thread_block().map_err(|e| format!("cannot block signals: {e}"))?;
 
     let (events_tx, events_rx) = mpsc::channel::<ShardEvent>();
     let runtime_config = RuntimeConfig {

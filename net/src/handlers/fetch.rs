@@ -10,17 +10,16 @@
 //! Incremental fetch sessions (v7+, KIP-227) decide which partitions are read and which the
 //! response carries: see [`crate::handlers::fetch_session`].
 //!
-//! Not yet (issue 3): the hand-written zero-copy response (records are copied into the
-//! response here).
+//! The response is encoded by hand ([`crate::handlers::fetch_response`]): record batches go
+//! from the batch cache to the socket without being copied into a response buffer.
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use corelog_engine::log::TopicPartition;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::messages::{ApiKey, FetchRequest, TopicName};
 
 use crate::broker::{ShardBroker, ShardRequest, ShardResponse, error_code};
+use crate::handlers::fetch_response::{FetchOut, PartitionOut, TopicOut};
 use crate::handlers::fetch_session::{FetchTarget, PartitionState, Plan};
 use crate::handlers::metadata::topic_uuid;
 
@@ -37,14 +36,14 @@ struct Wanted {
 /// Longest long poll honoured, whatever `max_wait_ms` asks (a bound on what one request holds).
 const MAX_WAIT_MAX: Duration = Duration::from_secs(30);
 
-pub async fn handle(broker: &ShardBroker, request: FetchRequest, version: i16) -> FetchResponse {
+pub async fn handle(broker: &ShardBroker, request: FetchRequest, version: i16) -> FetchOut {
     let started = Instant::now();
     let max_wait = Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0)).min(MAX_WAIT_MAX);
     let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
     let max_bytes = usize::try_from(request.max_bytes).unwrap_or(0).clamp(1, broker.settings.fetch_max_bytes);
     let (plan, targets) = broker.fetch_sessions.borrow_mut().begin(&request, version, Instant::now());
     if let Plan::Refused { error_code } = plan {
-        return FetchResponse::default().with_error_code(error_code).with_session_id(0);
+        return FetchOut { error_code, ..FetchOut::default() };
     }
     let (topics, wanted) = resolve(broker, &targets, version);
     loop {
@@ -68,8 +67,9 @@ pub async fn handle(broker: &ShardBroker, request: FetchRequest, version: i16) -
                 }
             };
             if let Ok(Some(reply)) = &result {
-                total += reply.records.len();
-                budget = budget.saturating_sub(reply.records.len());
+                let len = reply.records_len();
+                total += len;
+                budget = budget.saturating_sub(len);
             }
             results.push(result);
         }
@@ -160,7 +160,7 @@ fn respond(
     topics: &[FetchedTopic],
     wanted: &[Wanted],
     results: Vec<Result<Option<crate::broker::ReadReply>, i16>>,
-) -> FetchResponse {
+) -> FetchOut {
     let included = match plan {
         Plan::Opened { .. } | Plan::Incremental { .. } => {
             broker.fetch_sessions.borrow_mut().finish(plan, &session_states(&results))
@@ -168,32 +168,35 @@ fn respond(
         Plan::Sessionless | Plan::Refused { .. } => vec![true; results.len()],
     };
     let incremental = matches!(plan, Plan::Incremental { .. });
-    let mut responses: Vec<FetchableTopicResponse> = topics
+    let mut responses: Vec<TopicOut> = topics
         .iter()
-        .map(|(name, id, _)| {
-            let response = FetchableTopicResponse::default();
-            if version >= 13 { response.with_topic_id(*id) } else { response.with_topic(name.clone()) }
+        .map(|(name, id, _)| TopicOut {
+            name: if version >= 13 { String::new() } else { name.0.to_string() },
+            topic_id: if version >= 13 { *id } else { uuid::Uuid::nil() },
+            partitions: Vec::new(),
         })
         .collect();
     for ((want, result), included) in wanted.iter().zip(results).zip(included) {
         if !included || (incremental && matches!(result, Ok(None))) {
             continue;
         }
-        let mut data = PartitionData::default().with_partition_index(want.partition.partition);
-        data = match result {
+        let base = PartitionOut { partition_index: want.partition.partition, ..PartitionOut::default() };
+        let data = match result {
             Ok(Some(reply)) => {
-                broker.metrics.bytes_out(&want.partition.topic, reply.records.len());
+                broker.metrics.bytes_out(&want.partition.topic, reply.records_len());
                 let offsets = reply.offsets;
-                let data = data
-                    .with_high_watermark(offsets.high_watermark)
-                    .with_last_stable_offset(offsets.high_watermark)
-                    .with_records(Some(reply.records));
-                if version >= 5 { data.with_log_start_offset(offsets.log_start_offset) } else { data }
+                PartitionOut {
+                    high_watermark: offsets.high_watermark,
+                    last_stable_offset: offsets.high_watermark,
+                    log_start_offset: if version >= 5 { offsets.log_start_offset } else { -1 },
+                    records: Some(reply.records),
+                    ..base
+                }
             }
-            Ok(None) => data.with_high_watermark(-1).with_records(Some(Bytes::new())),
+            Ok(None) => PartitionOut { high_watermark: -1, ..base },
             Err(code) => {
                 broker.metrics.partition_error(ApiKey::Fetch as i16, code);
-                data.with_error_code(code).with_high_watermark(-1).with_records(Some(Bytes::new()))
+                PartitionOut { error_code: code, high_watermark: -1, ..base }
             }
         };
         responses[want.topic_index].partitions.push(data);
@@ -201,8 +204,8 @@ fn respond(
     if incremental {
         responses.retain(|topic| !topic.partitions.is_empty());
     }
-    let response = FetchResponse::default().with_responses(responses);
-    if version >= 7 { response.with_session_id(plan.response_session_id()) } else { response }
+    let session_id = if version >= 7 { plan.response_session_id() } else { 0 };
+    FetchOut { session_id, topics: responses, ..FetchOut::default() }
 }
 
 /// What each partition's response says (and whether it carries records), for a fetch session
@@ -219,7 +222,7 @@ fn session_states(results: &[Result<Option<crate::broker::ReadReply>, i16>]) -> 
                     log_start_offset: offsets.log_start_offset,
                     error_code: error_code::NONE,
                 };
-                (Some(state), !reply.records.is_empty())
+                (Some(state), reply.records_len() > 0)
             }
             // Not read this time (the response was full): nothing to tell.
             Ok(None) => (None, false),

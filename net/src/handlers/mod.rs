@@ -14,6 +14,7 @@ pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
 pub mod fetch;
+pub mod fetch_response;
 pub mod fetch_session;
 pub mod find_coordinator;
 pub mod heartbeat;
