@@ -918,7 +918,7 @@ impl ShardBroker {
                 GroupAnswer::Deleted(groups.delete_offsets(&group_id, partition, &targets).await)
             }
             GroupCall::ConsumerHeartbeat { request, partition } => {
-                GroupAnswer::ConsumerHeartbeat(groups.consumer_heartbeat(request, partition))
+                GroupAnswer::ConsumerHeartbeat(groups.consumer_heartbeat(request, partition).await)
             }
             GroupCall::ConsumerDescribe { group_id } => {
                 GroupAnswer::ConsumerDescribed(groups.describe_consumer_group(&group_id))

@@ -91,14 +91,32 @@ impl AcceptPace {
 /// need to share the port, would otherwise let a second broker (or anything else setting it)
 /// bind the same port silently and take a share of the connections. Called once, before the
 /// first shard binds; port 0 always gets a fresh port.
+///
+/// A broker restarted on its port while clients were connected finds the port still held
+/// by the previous process's closing connections (FIN_WAIT2 until each client closes its
+/// end, up to a minute): those block a plain bind but not the shards' SO_REUSEPORT bind.
+/// So a failed bind is confirmed by connecting: the port is in use only if something
+/// accepts the connection.
 pub fn check_address_free(address: SocketAddr) -> std::io::Result<()> {
     if address.port() == 0 {
         return Ok(());
     }
     // std's listener does not set SO_REUSEPORT: binding fails while anyone listens there.
-    std::net::TcpListener::bind(address).map(drop).map_err(|error| {
-        std::io::Error::new(error.kind(), format!("{address} is already in use by another process ({error})"))
-    })
+    let Err(error) = std::net::TcpListener::bind(address).map(drop) else {
+        return Ok(());
+    };
+    let probe = if address.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), address.port())
+    } else {
+        address
+    };
+    if error.kind() == std::io::ErrorKind::AddrInUse
+        && std::net::TcpStream::connect_timeout(&probe, std::time::Duration::from_secs(1)).is_err()
+    {
+        tracing::info!(%address, "the port is held only by connections of a previous process: binding it");
+        return Ok(());
+    }
+    Err(std::io::Error::new(error.kind(), format!("{address} is already in use by another process ({error})")))
 }
 
 impl Listener {

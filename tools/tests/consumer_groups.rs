@@ -2,7 +2,8 @@
 //! partitions (every partition owned by exactly one member), rebalance when one joins, leaves
 //! or dies (SIGKILL: its session times out), commit after processing and resume from the
 //! commits after a broker restart; a static member restarting within its session keeps its
-//! partitions without a rebalance.
+//! partitions without a rebalance; consumer-protocol (KIP-848) members carry on through a
+//! broker restart with their partitions.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
 mod common;
@@ -32,12 +33,16 @@ const CHILD_STRATEGY_ENV: &str = "CORELOG_TEST_CHILD_STRATEGY";
 
 /// A broker configured like a test cluster: no initial rebalance delay.
 fn start_broker(dir: &std::path::Path) -> (Broker, String) {
+    start_broker_on(dir, "127.0.0.1:0")
+}
+
+fn start_broker_on(dir: &std::path::Path, listen: &str) -> (Broker, String) {
     let config = dir.join("corelog.toml");
     let settings = "group_initial_rebalance_delay_ms = 0\noffsets_topic_num_partitions = 8\n\
                     group_consumer_heartbeat_interval_ms = 300\ngroup_consumer_session_timeout_ms = 6000\n";
     std::fs::write(&config, settings).unwrap();
     let data = dir.join("data");
-    let mut broker = Broker::start(&data, &["--cores", "2", "--config", config.to_str().unwrap()]);
+    let mut broker = Broker::start_on(&data, listen, &["--cores", "2", "--config", config.to_str().unwrap()]);
     let address = broker.wait_ready();
     (broker, address)
 }
@@ -72,18 +77,26 @@ fn produce(address: &str, count: i64) {
     producer.flush(WAIT).expect("flush");
 }
 
-/// Counts completed rebalances (assignments received).
+/// Counts completed rebalances (assignments received) and partitions taken away (revoked or
+/// lost).
 #[derive(Default)]
 struct Counting {
     assigned: AtomicUsize,
+    revoked: AtomicUsize,
 }
 
 impl ClientContext for Counting {}
 
 impl ConsumerContext for Counting {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if matches!(rebalance, Rebalance::Assign(_)) {
-            self.assigned.fetch_add(1, Ordering::SeqCst);
+        match rebalance {
+            Rebalance::Assign(_) => {
+                self.assigned.fetch_add(1, Ordering::SeqCst);
+            }
+            Rebalance::Revoke(partitions) => {
+                self.revoked.fetch_add(partitions.count(), Ordering::SeqCst);
+            }
+            Rebalance::Error(_) => {}
         }
     }
 }
@@ -161,6 +174,10 @@ impl Member {
 
     fn rebalances(&self) -> usize {
         self.context.assigned.load(Ordering::SeqCst)
+    }
+
+    fn revoked(&self) -> usize {
+        self.context.revoked.load(Ordering::SeqCst)
     }
 
     fn close(mut self) {
@@ -464,5 +481,39 @@ fn a_regular_expression_subscription_follows_topics_created_later() {
     produce_to(&address, "rx-second", 10);
     wait_for("rx-second", 10, &mut seen);
     drop(consumer);
+    broker.stop();
+}
+
+/// KIP-848 membership is durable: when the broker (the group's coordinator) restarts, the
+/// members carry on with their epochs and partitions. Without it they would be told
+/// UNKNOWN_MEMBER_ID, lose their partitions and join again.
+#[test]
+fn consumer_protocol_members_keep_their_partitions_across_a_broker_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, address) = start_broker(dir.path());
+    create_topic(&address);
+    let shared = Arc::new(Shared::default());
+    let config = || consumer_config(&address, "durable", "consumer", None);
+    let members = [Member::start(0, config(), &shared), Member::start(1, config(), &shared)];
+    let before = wait_for_full_assignment(&shared, &[0, 1], "two members");
+    // Let the epoch settle: no reconciliation is in flight when the broker stops.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let revoked_before: Vec<usize> = members.iter().map(Member::revoked).collect();
+
+    broker.stop();
+    let (broker, restarted_address) = start_broker_on(dir.path(), &address);
+    assert_eq!(restarted_address, address);
+    // The members consume what is produced after the restart (so they talk to the new
+    // broker), heartbeating all the while (every 300 ms).
+    produce(&address, 3);
+    wait_consumed(&shared, 3 * PARTITIONS as usize, "after the restart");
+    std::thread::sleep(Duration::from_millis(2_000));
+    let after = wait_for_full_assignment(&shared, &[0, 1], "after the restart");
+    assert_eq!(after, before, "the same partitions, for both members");
+    let revoked_after: Vec<usize> = members.iter().map(Member::revoked).collect();
+    assert_eq!(revoked_after, revoked_before, "no member lost or gave up a partition");
+    for member in members {
+        member.close();
+    }
     broker.stop();
 }

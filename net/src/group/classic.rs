@@ -739,6 +739,8 @@ impl Coordinator {
                     }
                 }
             }
+            // Consumer-protocol groups are replayed by their own coordinator.
+            StoredRecord::Consumer(_) => {}
             StoredRecord::Group { group: id, value: Some(value) } => {
                 let config = &self.config;
                 let group = self.groups.entry(id.clone()).or_insert_with(|| Group::new(&id, partition, config, now_ms));

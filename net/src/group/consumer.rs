@@ -10,13 +10,22 @@
 //! coordinator was last told of ([`ConsumerCoordinator::set_topic_names`]), so topics created
 //! or deleted later join or leave the subscription with the next group epoch.
 //!
-//! Membership is kept in memory only: after a coordinator restart members are told
-//! UNKNOWN_MEMBER_ID and rejoin (epoch 0), as after a fencing. Committed offsets are durable
-//! like those of classic groups.
+//! What survives a coordinator restart is written as records in Kafka's schemas
+//! ([`super::consumer_store`]): the group epoch, every member's subscription, target and
+//! current assignment with its epochs, and the assignment epoch. Each operation marks the
+//! members it touched; [`ConsumerCoordinator::take_records`] compares them with what was
+//! last written and returns only the records that changed (tombstones for members that are
+//! gone), which the driver makes durable before it answers. At load the records are
+//! replayed and every member gets a fresh session: members carry on with their epochs and
+//! partitions, with no rebalance. Deadlines, and the last assignment sent, are not written.
 //!
 //! Owner: the shard owning the group's `__consumer_offsets` partition.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::consumer_store::{
+    ConsumerRecord, CurrentAssignment, MemberMetadata, TopicId, TopicPartitions, member_state,
+};
 
 /// Kafka error codes specific to the consumer protocol.
 pub mod error_code {
@@ -111,6 +120,8 @@ pub struct Member {
     subscribed_names: Vec<String>,
     pub subscribed_regex: Option<SubscriptionRegex>,
     pub rebalance_timeout_ms: i32,
+    /// The server assignor it asked for last.
+    pub server_assignor: Option<String>,
     /// What the member owns (as the coordinator handed it out).
     pub assigned: Assignment,
     /// Partitions it was told to give up and has not yet confirmed.
@@ -133,8 +144,40 @@ pub struct ConsumerGroup {
     pub members: BTreeMap<String, Member>,
     statics: HashMap<String, String>,
     pub target: BTreeMap<String, Assignment>,
-    /// Partition counts of the subscribed topics the target was computed with.
-    topics_seen: BTreeMap<String, i32>,
+    /// Hash of the subscribed topics and their partition counts the target was computed with.
+    metadata_hash: i64,
+    /// What the records written so far say (at load: what they said).
+    written: Written,
+    /// Members changed (or removed) since records were last taken.
+    touched: BTreeSet<String>,
+}
+
+/// A group as its records describe it.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Written {
+    /// (group epoch, metadata hash)
+    epoch: Option<(i32, i64)>,
+    assignment_epoch: Option<i32>,
+    members: BTreeMap<String, DurableMember>,
+}
+
+/// A member as its three records describe it.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct DurableMember {
+    /// None only while loading, until its metadata record is read.
+    metadata: Option<MemberMetadata>,
+    target: Assignment,
+    current: DurableCurrent,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+struct DurableCurrent {
+    epoch: i32,
+    previous_epoch: i32,
+    away: bool,
+    state: i8,
+    assigned: Assignment,
+    pending_revocation: Assignment,
 }
 
 impl ConsumerGroup {
@@ -148,7 +191,9 @@ impl ConsumerGroup {
             members: BTreeMap::new(),
             statics: HashMap::new(),
             target: BTreeMap::new(),
-            topics_seen: BTreeMap::new(),
+            metadata_hash: 0,
+            written: Written::default(),
+            touched: BTreeSet::new(),
         }
     }
 
@@ -170,10 +215,18 @@ impl ConsumerGroup {
         self.members.values().flat_map(|m| m.subscribed.iter().cloned()).collect()
     }
 
-    /// Recomputes the target assignment for the current members and topics.
+    fn current_metadata_hash(&self, partitions_of: &dyn Fn(&str) -> Option<i32>) -> i64 {
+        let topics: BTreeMap<String, i32> =
+            self.subscribed_topics().into_iter().filter_map(|t| partitions_of(&t).map(|count| (t, count))).collect();
+        metadata_hash(&topics)
+    }
+
+    /// Recomputes the target assignment for the current members and topics, with the server
+    /// assignor most members ask for (Kafka's rule; `uniform` when none asks).
     fn compute_target(&mut self, partitions_of: &dyn Fn(&str) -> Option<i32>) {
         let topics: BTreeMap<String, i32> =
             self.subscribed_topics().into_iter().filter_map(|t| partitions_of(&t).map(|count| (t, count))).collect();
+        self.assignor = preferred_assignor(self.members.values());
         let subscriptions: BTreeMap<String, BTreeSet<String>> =
             self.members.values().map(|m| (m.member_id.clone(), m.subscribed.iter().cloned().collect())).collect();
         self.target = if self.assignor == "range" {
@@ -181,8 +234,144 @@ impl ConsumerGroup {
         } else {
             assign_uniform(&topics, &subscriptions, &self.target)
         };
-        self.topics_seen = topics;
+        self.metadata_hash = metadata_hash(&topics);
         self.assignment_epoch = self.epoch;
+        self.touched.extend(self.members.keys().cloned());
+    }
+
+    /// The member as its records would describe it now.
+    fn durable(&self, member: &Member) -> DurableMember {
+        let target = self.target.get(&member.member_id).cloned().unwrap_or_default();
+        let state = if !member.pending_revocation.is_empty() {
+            member_state::UNREVOKED_PARTITIONS
+        } else if member.epoch < self.assignment_epoch || member.assigned != target {
+            member_state::UNRELEASED_PARTITIONS
+        } else {
+            member_state::STABLE
+        };
+        DurableMember {
+            metadata: Some(MemberMetadata {
+                instance_id: member.instance_id.clone(),
+                rack_id: member.rack_id.clone(),
+                client_id: member.client_id.clone(),
+                client_host: member.client_host.clone(),
+                subscribed_topic_names: member.subscribed_names.clone(),
+                subscribed_topic_regex: member.subscribed_regex.as_ref().map(|r| r.text.clone()),
+                rebalance_timeout_ms: member.rebalance_timeout_ms,
+                server_assignor: member.server_assignor.clone(),
+            }),
+            target,
+            current: DurableCurrent {
+                epoch: member.epoch,
+                previous_epoch: member.previous_epoch,
+                away: member.away,
+                state,
+                assigned: member.assigned.clone(),
+                pending_revocation: member.pending_revocation.clone(),
+            },
+        }
+    }
+
+    /// The records that bring what was written up to date with the touched members and the
+    /// group's epochs, in Kafka's order (member metadata, group epoch, targets, assignment
+    /// epoch, current assignments; a member's tombstones current first).
+    fn take_records(&mut self, topic_id: &dyn Fn(&str) -> Option<TopicId>, out: &mut Vec<ConsumerRecord>) {
+        if self.members.is_empty() && self.written == Written::default() {
+            // Nothing to write for a group that never had a member (a refused join).
+            self.touched.clear();
+            return;
+        }
+        let group = self.id.clone();
+        let (mut metadata, mut targets, mut currents) = (Vec::new(), Vec::new(), Vec::new());
+        for member_id in std::mem::take(&mut self.touched) {
+            let live = self.members.get(&member_id).map(|m| self.durable(m));
+            let written = self.written.members.get(&member_id);
+            let member = || member_id.clone();
+            match (live, written) {
+                (Some(live), written) => {
+                    if written.and_then(|w| w.metadata.as_ref()) != live.metadata.as_ref() {
+                        let value = live.metadata.clone();
+                        metadata.push(ConsumerRecord::MemberMetadata {
+                            group: group.clone(),
+                            member_id: member(),
+                            value,
+                        });
+                    }
+                    if written.map(|w| &w.target) != Some(&live.target) {
+                        let value = Some(by_id(&live.target, topic_id));
+                        targets.push(ConsumerRecord::TargetMember { group: group.clone(), member_id: member(), value });
+                    }
+                    if written.map(|w| &w.current) != Some(&live.current) {
+                        let c = &live.current;
+                        let value = Some(CurrentAssignment {
+                            member_epoch: if c.away { STATIC_LEAVE } else { c.epoch },
+                            previous_member_epoch: if c.away { c.epoch } else { c.previous_epoch },
+                            state: c.state,
+                            assigned: by_id(&c.assigned, topic_id),
+                            pending_revocation: by_id(&c.pending_revocation, topic_id),
+                        });
+                        currents.push(ConsumerRecord::CurrentAssignment {
+                            group: group.clone(),
+                            member_id: member(),
+                            value,
+                        });
+                    }
+                    self.written.members.insert(member_id.clone(), live);
+                }
+                (None, Some(_)) => {
+                    self.written.members.remove(&member_id);
+                    member_tombstones(&group, &member_id, out);
+                }
+                (None, None) => {}
+            }
+        }
+        out.extend(metadata);
+        if self.written.epoch != Some((self.epoch, self.metadata_hash)) {
+            self.written.epoch = Some((self.epoch, self.metadata_hash));
+            out.push(ConsumerRecord::GroupEpoch { group: group.clone(), value: self.written.epoch });
+        }
+        out.extend(targets);
+        if self.written.assignment_epoch != Some(self.assignment_epoch) {
+            self.written.assignment_epoch = Some(self.assignment_epoch);
+            out.push(ConsumerRecord::TargetEpoch { group: group.clone(), value: Some(self.assignment_epoch) });
+        }
+        out.extend(currents);
+    }
+
+    /// Every record of what was written: a snapshot of the group.
+    fn written_records(&self, topic_id: &dyn Fn(&str) -> Option<TopicId>, out: &mut Vec<ConsumerRecord>) {
+        let group = &self.id;
+        for (member_id, member) in &self.written.members {
+            let member_id = member_id.clone();
+            out.push(ConsumerRecord::MemberMetadata {
+                group: group.clone(),
+                member_id: member_id.clone(),
+                value: member.metadata.clone(),
+            });
+            out.push(ConsumerRecord::TargetMember {
+                group: group.clone(),
+                member_id: member_id.clone(),
+                value: Some(by_id(&member.target, topic_id)),
+            });
+            let c = &member.current;
+            out.push(ConsumerRecord::CurrentAssignment {
+                group: group.clone(),
+                member_id,
+                value: Some(CurrentAssignment {
+                    member_epoch: if c.away { STATIC_LEAVE } else { c.epoch },
+                    previous_member_epoch: if c.away { c.epoch } else { c.previous_epoch },
+                    state: c.state,
+                    assigned: by_id(&c.assigned, topic_id),
+                    pending_revocation: by_id(&c.pending_revocation, topic_id),
+                }),
+            });
+        }
+        if let Some(epoch) = self.written.epoch {
+            out.push(ConsumerRecord::GroupEpoch { group: group.clone(), value: Some(epoch) });
+        }
+        if let Some(epoch) = self.written.assignment_epoch {
+            out.push(ConsumerRecord::TargetEpoch { group: group.clone(), value: Some(epoch) });
+        }
     }
 
     fn owned_elsewhere(&self, member_id: &str, topic: &str, partition: i32) -> bool {
@@ -221,13 +410,85 @@ impl ConsumerGroup {
             }
         }
         if let Some(member) = self.members.get_mut(member_id) {
-            member.previous_epoch = member.epoch;
-            member.epoch = assignment_epoch;
+            if member.epoch != assignment_epoch {
+                member.previous_epoch = member.epoch;
+                member.epoch = assignment_epoch;
+            }
             for (topic, partitions) in free {
                 member.assigned.entry(topic).or_default().extend(partitions);
             }
         }
     }
+}
+
+/// A member being replayed: created by a record with a value, only looked up by a tombstone.
+fn member_entry(written: &mut Written, member_id: String, create: bool) -> Option<&mut DurableMember> {
+    if create { Some(written.members.entry(member_id).or_default()) } else { written.members.get_mut(&member_id) }
+}
+
+fn member_tombstones(group: &str, member_id: &str, out: &mut Vec<ConsumerRecord>) {
+    let (group, member_id) = (group.to_string(), member_id.to_string());
+    out.push(ConsumerRecord::CurrentAssignment { group: group.clone(), member_id: member_id.clone(), value: None });
+    out.push(ConsumerRecord::TargetMember { group: group.clone(), member_id: member_id.clone(), value: None });
+    out.push(ConsumerRecord::MemberMetadata { group, member_id, value: None });
+}
+
+/// Tombstones for every record of a group that is gone.
+fn group_tombstones(group: &str, written: &Written, out: &mut Vec<ConsumerRecord>) {
+    for member_id in written.members.keys() {
+        member_tombstones(group, member_id, out);
+    }
+    out.push(ConsumerRecord::TargetEpoch { group: group.to_string(), value: None });
+    out.push(ConsumerRecord::GroupEpoch { group: group.to_string(), value: None });
+}
+
+/// Partitions by topic id (topics that no longer exist are left out).
+fn by_id(assignment: &Assignment, topic_id: &dyn Fn(&str) -> Option<TopicId>) -> TopicPartitions {
+    assignment
+        .iter()
+        .filter_map(|(topic, partitions)| topic_id(topic).map(|id| (id, partitions.iter().copied().collect())))
+        .collect()
+}
+
+/// Partitions by topic name (topics that no longer exist are left out).
+fn by_name(partitions: &TopicPartitions, topic_name: &dyn Fn(&TopicId) -> Option<String>) -> Assignment {
+    let mut assignment = Assignment::new();
+    for (id, indexes) in partitions {
+        if let Some(name) = topic_name(id)
+            && !indexes.is_empty()
+        {
+            assignment.entry(name).or_default().extend(indexes.iter().copied());
+        }
+    }
+    assignment
+}
+
+/// FNV-1a over the sorted (topic, partition count) pairs: stable across builds, since it is
+/// written to disk.
+fn metadata_hash(topics: &BTreeMap<String, i32>) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (topic, count) in topics {
+        for byte in topic.bytes().chain([0]).chain(count.to_be_bytes()) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash as i64
+}
+
+/// The server assignor most members ask for (ties: the first by name), `uniform` if none.
+fn preferred_assignor<'a>(members: impl Iterator<Item = &'a Member>) -> String {
+    let mut votes: BTreeMap<&str, usize> = BTreeMap::new();
+    for assignor in members.filter_map(|m| m.server_assignor.as_deref()) {
+        *votes.entry(assignor).or_default() += 1;
+    }
+    let mut best: Option<(&str, usize)> = None;
+    for (assignor, count) in votes {
+        if best.is_none_or(|(_, most)| count > most) {
+            best = Some((assignor, count));
+        }
+    }
+    best.map_or(ASSIGNORS[0], |(assignor, _)| assignor).to_string()
 }
 
 fn difference(a: &Assignment, b: &Assignment) -> Assignment {
@@ -357,11 +618,172 @@ pub struct ConsumerCoordinator {
     /// Makes generated member ids unique across restarts (random per start) and within one.
     member_id_prefix: String,
     next_member_seq: u64,
+    /// Groups changed since records were last taken.
+    dirty: BTreeSet<String>,
+    /// Groups removed since records were last taken, with their `__consumer_offsets`
+    /// partition and what their records say (they become tombstones).
+    removed: Vec<(String, i32, Written)>,
 }
 
 impl ConsumerCoordinator {
     pub fn new(config: ConsumerConfig, member_id_prefix: String) -> Self {
-        Self { config, groups: HashMap::new(), topic_names: Vec::new(), member_id_prefix, next_member_seq: 0 }
+        Self {
+            config,
+            groups: HashMap::new(),
+            topic_names: Vec::new(),
+            member_id_prefix,
+            next_member_seq: 0,
+            dirty: BTreeSet::new(),
+            removed: Vec::new(),
+        }
+    }
+
+    /// The records (with their `__consumer_offsets` partition) that bring what is written up
+    /// to date with what changed since the last call. They must be appended in this order,
+    /// before anything taken later.
+    pub fn take_records(&mut self, topic_id: &dyn Fn(&str) -> Option<TopicId>) -> Vec<(i32, ConsumerRecord)> {
+        let mut taken = Vec::new();
+        let mut records = Vec::new();
+        for (group, partition, written) in std::mem::take(&mut self.removed) {
+            group_tombstones(&group, &written, &mut records);
+            taken.extend(records.drain(..).map(|r| (partition, r)));
+        }
+        for group_id in std::mem::take(&mut self.dirty) {
+            if let Some(group) = self.groups.get_mut(&group_id) {
+                group.take_records(topic_id, &mut records);
+                taken.extend(records.drain(..).map(|r| (group.partition, r)));
+            }
+        }
+        taken
+    }
+
+    /// What the records taken so far say about the groups of one `__consumer_offsets`
+    /// partition, as a whole (for a snapshot of that partition).
+    pub fn written_records(&self, partition: i32, topic_id: &dyn Fn(&str) -> Option<TopicId>) -> Vec<ConsumerRecord> {
+        let mut records = Vec::new();
+        for group in self.groups.values().filter(|g| g.partition == partition) {
+            group.written_records(topic_id, &mut records);
+        }
+        records
+    }
+
+    /// Forgets what was written of a group whose records could not be made durable: the next
+    /// records taken for it describe it whole.
+    pub fn rewrite(&mut self, group_id: &str) {
+        if let Some(group) = self.groups.get_mut(group_id) {
+            group.written = Written::default();
+            group.touched.extend(group.members.keys().cloned());
+            self.dirty.insert(group_id.to_string());
+        }
+    }
+
+    /// Rebuilds what was written from one record at load (in log order).
+    pub fn replay(&mut self, partition: i32, record: ConsumerRecord, topic_name: &dyn Fn(&TopicId) -> Option<String>) {
+        let group_id = record.group().to_string();
+        if let ConsumerRecord::GroupEpoch { value: None, .. } = record {
+            self.groups.remove(&group_id);
+            return;
+        }
+        let group = self.groups.entry(group_id.clone()).or_insert_with(|| ConsumerGroup::new(&group_id, partition));
+        let written = &mut group.written;
+        match record {
+            ConsumerRecord::GroupEpoch { value, .. } => written.epoch = value,
+            ConsumerRecord::TargetEpoch { value, .. } => written.assignment_epoch = value,
+            ConsumerRecord::MemberMetadata { member_id, value: None, .. } => {
+                written.members.remove(&member_id);
+            }
+            ConsumerRecord::MemberMetadata { member_id, value, .. } => {
+                written.members.entry(member_id).or_default().metadata = value;
+            }
+            ConsumerRecord::TargetMember { member_id, value, .. } => {
+                if let Some(member) = member_entry(written, member_id, value.is_some()) {
+                    member.target = value.map(|v| by_name(&v, topic_name)).unwrap_or_default();
+                }
+            }
+            ConsumerRecord::CurrentAssignment { member_id, value, .. } => {
+                if let Some(member) = member_entry(written, member_id, value.is_some()) {
+                    member.current = value.map_or_else(DurableCurrent::default, |c| DurableCurrent {
+                        away: c.member_epoch == STATIC_LEAVE,
+                        epoch: if c.member_epoch == STATIC_LEAVE { c.previous_member_epoch } else { c.member_epoch },
+                        previous_epoch: c.previous_member_epoch,
+                        state: c.state,
+                        assigned: by_name(&c.assigned, topic_name),
+                        pending_revocation: by_name(&c.pending_revocation, topic_name),
+                    });
+                }
+            }
+        }
+    }
+
+    /// After the records of `partition` were replayed: the groups come back to life from
+    /// them. Every member gets a fresh session (and a fresh rebalance timeout for what it
+    /// has still to revoke); a group whose subscribed topics changed meanwhile gets a new
+    /// epoch; members whose records are incomplete are dropped (and tombstoned).
+    pub fn finish_load(&mut self, partition: i32, now_ms: i64, partitions_of: &dyn Fn(&str) -> Option<i32>) {
+        let ids: Vec<String> = self
+            .groups
+            .values()
+            .filter(|g| g.partition == partition && g.members.is_empty())
+            .map(|g| g.id.clone())
+            .collect();
+        for id in ids {
+            let Some(group) = self.groups.get_mut(&id) else { continue };
+            let written = group.written.clone();
+            for (member_id, durable) in &written.members {
+                let Some(metadata) = &durable.metadata else {
+                    group.touched.insert(member_id.clone());
+                    continue;
+                };
+                let regex = metadata.subscribed_topic_regex.as_deref().and_then(SubscriptionRegex::new);
+                let subscribed =
+                    resolve_subscription(&metadata.subscribed_topic_names, regex.as_ref(), &self.topic_names);
+                let current = &durable.current;
+                let pending = !current.pending_revocation.is_empty();
+                group.members.insert(
+                    member_id.clone(),
+                    Member {
+                        member_id: member_id.clone(),
+                        instance_id: metadata.instance_id.clone(),
+                        rack_id: metadata.rack_id.clone(),
+                        client_id: metadata.client_id.clone(),
+                        client_host: metadata.client_host.clone(),
+                        epoch: current.epoch,
+                        previous_epoch: current.previous_epoch,
+                        subscribed,
+                        subscribed_names: metadata.subscribed_topic_names.clone(),
+                        subscribed_regex: regex,
+                        rebalance_timeout_ms: metadata.rebalance_timeout_ms,
+                        server_assignor: metadata.server_assignor.clone(),
+                        assigned: current.assigned.clone(),
+                        pending_revocation: current.pending_revocation.clone(),
+                        session_deadline_ms: now_ms + self.config.session_timeout_ms,
+                        revocation_deadline_ms: pending
+                            .then(|| now_ms + i64::from(metadata.rebalance_timeout_ms.max(0))),
+                        away: current.away,
+                        last_sent: None,
+                    },
+                );
+                if let Some(instance) = &metadata.instance_id {
+                    group.statics.insert(instance.clone(), member_id.clone());
+                }
+                if !durable.target.is_empty() {
+                    group.target.insert(member_id.clone(), durable.target.clone());
+                }
+            }
+            (group.epoch, group.metadata_hash) = written.epoch.unwrap_or((0, 0));
+            group.assignment_epoch = written.assignment_epoch.unwrap_or(0).min(group.epoch);
+            group.assignor = preferred_assignor(group.members.values());
+            // Topics that changed while nobody watched: a new epoch, unless one is already due.
+            if group.assignment_epoch == group.epoch
+                && group.current_metadata_hash(partitions_of) != group.metadata_hash
+            {
+                group.epoch += 1;
+            }
+            self.dirty.insert(id.clone());
+            if group.members.is_empty() {
+                self.remove_group(&id);
+            }
+        }
     }
 
     /// The topics that exist now (without internal ones): subscriptions by regular expression
@@ -388,6 +810,7 @@ impl ConsumerCoordinator {
             }
             if changed {
                 group.epoch += 1;
+                self.dirty.insert(group.id.clone());
             }
         }
     }
@@ -410,8 +833,14 @@ impl ConsumerCoordinator {
         self.groups.get(group_id).is_none_or(|g| g.members.is_empty())
     }
 
+    /// Forgets a group; tombstones for what was written of it come with the next records.
     pub fn remove_group(&mut self, group_id: &str) {
-        self.groups.remove(group_id);
+        self.dirty.remove(group_id);
+        if let Some(group) = self.groups.remove(group_id)
+            && group.written != Written::default()
+        {
+            self.removed.push((group.id, group.partition, group.written));
+        }
     }
 
     pub fn heartbeat(
@@ -461,11 +890,8 @@ impl ConsumerCoordinator {
             .groups
             .entry(request.group_id.clone())
             .or_insert_with(|| ConsumerGroup::new(&request.group_id, partition));
-        if let Some(assignor) = &request.server_assignor
-            && group.members.is_empty()
-        {
-            group.assignor = assignor.clone();
-        }
+        self.dirty.insert(request.group_id.clone());
+        group.touched.insert(request.member_id.clone());
         let member_id = match request.member_epoch {
             LEAVE | STATIC_LEAVE => return leave(group, &request, now_ms, &self.config, partitions_of),
             0 => {
@@ -479,12 +905,16 @@ impl ConsumerCoordinator {
                 if let Err(outcome) = join(group, &request, &member_id, &self.config, now_ms) {
                     return outcome;
                 }
+                group.touched.insert(member_id.clone());
                 member_id
             }
             epoch => {
                 let Some(member) = group.members.get(&request.member_id) else {
                     return refuse(UNKNOWN_MEMBER_ID, "unknown member: rejoin with epoch 0");
                 };
+                if member.away {
+                    return refuse(FENCED_MEMBER_EPOCH, "the static member left: rejoin with epoch 0");
+                }
                 let confirms_previous = epoch == member.previous_epoch
                     && request.owned.as_ref().is_some_and(|owned| difference(owned, &member.assigned).is_empty());
                 if epoch != member.epoch && !confirms_previous {
@@ -505,7 +935,12 @@ impl ConsumerCoordinator {
         if request.rebalance_timeout_ms > 0 {
             member.rebalance_timeout_ms = request.rebalance_timeout_ms;
         }
+        // A member asking for another assignor may change the group's: a new epoch.
         let mut bump = request.member_epoch == 0;
+        if request.server_assignor.is_some() && request.server_assignor != member.server_assignor {
+            member.server_assignor = request.server_assignor.clone();
+            bump = true;
+        }
         // Topics created or deleted since are handled by `set_topic_names`: the subscription is
         // resolved here only when the request changes it.
         let resubscribed = request.subscribed_topics.is_some() || regex.is_some();
@@ -534,8 +969,7 @@ impl ConsumerCoordinator {
                 member.revocation_deadline_ms = None;
             }
         }
-        let metadata_changed =
-            group.subscribed_topics().iter().any(|topic| partitions_of(topic) != group.topics_seen.get(topic).copied());
+        let metadata_changed = group.current_metadata_hash(partitions_of) != group.metadata_hash;
         if bump || metadata_changed {
             group.epoch += 1;
         }
@@ -578,13 +1012,18 @@ impl ConsumerCoordinator {
             }
             group.epoch += 1;
             group.compute_target(partitions_of);
+            self.dirty.insert(group.id.clone());
         }
         // Membership is all a consumer group keeps here (offsets live with the classic state).
-        self.groups.retain(|_, g| !g.members.is_empty());
+        let empty: Vec<String> = self.groups.values().filter(|g| g.members.is_empty()).map(|g| g.id.clone()).collect();
+        for group_id in empty {
+            self.remove_group(&group_id);
+        }
     }
 }
 
 fn remove_member(group: &mut ConsumerGroup, member_id: &str) {
+    group.touched.insert(member_id.to_string());
     if let Some(member) = group.members.remove(member_id)
         && let Some(instance) = member.instance_id
     {
@@ -611,6 +1050,7 @@ fn join(
             return Err(refuse(UNRELEASED_INSTANCE_ID, "another member holds this instance id"));
         }
         // The static member is back: it takes over its previous self's partitions and epoch.
+        group.touched.insert(previous_id.clone());
         inherited = group.members.remove(&previous_id);
         if let Some(target) = group.target.remove(&previous_id) {
             group.target.insert(member_id.to_string(), target);
@@ -620,6 +1060,14 @@ fn join(
         return Err(refuse(GROUP_MAX_SIZE_REACHED, "the group is full"));
     }
     let previous = inherited.or_else(|| group.members.remove(member_id));
+    // A member that rejoins without its instance id (or with another) is no longer static
+    // under the old one.
+    if let Some(old) = previous.as_ref().and_then(|m| m.instance_id.as_ref())
+        && request.instance_id.as_ref() != Some(old)
+        && group.statics.get(old).is_some_and(|id| id == member_id)
+    {
+        group.statics.remove(old);
+    }
     let (epoch, assigned) = match previous {
         // A rejoin of a known member (epoch 0) starts again from nothing; a returning static
         // member keeps what it had.
@@ -643,6 +1091,7 @@ fn join(
             subscribed_names: Vec::new(),
             subscribed_regex: None,
             rebalance_timeout_ms: request.rebalance_timeout_ms,
+            server_assignor: request.server_assignor.clone(),
             assigned,
             pending_revocation: Assignment::new(),
             session_deadline_ms: now_ms + config.session_timeout_ms,
@@ -669,6 +1118,8 @@ fn leave(
         // Its partitions wait for it (nobody else gets them) until its session runs out.
         if let Some(member) = group.members.get_mut(&member_id) {
             member.away = true;
+            // Its records keep one epoch while it is away (Kafka's member epoch -2).
+            member.previous_epoch = member.epoch;
             member.session_deadline_ms = now_ms + config.session_timeout_ms;
         }
     } else {
@@ -870,5 +1321,210 @@ mod tests {
         };
         assert_eq!(c.heartbeat(bad, 0, &parts, 40).error_code, INVALID_REGULAR_EXPRESSION);
         assert!(!c.group("g").unwrap().members.contains_key("c"));
+    }
+
+    fn topic_id(name: &str) -> Option<TopicId> {
+        let mut id = [0u8; 16];
+        id[..name.len().min(16)].copy_from_slice(&name.as_bytes()[..name.len().min(16)]);
+        Some(id)
+    }
+
+    fn topic_name(id: &TopicId) -> Option<String> {
+        Some(String::from_utf8_lossy(id).trim_end_matches('\0').to_string())
+    }
+
+    /// After records were taken, they describe every member exactly as it is.
+    fn assert_written_is_live(c: &ConsumerCoordinator, step: usize) {
+        for group in c.groups.values() {
+            let live: BTreeMap<String, DurableMember> =
+                group.members.values().map(|m| (m.member_id.clone(), group.durable(m))).collect();
+            assert_eq!(group.written.members, live, "step {step}: members of {}", group.id);
+            assert_eq!(group.written.epoch, Some((group.epoch, group.metadata_hash)), "step {step}");
+            assert_eq!(group.written.assignment_epoch, Some(group.assignment_epoch), "step {step}");
+        }
+    }
+
+    /// What a restarted coordinator rebuilds from `records`.
+    fn restarted(
+        records: &[(i32, ConsumerRecord)],
+        parts: &dyn Fn(&str) -> Option<i32>,
+        names: &[String],
+    ) -> ConsumerCoordinator {
+        let mut c = ConsumerCoordinator::new(ConsumerConfig::default(), "r".into());
+        c.set_topic_names(names.to_vec());
+        for (partition, record) in records {
+            let stored = super::super::store::StoredRecord::Consumer(record.clone());
+            let decoded =
+                super::super::store::StoredRecord::decode(&stored.encode_key(), stored.encode_value().as_deref());
+            let Ok(super::super::store::StoredRecord::Consumer(record)) = decoded else { panic!("{decoded:?}") };
+            c.replay(*partition, record, &topic_name);
+        }
+        c.finish_load(0, 1_000_000, parts);
+        c
+    }
+
+    /// Random operations (joins, heartbeats that follow or ignore their assignment, leaves,
+    /// static leaves, expiries, topics appearing): after each, the records taken leave what
+    /// is written equal to the live state, and a coordinator rebuilt from every record so
+    /// far has the same members, epochs and partitions.
+    #[test]
+    fn records_taken_after_every_operation_rebuild_the_same_groups() {
+        for seed in 1..=12u64 {
+            let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let mut next = move |n: u64| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng % n
+            };
+            let mut names = vec!["t".to_string(), "u".to_string()];
+            let mut c = ConsumerCoordinator::new(
+                ConsumerConfig { session_timeout_ms: 5_000, ..Default::default() },
+                "s".into(),
+            );
+            c.set_topic_names(names.clone());
+            let mut log: Vec<(i32, ConsumerRecord)> = Vec::new();
+            let mut now = 0i64;
+            for step in 0..150 {
+                let topics_now = names.clone();
+                let parts = move |topic: &str| match topic {
+                    "t" => Some(4),
+                    "u" => Some(3),
+                    "v" if topics_now.iter().any(|n| n == "v") => Some(2),
+                    _ => None,
+                };
+                let member = format!("m{}", next(5));
+                let group = if next(4) == 0 { "h" } else { "g" };
+                let known = c.groups.get(group).and_then(|g| g.members.get(&member)).cloned();
+                let mut request = HeartbeatRequest { group_id: group.into(), ..heartbeat(&member, 0, None) };
+                match next(10) {
+                    0..=1 => {
+                        request.subscribed_topics =
+                            Some(if next(2) == 0 { vec!["t".into()] } else { vec!["t".into(), "u".into()] });
+                        request.subscribed_regex = (next(3) == 0).then(|| "v|w".to_string());
+                        request.instance_id = (next(3) == 0).then(|| format!("host-{member}"));
+                        request.server_assignor = (next(3) == 0).then(|| ASSIGNORS[next(2) as usize].to_string());
+                        request.rack_id = (next(2) == 0).then(|| "rack-1".to_string());
+                        c.heartbeat(request, 0, &parts, now);
+                    }
+                    2..=6 => {
+                        if let Some(m) = known {
+                            // A client that does as told (or, sometimes, has not revoked yet).
+                            let owned =
+                                if next(4) == 0 { m.assigned.clone() } else { m.last_sent.clone().unwrap_or_default() };
+                            request.member_epoch = m.epoch;
+                            request.owned = Some(owned);
+                            request.subscribed_topics = None;
+                            c.heartbeat(request, 0, &parts, now);
+                        }
+                    }
+                    7 => {
+                        request.member_epoch = if next(2) == 0 { LEAVE } else { STATIC_LEAVE };
+                        request.instance_id = known.and_then(|m| m.instance_id);
+                        request.subscribed_topics = None;
+                        c.heartbeat(request, 0, &parts, now);
+                    }
+                    8 => {
+                        now += 1_000 * next(4) as i64;
+                        c.tick(now, &parts);
+                    }
+                    _ => {
+                        if !names.iter().any(|n| n == "v") {
+                            names.push("v".into());
+                            c.set_topic_names(names.clone());
+                        }
+                    }
+                }
+                now += 10;
+                log.extend(c.take_records(&topic_id));
+                assert_written_is_live(&c, step);
+                if step % 10 == 9 {
+                    let topics_now = names.clone();
+                    let parts = move |topic: &str| match topic {
+                        "t" => Some(4),
+                        "u" => Some(3),
+                        "v" if topics_now.iter().any(|n| n == "v") => Some(2),
+                        _ => None,
+                    };
+                    let r = restarted(&log, &parts, &names);
+                    let with_members = |c: &ConsumerCoordinator| -> BTreeSet<String> {
+                        c.groups.values().filter(|g| !g.members.is_empty()).map(|g| g.id.clone()).collect()
+                    };
+                    assert_eq!(with_members(&r), with_members(&c), "seed {seed} step {step}");
+                    for (id, group) in c.groups.iter().filter(|(_, g)| !g.members.is_empty()) {
+                        let back = &r.groups[id];
+                        assert_eq!(
+                            (back.epoch, back.assignment_epoch),
+                            (group.epoch, group.assignment_epoch),
+                            "seed {seed} step {step}"
+                        );
+                        assert_eq!(
+                            back.target,
+                            group
+                                .target
+                                .iter()
+                                .filter(|(_, a)| !a.is_empty())
+                                .map(|(m, a)| (m.clone(), a.clone()))
+                                .collect(),
+                            "seed {seed} step {step}"
+                        );
+                        assert_eq!(back.assignor, group.assignor);
+                        assert_eq!(back.statics, group.statics, "seed {seed} step {step}");
+                        let live: Vec<DurableMember> = group.members.values().map(|m| group.durable(m)).collect();
+                        let rebuilt: Vec<DurableMember> = back.members.values().map(|m| back.durable(m)).collect();
+                        assert_eq!(rebuilt, live, "seed {seed} step {step}");
+                        for (member_id, m) in &group.members {
+                            assert_eq!(back.members[member_id].subscribed, m.subscribed);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_restarted_coordinator_keeps_members_epochs_and_partitions_without_a_rebalance() {
+        let mut c = ConsumerCoordinator::new(ConsumerConfig::default(), "t".into());
+        let parts = topics(6);
+        let mut log = Vec::new();
+        let a = c.heartbeat(heartbeat("a", 0, None), 0, &parts, 0);
+        let b = c.heartbeat(heartbeat("b", 0, None), 0, &parts, 0);
+        let a_owned =
+            c.heartbeat(heartbeat("a", a.member_epoch, a.assignment.as_ref()), 0, &parts, 10).assignment.unwrap();
+        c.heartbeat(heartbeat("a", a.member_epoch, Some(&a_owned)), 0, &parts, 20);
+        let b_owned =
+            c.heartbeat(heartbeat("b", b.member_epoch, Some(&Assignment::new())), 0, &parts, 30).assignment.unwrap();
+        log.extend(c.take_records(&topic_id));
+        assert_eq!(c.group("g").unwrap().state(), "stable");
+        let epoch = c.group("g").unwrap().epoch;
+
+        let mut r = restarted(&log, &parts, &[]);
+        assert_eq!(r.group("g").unwrap().state(), "stable");
+        assert_eq!(r.group("g").unwrap().epoch, epoch, "no new epoch: nothing changed");
+        // Both carry on with their epochs; the assignment is sent again (once), unchanged.
+        let again = r.heartbeat(heartbeat("a", epoch, None), 0, &parts, 1_000_010);
+        assert_eq!((again.error_code, again.member_epoch), (NONE, epoch));
+        assert_eq!(again.assignment.unwrap(), a_owned);
+        let b_again = r.heartbeat(heartbeat("b", epoch, Some(&b_owned)), 0, &parts, 1_000_020);
+        assert_eq!((b_again.error_code, b_again.assignment.unwrap()), (NONE, b_owned));
+        let written = r.take_records(&topic_id);
+        assert!(written.is_empty(), "carrying on writes nothing: {written:?}");
+        // Sessions start again at load: a member that never comes back expires.
+        r.tick(1_100_000, &parts);
+        assert!(r.group("g").is_none(), "both stopped heartbeating");
+        let tombstones = r.take_records(&topic_id);
+        assert!(!tombstones.is_empty() && tombstones.iter().all(|(_, record)| record.is_tombstone()));
+        log.extend(tombstones);
+        assert!(restarted(&log, &parts, &[]).groups.is_empty(), "the tombstones delete the group");
+
+        // A topic that grew while the coordinator was down: a new epoch at load.
+        let grown = topics(8);
+        let log_before_expiry: Vec<_> = log
+            .iter()
+            .take_while(|(_, r)| !matches!(r, ConsumerRecord::CurrentAssignment { value: None, .. }))
+            .cloned()
+            .collect();
+        let r = restarted(&log_before_expiry, &grown, &[]);
+        assert_eq!(r.group("g").unwrap().epoch, epoch + 1);
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod classic;
 pub mod consumer;
+pub mod consumer_store;
 pub mod store;
 
 use std::cell::{Cell, RefCell};
@@ -172,6 +173,12 @@ impl GroupService {
         let mut offset = self.log.offsets(&name).map_err(|e| e.to_string())?.log_start_offset;
         let (mut replayed, mut skipped) = (0, 0);
         let now_ms = corelog_engine::now_ms();
+        let topic_names: HashMap<consumer_store::TopicId, String> = self
+            .registry
+            .snapshot()
+            .values()
+            .filter_map(|t| Some((crate::registry::parse_hex_id(&t.id)?, t.name.clone())))
+            .collect();
         loop {
             let result = self.log.read(&name, offset, 1 << 20).await.map_err(|e| e.to_string())?;
             let bytes = result.to_vec().await.map_err(|e| e.to_string())?;
@@ -181,15 +188,28 @@ impl GroupService {
             let (records, unreadable) = store::decode_batches(&bytes);
             skipped += unreadable;
             let mut coordinator = self.coordinator.borrow_mut();
+            let mut consumers = self.consumers.borrow_mut();
             for (log_offset, record) in records {
-                if log_offset >= offset {
-                    self.remember_group_record(&record);
-                    coordinator.replay(partition, log_offset, record, now_ms);
-                    replayed += 1;
+                if log_offset < offset {
+                    continue;
+                }
+                replayed += 1;
+                match record {
+                    StoredRecord::Consumer(record) => {
+                        consumers.replay(partition, record, &|id| topic_names.get(id).cloned());
+                    }
+                    record => {
+                        self.remember_group_record(&record);
+                        coordinator.replay(partition, log_offset, record, now_ms);
+                    }
                 }
             }
             offset = next.max(offset + 1);
         }
+        self.refresh_consumer_topics();
+        let topics = self.registry.snapshot();
+        let partitions_of = |topic: &str| topics.get(topic).map(|t| t.partitions);
+        self.consumers.borrow_mut().finish_load(partition, now_ms, &partitions_of);
         Ok((replayed, skipped))
     }
 
@@ -388,11 +408,19 @@ impl GroupService {
                 return;
             }
             let groups: Vec<&classic::Group> = coordinator.groups().filter(|g| g.partition == partition).collect();
-            let live: i64 = groups.iter().map(|g| g.offsets.len() as i64 + 1).sum();
+            let consumer_records: Vec<StoredRecord> = {
+                let topics = self.registry.snapshot();
+                let topic_id = |name: &str| topics.get(name).and_then(|t| crate::registry::parse_hex_id(&t.id));
+                let records = self.consumers.borrow().written_records(partition, &topic_id);
+                records.into_iter().map(StoredRecord::Consumer).filter(|r| r.check_encodable().is_ok()).collect()
+            };
+            let live: i64 =
+                groups.iter().map(|g| g.offsets.len() as i64 + 1).sum::<i64>() + consumer_records.len() as i64;
             if records_held < 2 * live {
                 return;
             }
-            let mut batches: Vec<Vec<StoredRecord>> = Vec::new();
+            let mut batches: Vec<Vec<StoredRecord>> =
+                consumer_records.chunks(SNAPSHOT_BATCH_RECORDS).map(<[StoredRecord]>::to_vec).collect();
             let written = self.written_groups.borrow();
             for group in groups {
                 if let Some(record) = written.get(&group.id) {
@@ -576,10 +604,26 @@ impl GroupService {
         listed
     }
 
-    /// ConsumerGroupHeartbeat (KIP-848).
-    pub fn consumer_heartbeat(&self, request: HeartbeatRequest, partition: i32) -> HeartbeatOutcome {
+    /// ConsumerGroupHeartbeat (KIP-848). Answers once what changed is durable.
+    pub async fn consumer_heartbeat(&self, request: HeartbeatRequest, partition: i32) -> HeartbeatOutcome {
+        let mut outcome = self.consumer_heartbeat_in_memory(request, partition);
+        if self.persist_consumer_changes().await.is_err() && outcome.error_code == error_code::NONE {
+            outcome = HeartbeatOutcome {
+                error_code: error_code::COORDINATOR_NOT_AVAILABLE,
+                error_message: Some("the group state could not be written".into()),
+                member_id: outcome.member_id,
+                member_epoch: -1,
+                ..Default::default()
+            };
+        }
+        outcome
+    }
+
+    fn consumer_heartbeat_in_memory(&self, request: HeartbeatRequest, partition: i32) -> HeartbeatOutcome {
+        let optional = [&request.instance_id, &request.rack_id, &request.subscribed_regex, &request.server_assignor];
         let strings_ok = strings_fit(&[&request.group_id, &request.member_id, &request.client_id])
-            && request.instance_id.as_deref().is_none_or(|i| strings_fit(&[i]));
+            && optional.iter().all(|s| s.as_deref().is_none_or(|s| strings_fit(&[s])))
+            && request.subscribed_topics.iter().flatten().all(|t| strings_fit(&[t]));
         if !strings_ok {
             return HeartbeatOutcome {
                 error_code: error_code::INVALID_REQUEST,
@@ -647,6 +691,9 @@ impl GroupService {
             return error_code::NON_EMPTY_GROUP;
         }
         self.consumers.borrow_mut().remove_group(group_id);
+        if self.persist_consumer_changes().await.is_err() {
+            return error_code::COORDINATOR_NOT_AVAILABLE;
+        }
         let tombstones = match self.coordinator.borrow_mut().delete_group(group_id) {
             Ok(tombstones) => tombstones,
             Err(code) => return code,
@@ -717,6 +764,71 @@ impl GroupService {
         Ok(appended.base_offset)
     }
 
+    /// Takes the consumer-protocol records of what changed and appends them at once (in the
+    /// order taken: nothing taken later can land before them); the future resolves when they
+    /// are durable. A group whose records failed is written whole next time.
+    fn persist_consumer_changes(&self) -> impl std::future::Future<Output = Result<(), ()>> + 'static {
+        let taken = {
+            let topics = self.registry.snapshot();
+            let topic_id = |name: &str| topics.get(name).and_then(|t| crate::registry::parse_hex_id(&t.id));
+            self.consumers.borrow_mut().take_records(&topic_id)
+        };
+        let mut by_partition: Vec<(i32, Vec<StoredRecord>)> = Vec::new();
+        for (partition, record) in taken {
+            let record = StoredRecord::Consumer(record);
+            if let Err(error) = record.check_encodable() {
+                tracing::warn!(%error, "consumer group record not written");
+                continue;
+            }
+            match by_partition.last_mut() {
+                Some((p, records)) if *p == partition => records.push(record),
+                _ => by_partition.push((partition, vec![record])),
+            }
+        }
+        let now_ms = corelog_engine::now_ms();
+        let mut pending = Vec::new();
+        for (partition, records) in by_partition {
+            let name = TopicPartition::new(OFFSETS_TOPIC, partition);
+            let groups: Vec<String> = records
+                .iter()
+                .filter_map(|r| match r {
+                    StoredRecord::Consumer(r) => Some(r.group().to_string()),
+                    _ => None,
+                })
+                .collect();
+            for chunk in records.chunks(SNAPSHOT_BATCH_RECORDS) {
+                let batch = BytesMut::from(&store::encode_batch(chunk, now_ms)[..]);
+                match self.log.append(&name, batch, now_ms) {
+                    Ok(appended) => pending.push((groups.clone(), Some(appended.durable))),
+                    Err(error) => {
+                        tracing::error!(%name, %error, "cannot append consumer group records");
+                        pending.push((groups.clone(), None));
+                    }
+                }
+            }
+        }
+        let this = self.this.clone();
+        async move {
+            let mut result = Ok(());
+            for (groups, durable) in pending {
+                let failed = match durable {
+                    Some(durable) => durable.await.is_err(),
+                    None => true,
+                };
+                if failed {
+                    result = Err(());
+                    if let Some(this) = this.upgrade() {
+                        let mut consumers = this.consumers.borrow_mut();
+                        for group in &groups {
+                            consumers.rewrite(group);
+                        }
+                    }
+                }
+            }
+            result
+        }
+    }
+
     fn remember_group_record(&self, record: &StoredRecord) {
         if let StoredRecord::Group { group, value } = record {
             let mut written = self.written_groups.borrow_mut();
@@ -783,6 +895,12 @@ impl GroupService {
                 let topics = self.registry.snapshot();
                 let partitions_of = |topic: &str| topics.get(topic).map(|t| t.partitions);
                 self.consumers.borrow_mut().tick(now_ms, &partitions_of);
+                // Appended now, in order; nobody waits on them.
+                let written = self.persist_consumer_changes();
+                glommio::spawn_local(async move {
+                    let _ = written.await;
+                })
+                .detach();
             }
             let effects = self.coordinator.borrow_mut().tick(now_ms);
             if !effects.persist.is_empty() || !effects.replies.is_empty() {

@@ -27,6 +27,8 @@
 use bytes::Bytes;
 use corelog_engine::{batch, records};
 
+use super::consumer_store::{self, ConsumerRecord};
+
 /// Offset commit keys are written as version 1; version 0 has the same layout.
 const OFFSET_KEY_VERSION: i16 = 1;
 const OFFSET_KEY_VERSION_LEGACY: i16 = 0;
@@ -91,6 +93,8 @@ pub enum StoredRecord {
     Offset { group: String, topic: String, partition: i32, value: Option<OffsetValue> },
     /// A group's metadata; `value: None` is a tombstone (the group was deleted).
     Group { group: String, value: Option<GroupValue> },
+    /// A record of a consumer-protocol (KIP-848) group ([`super::consumer_store`]).
+    Consumer(ConsumerRecord),
 }
 
 /// Why a `__consumer_offsets` record cannot be decoded (or, for `TooLong`, encoded).
@@ -141,6 +145,7 @@ impl StoredRecord {
                 }
                 Ok(())
             }
+            StoredRecord::Consumer(record) => record.check_encodable(),
         }
     }
 
@@ -158,6 +163,7 @@ impl StoredRecord {
                 put_i16(&mut out, GROUP_KEY_VERSION);
                 put_string(&mut out, group);
             }
+            StoredRecord::Consumer(record) => return record.encode_key(),
         }
         out
     }
@@ -196,12 +202,14 @@ impl StoredRecord {
                     put_bytes(&mut out, &member.assignment);
                 }
             }
+            StoredRecord::Consumer(record) => return record.encode_value(),
         }
         Some(out)
     }
 
     /// Decodes a record from its key and value (`None` for a tombstone). Accepts offset key
-    /// versions 0 and 1, group key version 2, and value versions 0 to 3 of either kind.
+    /// versions 0 and 1, group key version 2, and value versions 0 to 3 of either kind; and
+    /// the consumer-protocol keys 3 and 5 to 8 with value version 0.
     pub fn decode(key: &[u8], value: Option<&[u8]>) -> Result<StoredRecord, StoreError> {
         let mut reader = Reader::new(key, "record key");
         let version = reader.i16("version")?;
@@ -221,6 +229,10 @@ impl StoredRecord {
                 reader.finish()?;
                 let value = value.map(decode_group_value).transpose()?;
                 Ok(StoredRecord::Group { group, value })
+            }
+            consumer_store::GROUP_EPOCH_KEY
+            | consumer_store::MEMBER_METADATA_KEY..=consumer_store::CURRENT_ASSIGNMENT_KEY => {
+                ConsumerRecord::decode(version, &mut reader, value).map(StoredRecord::Consumer)
             }
             version => Err(StoreError::UnknownKeyVersion { version }),
         }
@@ -344,19 +356,19 @@ pub fn decode_batches(bytes: &[u8]) -> (Vec<(i64, StoredRecord)>, usize) {
     (decoded, skipped)
 }
 
-fn put_i16(out: &mut Vec<u8>, value: i16) {
+pub(super) fn put_i16(out: &mut Vec<u8>, value: i16) {
     out.extend_from_slice(&value.to_be_bytes());
 }
 
-fn put_i32(out: &mut Vec<u8>, value: i32) {
+pub(super) fn put_i32(out: &mut Vec<u8>, value: i32) {
     out.extend_from_slice(&value.to_be_bytes());
 }
 
-fn put_i64(out: &mut Vec<u8>, value: i64) {
+pub(super) fn put_i64(out: &mut Vec<u8>, value: i64) {
     out.extend_from_slice(&value.to_be_bytes());
 }
 
-fn put_string(out: &mut Vec<u8>, value: &str) {
+pub(super) fn put_string(out: &mut Vec<u8>, value: &str) {
     assert!(value.len() <= STRING_BYTES_MAX, "string of {} bytes does not fit a Kafka STRING", value.len());
     put_i16(out, value.len() as i16);
     out.extend_from_slice(value.as_bytes());
@@ -376,22 +388,22 @@ fn put_bytes(out: &mut Vec<u8>, value: &[u8]) {
 }
 
 /// Reads fields in order, naming the record and field that is malformed.
-struct Reader<'a> {
+pub(super) struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
-    record: &'static str,
+    pub(super) record: &'static str,
 }
 
 impl<'a> Reader<'a> {
-    fn new(bytes: &'a [u8], record: &'static str) -> Self {
+    pub(super) fn new(bytes: &'a [u8], record: &'static str) -> Self {
         Self { bytes, at: 0, record }
     }
 
-    fn remaining(&self) -> usize {
+    pub(super) fn remaining(&self) -> usize {
         self.bytes.len() - self.at
     }
 
-    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], StoreError> {
+    pub(super) fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], StoreError> {
         let slice = self
             .at
             .checked_add(n)
@@ -401,21 +413,21 @@ impl<'a> Reader<'a> {
         Ok(slice)
     }
 
-    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], StoreError> {
+    pub(super) fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], StoreError> {
         let mut raw = [0u8; N];
         raw.copy_from_slice(self.take(N, field)?);
         Ok(raw)
     }
 
-    fn i16(&mut self, field: &'static str) -> Result<i16, StoreError> {
+    pub(super) fn i16(&mut self, field: &'static str) -> Result<i16, StoreError> {
         self.array(field).map(i16::from_be_bytes)
     }
 
-    fn i32(&mut self, field: &'static str) -> Result<i32, StoreError> {
+    pub(super) fn i32(&mut self, field: &'static str) -> Result<i32, StoreError> {
         self.array(field).map(i32::from_be_bytes)
     }
 
-    fn i64(&mut self, field: &'static str) -> Result<i64, StoreError> {
+    pub(super) fn i64(&mut self, field: &'static str) -> Result<i64, StoreError> {
         self.array(field).map(i64::from_be_bytes)
     }
 
@@ -434,7 +446,7 @@ impl<'a> Reader<'a> {
         Ok(Some(text.to_string()))
     }
 
-    fn string(&mut self, field: &'static str) -> Result<String, StoreError> {
+    pub(super) fn string(&mut self, field: &'static str) -> Result<String, StoreError> {
         self.nullable_string(field)?.ok_or(StoreError::InvalidLength { record: self.record, field, length: -1 })
     }
 
@@ -446,7 +458,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Every byte must belong to a field: leftovers mean the version or the encoder is wrong.
-    fn finish(&self) -> Result<(), StoreError> {
+    pub(super) fn finish(&self) -> Result<(), StoreError> {
         match self.remaining() {
             0 => Ok(()),
             count => Err(StoreError::TrailingBytes { record: self.record, count }),
@@ -648,8 +660,8 @@ mod tests {
         let value = good.encode_value().unwrap();
 
         let mut unknown_key = key.clone();
-        unknown_key[1] = 3; // a KIP-848 consumer group record: not ours to read
-        assert_eq!(StoredRecord::decode(&unknown_key, None), Err(StoreError::UnknownKeyVersion { version: 3 }));
+        unknown_key[1] = 4; // KIP-848 partition metadata: not written, not read
+        assert_eq!(StoredRecord::decode(&unknown_key, None), Err(StoreError::UnknownKeyVersion { version: 4 }));
 
         let mut flexible = value.clone();
         flexible[1] = 4;
