@@ -7,10 +7,12 @@ use clap::{Parser, Subcommand};
 use config::LogFormat;
 
 mod admin;
+mod client;
 mod cluster;
 mod config;
 mod logging;
 mod start;
+mod topic;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -53,6 +55,13 @@ enum Command {
         #[command(subcommand)]
         command: cluster::ClusterCommand,
     },
+    /// Create, list, describe, delete and change topics (any Kafka-compatible broker).
+    Topic {
+        #[command(subcommand)]
+        command: topic::TopicCommand,
+        #[command(flatten)]
+        connect: topic::Connect,
+    },
     /// Probe the machine, measure the data dir's device, check and apply kernel tuning.
     Hardware {
         #[command(subcommand)]
@@ -73,6 +82,7 @@ fn main() -> ExitCode {
             log_format: cli.log_format,
         }),
         Command::Cluster { command } => cluster::run(command),
+        Command::Topic { command, connect } => topic::run(command, connect),
         Command::Hardware { command } => {
             let level = cli.log_level.unwrap_or_else(|| config::DEFAULT_LOG_LEVEL.to_string());
             logging::init(cli.log_format.unwrap_or(LogFormat::Human), &level);

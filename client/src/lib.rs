@@ -1,0 +1,305 @@
+//! corelog's own Kafka client, written on `kafka-protocol` and glommio: it speaks the Kafka
+//! wire protocol to corelog or any Kafka-compatible broker (so every command and benchmark
+//! can be pointed at Apache Kafka or Redpanda too).
+//!
+//! - [`Connection`]: one socket, requests pipelined, versions negotiated.
+//! - [`Client`]: bootstrap, the cluster's metadata, a connection per broker.
+//! - [`admin`]: topics (create, list, describe, delete, configs, partitions, trim).
+//!
+//! Owner: one glommio executor thread (nothing here is `Send`).
+
+pub mod admin;
+pub mod connection;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::time::Duration;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+
+pub use connection::Connection;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    #[error("{address}: {reason}")]
+    Io { address: String, reason: String },
+    #[error("{address}: no answer to {what} in time")]
+    Timeout { address: String, what: String },
+    #[error("the connection closed")]
+    Closed,
+    #[error("{address} does not support {api} at a version this client knows")]
+    Unsupported { address: String, api: &'static str },
+    #[error("{address} sent a malformed {api} response: {reason}")]
+    Malformed { address: String, api: &'static str, reason: String },
+    #[error("cannot encode {api}: {reason}")]
+    Encode { api: &'static str, reason: String },
+    /// A Kafka error code, named as Kafka names it (`TOPIC_ALREADY_EXISTS`).
+    #[error("{api}: {name}: {}", message.as_deref().unwrap_or(description))]
+    Kafka { api: &'static str, code: i16, name: String, description: String, message: Option<String> },
+    #[error("no broker reachable: {0}")]
+    NoBroker(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    fn io(address: &str, error: std::io::Error) -> Self {
+        Error::Io { address: address.to_string(), reason: error.to_string() }
+    }
+
+    /// The error for a non-zero Kafka error code.
+    pub fn kafka(api: &'static str, code: i16, message: Option<&StrBytes>) -> Self {
+        let (name, description) = error_name(code);
+        Error::Kafka { api, code, name, description, message: message.map(|m| m.to_string()).filter(|m| !m.is_empty()) }
+    }
+
+    /// The Kafka error code, if this is one.
+    pub fn code(&self) -> Option<i16> {
+        match self {
+            Error::Kafka { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// Ok for error code 0, else the named Kafka error.
+pub fn check(api: &'static str, code: i16, message: Option<&StrBytes>) -> Result<(), Error> {
+    if code == 0 { Ok(()) } else { Err(Error::kafka(api, code, message)) }
+}
+
+/// A Kafka error code's name in Kafka's spelling (`UNKNOWN_TOPIC_OR_PARTITION`) and its
+/// description.
+pub fn error_name(code: i16) -> (String, String) {
+    match ResponseError::try_from_code(code) {
+        None => ("NONE".into(), String::new()),
+        Some(ResponseError::Unknown(code)) => {
+            (format!("UNKNOWN_ERROR_CODE_{code}"), "an error code this client does not know".into())
+        }
+        Some(error) => {
+            let camel = format!("{error:?}");
+            let mut name = String::with_capacity(camel.len() + 8);
+            for (i, c) in camel.chars().enumerate() {
+                if c.is_ascii_uppercase() && i > 0 {
+                    name.push('_');
+                }
+                name.push(c.to_ascii_uppercase());
+            }
+            (name, error.to_string())
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// HOST:PORT of one or more brokers.
+    pub bootstrap: Vec<String>,
+    pub client_id: String,
+    /// How long a request may wait for its response.
+    pub request_timeout: Duration,
+}
+
+impl ClientConfig {
+    pub fn new(bootstrap: &str) -> Self {
+        Self {
+            bootstrap: bootstrap.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+            client_id: "corelog".into(),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A broker as metadata names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerInfo {
+    pub node_id: i32,
+    pub host: String,
+    pub port: i32,
+    pub rack: Option<String>,
+}
+
+impl BrokerInfo {
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionInfo {
+    pub partition: i32,
+    pub leader: i32,
+    pub leader_epoch: i32,
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+    pub error_code: i16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    pub name: String,
+    /// The topic id as Kafka prints it (UUID), empty when the broker sends none.
+    pub id: String,
+    pub internal: bool,
+    pub partitions: Vec<PartitionInfo>,
+    pub error_code: i16,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ClusterInfo {
+    pub cluster_id: Option<String>,
+    pub controller: i32,
+    pub brokers: BTreeMap<i32, BrokerInfo>,
+    pub topics: BTreeMap<String, TopicInfo>,
+}
+
+/// The cluster as seen from one client: a connection per broker, made when first needed.
+pub struct Client {
+    config: ClientConfig,
+    /// The connection bootstrap found, used for cluster-wide requests.
+    bootstrap: RefCell<Option<Rc<Connection>>>,
+    by_node: RefCell<HashMap<i32, Rc<Connection>>>,
+    metadata: RefCell<ClusterInfo>,
+}
+
+impl Client {
+    /// Connects to the first bootstrap broker that answers and reads the cluster's brokers.
+    pub async fn connect(config: ClientConfig) -> Result<Self, Error> {
+        if config.bootstrap.is_empty() {
+            return Err(Error::Invalid("no broker address given".into()));
+        }
+        let client = Self {
+            config,
+            bootstrap: RefCell::new(None),
+            by_node: RefCell::new(HashMap::new()),
+            metadata: RefCell::new(ClusterInfo::default()),
+        };
+        client.any_broker().await?;
+        client.metadata(Some(&[])).await?;
+        Ok(client)
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// A live connection to some broker (the bootstrap one while it works).
+    pub async fn any_broker(&self) -> Result<Rc<Connection>, Error> {
+        if let Some(connection) = self.bootstrap.borrow().as_ref().filter(|c| !c.is_broken()) {
+            return Ok(Rc::clone(connection));
+        }
+        let known: Vec<String> = self.metadata.borrow().brokers.values().map(BrokerInfo::address).collect();
+        let mut failures = Vec::new();
+        for address in self.config.bootstrap.iter().chain(known.iter()) {
+            match Connection::connect(address, &self.config.client_id, self.config.request_timeout).await {
+                Ok(connection) => {
+                    *self.bootstrap.borrow_mut() = Some(Rc::clone(&connection));
+                    return Ok(connection);
+                }
+                Err(error) => failures.push(error.to_string()),
+            }
+        }
+        Err(Error::NoBroker(failures.join("; ")))
+    }
+
+    /// A live connection to broker `node_id` (as metadata last named it).
+    pub async fn broker(&self, node_id: i32) -> Result<Rc<Connection>, Error> {
+        if let Some(connection) = self.by_node.borrow().get(&node_id).filter(|c| !c.is_broken()) {
+            return Ok(Rc::clone(connection));
+        }
+        let known = self.metadata.borrow().brokers.get(&node_id).cloned();
+        let broker = match known {
+            Some(broker) => broker,
+            None => {
+                self.metadata(Some(&[])).await?;
+                self.metadata
+                    .borrow()
+                    .brokers
+                    .get(&node_id)
+                    .cloned()
+                    .ok_or_else(|| Error::Invalid(format!("broker {node_id} is not in the cluster's metadata")))?
+            }
+        };
+        let connection =
+            Connection::connect(&broker.address(), &self.config.client_id, self.config.request_timeout).await?;
+        self.by_node.borrow_mut().insert(node_id, Rc::clone(&connection));
+        Ok(connection)
+    }
+
+    /// The cluster's controller (where topic changes go).
+    pub async fn controller(&self) -> Result<Rc<Connection>, Error> {
+        let controller = self.metadata.borrow().controller;
+        if controller < 0 { self.any_broker().await } else { self.broker(controller).await }
+    }
+
+    /// Metadata for `topics` (None: every topic; an empty slice: brokers only). Updates
+    /// what the client knows and returns it.
+    pub async fn metadata(&self, topics: Option<&[String]>) -> Result<ClusterInfo, Error> {
+        let request =
+            MetadataRequest::default().with_allow_auto_topic_creation(false).with_topics(topics.map(|names| {
+                names
+                    .iter()
+                    .map(|n| {
+                        MetadataRequestTopic::default().with_name(Some(TopicName(StrBytes::from_string(n.clone()))))
+                    })
+                    .collect()
+            }));
+        let response: MetadataResponse = self.any_broker().await?.send(request).await?;
+        check("Metadata", response.error_code, None)?;
+        let mut info = self.metadata.borrow_mut();
+        info.cluster_id = response.cluster_id.as_ref().map(ToString::to_string);
+        info.controller = response.controller_id.0;
+        info.brokers = response
+            .brokers
+            .iter()
+            .map(|b| {
+                let broker = BrokerInfo {
+                    node_id: b.node_id.0,
+                    host: b.host.to_string(),
+                    port: b.port,
+                    rack: b.rack.as_ref().map(ToString::to_string),
+                };
+                (broker.node_id, broker)
+            })
+            .collect();
+        if topics.is_none() {
+            info.topics.clear();
+        }
+        for topic in &response.topics {
+            let Some(name) = topic.name.as_ref().map(|n| n.0.to_string()) else { continue };
+            let mut partitions: Vec<PartitionInfo> = topic
+                .partitions
+                .iter()
+                .map(|p| PartitionInfo {
+                    partition: p.partition_index,
+                    leader: p.leader_id.0,
+                    leader_epoch: p.leader_epoch,
+                    replicas: p.replica_nodes.iter().map(|n| n.0).collect(),
+                    isr: p.isr_nodes.iter().map(|n| n.0).collect(),
+                    error_code: p.error_code,
+                })
+                .collect();
+            partitions.sort_by_key(|p| p.partition);
+            let id = if topic.topic_id.is_nil() { String::new() } else { topic.topic_id.to_string() };
+            let topic = TopicInfo {
+                name: name.clone(),
+                id,
+                internal: topic.is_internal,
+                partitions,
+                error_code: topic.error_code,
+            };
+            info.topics.insert(name, topic);
+        }
+        Ok(info.clone())
+    }
+
+    /// One topic's metadata; UNKNOWN_TOPIC_OR_PARTITION if it does not exist.
+    pub async fn topic(&self, name: &str) -> Result<TopicInfo, Error> {
+        let info = self.metadata(Some(&[name.to_string()])).await?;
+        let topic = info.topics.get(name).cloned().ok_or_else(|| Error::kafka("Metadata", 3, None))?;
+        check("Metadata", topic.error_code, None)?;
+        Ok(topic)
+    }
+}

@@ -1,0 +1,129 @@
+//! `corelog topic …` end to end: the real binary against a real broker, checked through its
+//! JSON output and, independently, through librdkafka (what a Kafka client sees).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
+mod common;
+
+use std::process::Command;
+
+use common::kafka::{Node, flush, producer, send, topic_partitions, watermarks};
+use rdkafka::producer::BaseRecord;
+use serde_json::Value;
+
+/// Runs `corelog topic ARGS --brokers ADDRESS`: (exit code, stdout, stderr).
+fn topic(address: &str, args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_corelog"))
+        .arg("topic")
+        .args(args)
+        .args(["--brokers", address, "--timeout", "10"])
+        .output()
+        .unwrap();
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).unwrap();
+    (output.status.code().unwrap_or(-1), text(output.stdout), text(output.stderr))
+}
+
+fn json(address: &str, args: &[&str]) -> Value {
+    let mut with_format = args.to_vec();
+    with_format.extend(["--format", "json"]);
+    let (code, out, err) = topic(address, &with_format);
+    assert_eq!(code, 0, "corelog topic {args:?}: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("corelog topic {args:?} printed no JSON ({e}): {out}"))
+}
+
+#[test]
+fn topics_are_created_listed_described_changed_trimmed_and_deleted() {
+    let node = Node::new("");
+    let (broker, address) = node.start();
+
+    // Create, with a config; a second create of the same name is refused with its Kafka name.
+    let created = json(&address, &["create", "orders", "payments", "-p", "3", "-c", "retention.ms=3600000"]);
+    assert_eq!(created, serde_json::json!([{"topic": "orders", "error": null}, {"topic": "payments", "error": null}]));
+    assert_eq!(topic_partitions(&address, "orders"), Ok(3), "librdkafka sees the new topic");
+    let (code, out, err) = topic(&address, &["create", "orders"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("TOPIC_ALREADY_EXISTS"), "{out}");
+    assert_eq!(err.lines().count(), 1, "one line per refusal: {err}");
+    assert!(err.contains("TOPIC_ALREADY_EXISTS") && err.contains("what to do"), "{err}");
+    let (code, _, err) = topic(&address, &["create", "bad/name"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("INVALID_TOPIC_EXCEPTION"), "{err}");
+
+    // List: internal topics only on request; the table names every topic.
+    let listed = json(&address, &["list"]);
+    let names: Vec<&str> = listed.as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["orders", "payments"]);
+    assert_eq!(listed[0]["partitions"], 3);
+    let all = json(&address, &["list", "--internal"]);
+    assert!(all.as_array().unwrap().iter().any(|t| t["name"] == "__consumer_offsets" && t["internal"] == true));
+    let (code, table, _) = topic(&address, &["list"]);
+    assert_eq!(code, 0);
+    assert!(table.starts_with("NAME") && table.contains("orders") && table.contains("payments"), "{table}");
+
+    // Data in partition 1, then describe: offsets, leaders, the config and where it comes from.
+    let producer = producer(&address, &[]);
+    for i in 0..10u32 {
+        send(
+            &producer,
+            BaseRecord::with_opaque_to("orders", i as usize).partition(1).payload(&i.to_be_bytes()[..]).key(&b"k"[..]),
+        );
+    }
+    flush(&producer);
+    let described = json(&address, &["describe", "orders"]);
+    assert_eq!(described["partitions"].as_array().unwrap().len(), 3);
+    assert_eq!(described["partitions"][1]["high_watermark"], 10);
+    assert_eq!(described["partitions"][1]["log_start_offset"], 0);
+    assert_eq!(described["partitions"][0]["high_watermark"], 0);
+    assert_eq!(described["partitions"][1]["leader"], 0);
+    let config = |described: &Value, key: &str| {
+        described["configs"].as_array().unwrap().iter().find(|c| c["name"] == key).cloned().unwrap()
+    };
+    assert_eq!(config(&described, "retention.ms")["value"], "3600000");
+    assert_eq!(config(&described, "retention.ms")["source"], "DYNAMIC_TOPIC_CONFIG");
+
+    // Alter: set one key, reset another to its default.
+    json(&address, &["alter-config", "orders", "--set", "retention.bytes=1048576", "--delete", "retention.ms"]);
+    let described = json(&address, &["describe", "orders"]);
+    assert_eq!(config(&described, "retention.bytes")["value"], "1048576");
+    assert_eq!(config(&described, "retention.ms")["source"], "DEFAULT_CONFIG");
+    let (code, _, err) = topic(&address, &["alter-config", "orders", "--set", "retention.ms=soon"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("INVALID_CONFIG"), "{err}");
+
+    // Add partitions: 3 + 2.
+    let grown = json(&address, &["add-partitions", "orders", "-n", "2"]);
+    assert_eq!((grown["partitions_before"].as_i64(), grown["partitions"].as_i64()), (Some(3), Some(5)));
+    assert_eq!(topic_partitions(&address, "orders"), Ok(5));
+
+    // Trim: records before offset 4 of partition 1 go; librdkafka sees the new log start.
+    let trimmed = json(&address, &["trim", "orders", "--offset", "4", "--partitions", "1"]);
+    assert_eq!(trimmed["partitions"], serde_json::json!([{"partition": 1, "log_start_offset": 4, "error": null}]));
+    assert_eq!(watermarks(&address, "orders", 1), (4, 10));
+    let trimmed = json(&address, &["trim", "orders", "--offset", "end"]);
+    assert_eq!(trimmed["partitions"].as_array().unwrap().len(), 5);
+    assert_eq!(watermarks(&address, "orders", 1), (10, 10));
+    let (code, _, err) = topic(&address, &["trim", "orders", "--offset", "99", "--partitions", "1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("OFFSET_OUT_OF_RANGE"), "{err}");
+
+    // Delete: a missing topic is refused by name, the rest are deleted.
+    let (code, out, err) = topic(&address, &["delete", "payments", "nope", "--format", "json"]);
+    assert_eq!(code, 1, "{err}");
+    let deleted: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(deleted[0], serde_json::json!({"topic": "payments", "error": null}));
+    assert_eq!(deleted[1]["error"]["name"], "UNKNOWN_TOPIC_OR_PARTITION");
+    assert!(err.contains("nope") && err.contains("UNKNOWN_TOPIC_OR_PARTITION"), "{err}");
+    let names: Vec<String> =
+        json(&address, &["list"]).as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(names, ["orders"]);
+    let (code, _, err) = topic(&address, &["describe", "payments"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("UNKNOWN_TOPIC_OR_PARTITION"), "{err}");
+
+    // Usage errors exit 2; nothing listening exits 3 with a hint.
+    let (code, _, err) = topic(&address, &["alter-config", "orders"]);
+    assert_eq!(code, 2, "{err}");
+    broker.stop();
+    let (code, _, err) = topic(&address, &["list"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("is the broker running"), "{err}");
+}
