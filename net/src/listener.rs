@@ -106,12 +106,17 @@ pub fn check_address_free(address: SocketAddr) -> std::io::Result<()> {
         return Ok(());
     };
     let probe = if address.ip().is_unspecified() {
-        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), address.port())
+        let loopback: std::net::IpAddr =
+            if address.is_ipv6() { std::net::Ipv6Addr::LOCALHOST.into() } else { std::net::Ipv4Addr::LOCALHOST.into() };
+        SocketAddr::new(loopback, address.port())
     } else {
         address
     };
+    // Only a refusal proves nobody listens: a listener with a full backlog lets the probe
+    // time out instead.
+    let refused = |result: std::io::Result<std::net::TcpStream>| matches!(result, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused);
     if error.kind() == std::io::ErrorKind::AddrInUse
-        && std::net::TcpStream::connect_timeout(&probe, std::time::Duration::from_secs(1)).is_err()
+        && refused(std::net::TcpStream::connect_timeout(&probe, std::time::Duration::from_secs(1)))
     {
         tracing::info!(%address, "the port is held only by connections of a previous process: binding it");
         return Ok(());

@@ -87,7 +87,8 @@ pub fn route(state: &AdminState, method: &str, url: &str, body: &str) -> Answer 
             Answer::json(200, &json!([broker]))
         }
         ("GET", "/v1/partitions") => {
-            let topic = query.split('&').find_map(|pair| pair.strip_prefix("topic="));
+            let topic = query.split('&').find_map(|pair| pair.strip_prefix("topic=")).map(percent_decode);
+            let topic = topic.as_deref();
             let collected = state.hub.collect(SHARD_ANSWER_TIMEOUT);
             if !collected.all_up() {
                 let (down, starting) = (&collected.down, &collected.starting);
@@ -168,9 +169,15 @@ fn serve(server: &tiny_http::Server, state: &AdminState, stop: &AtomicBool) {
         let url = request.url().to_string();
         let mut body = String::new();
         if method == "PUT" || method == "POST" {
-            let read = request.as_reader().take(BODY_BYTES_MAX).read_to_string(&mut body);
+            // One byte more than allowed tells an oversized body from one that just fits.
+            let read = request.as_reader().take(BODY_BYTES_MAX + 1).read_to_string(&mut body);
             if let Err(error) = read {
                 let answer = Answer::error(400, format!("unreadable request body: {error}"));
+                respond(request, answer, &method, &url);
+                continue;
+            }
+            if body.len() as u64 > BODY_BYTES_MAX {
+                let answer = Answer::error(413, format!("the request body is over {BODY_BYTES_MAX} bytes"));
                 respond(request, answer, &method, &url);
                 continue;
             }
@@ -190,5 +197,42 @@ fn respond(request: tiny_http::Request, answer: Answer, method: &str, url: &str)
     }
     if let Err(error) = request.respond(response) {
         tracing::debug!(%error, method, url, "admin API: the response could not be written");
+    }
+}
+
+/// `%XX` escapes (and `+` for a space) of a query value decoded; malformed escapes are kept.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(high), Some(low)) => {
+                    out.push((high * 16 + low) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod percent_tests {
+    use super::percent_decode;
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(percent_decode("orders%2Eeu"), "orders.eu");
+        assert_eq!(percent_decode("a+b%20c"), "a b c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz1"), "%zz1");
     }
 }

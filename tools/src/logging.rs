@@ -28,10 +28,26 @@ impl LogControl {
     pub fn set(&self, directive: &str) -> Result<(), String> {
         let directive = directive.trim();
         let filter = EnvFilter::try_new(directive).map_err(|e| format!("invalid log filter {directive:?}: {e}"))?;
+        let most_verbose = filter.max_level_hint();
         self.handle.reload(filter).map_err(|e| format!("cannot change the log filter: {e}"))?;
+        // The `log` crate (glommio) has its own ceiling, set once at start: move it too.
+        log::set_max_level(log_level(most_verbose));
         *self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = directive.to_string();
         tracing::info!(filter = directive, "log filter changed");
         Ok(())
+    }
+}
+
+/// The `log` ceiling matching a `tracing` one (None: no hint, everything may pass).
+fn log_level(level: Option<tracing_subscriber::filter::LevelFilter>) -> log::LevelFilter {
+    use tracing_subscriber::filter::LevelFilter;
+    match level {
+        Some(LevelFilter::OFF) => log::LevelFilter::Off,
+        Some(LevelFilter::ERROR) => log::LevelFilter::Error,
+        Some(LevelFilter::WARN) => log::LevelFilter::Warn,
+        Some(LevelFilter::INFO) => log::LevelFilter::Info,
+        Some(LevelFilter::DEBUG) => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
     }
 }
 

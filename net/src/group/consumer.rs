@@ -150,6 +150,8 @@ pub struct ConsumerGroup {
     written: Written,
     /// Members changed (or removed) since records were last taken.
     touched: BTreeSet<String>,
+    /// After a failed write: no records are taken for the group before this time.
+    held_until_ms: i64,
 }
 
 /// A group as its records describe it.
@@ -194,6 +196,7 @@ impl ConsumerGroup {
             metadata_hash: 0,
             written: Written::default(),
             touched: BTreeSet::new(),
+            held_until_ms: i64::MIN,
         }
     }
 
@@ -623,6 +626,22 @@ pub struct ConsumerCoordinator {
     /// Groups removed since records were last taken, with their `__consumer_offsets`
     /// partition and what their records say (they become tombstones).
     removed: Vec<(String, i32, Written)>,
+    /// Tombstones whose write failed: taken again (unless their member or group is back).
+    failed_tombstones: Vec<(i32, ConsumerRecord)>,
+    /// The id of every topic, to notice one deleted and created again under its name.
+    topic_ids: BTreeMap<String, TopicId>,
+}
+
+/// How long a group whose records failed to be written waits before they are tried again.
+const REWRITE_BACKOFF_MS: i64 = 1_000;
+
+/// What [`ConsumerCoordinator::take_records_at`] returns.
+#[derive(Debug, Default)]
+pub struct Taken {
+    pub records: Vec<(i32, ConsumerRecord)>,
+    /// Groups with changes not taken because an earlier write failed (their state is not
+    /// durable: their heartbeats must not be answered as if it were).
+    pub held: BTreeSet<String>,
 }
 
 impl ConsumerCoordinator {
@@ -635,6 +654,47 @@ impl ConsumerCoordinator {
             next_member_seq: 0,
             dirty: BTreeSet::new(),
             removed: Vec::new(),
+            failed_tombstones: Vec::new(),
+            topic_ids: BTreeMap::new(),
+        }
+    }
+
+    /// The topics' ids. A topic whose id changed (deleted and created again under the same
+    /// name, perhaps with the same partition count) is another topic: groups subscribed to
+    /// it get a new epoch, and their records are written again (they name topics by id).
+    pub fn set_topic_ids(&mut self, ids: BTreeMap<String, TopicId>) {
+        let replaced: BTreeSet<String> = ids
+            .iter()
+            .filter(|(name, id)| self.topic_ids.get(*name).is_some_and(|old| old != *id))
+            .map(|(name, _)| name.clone())
+            .collect();
+        self.topic_ids = ids;
+        if replaced.is_empty() {
+            return;
+        }
+        let affected: Vec<String> = self
+            .groups
+            .values()
+            .filter(|g| g.members.values().any(|m| m.subscribed.iter().any(|t| replaced.contains(t))))
+            .map(|g| g.id.clone())
+            .collect();
+        for group_id in affected {
+            self.rewrite(&group_id);
+            if let Some(group) = self.groups.get_mut(&group_id) {
+                group.epoch += 1;
+                // The old topic's partitions are gone: nobody owns, or must give up, them.
+                for member in group.members.values_mut() {
+                    for topic in &replaced {
+                        member.assigned.remove(topic);
+                        member.pending_revocation.remove(topic);
+                    }
+                }
+                for target in group.target.values_mut() {
+                    for topic in &replaced {
+                        target.remove(topic);
+                    }
+                }
+            }
         }
     }
 
@@ -642,19 +702,56 @@ impl ConsumerCoordinator {
     /// to date with what changed since the last call. They must be appended in this order,
     /// before anything taken later.
     pub fn take_records(&mut self, topic_id: &dyn Fn(&str) -> Option<TopicId>) -> Vec<(i32, ConsumerRecord)> {
-        let mut taken = Vec::new();
+        self.take_records_at(topic_id, i64::MAX).records
+    }
+
+    /// Like [`Self::take_records`], but groups held back after a failed write (until a time
+    /// after `now_ms`) stay pending.
+    pub fn take_records_at(&mut self, topic_id: &dyn Fn(&str) -> Option<TopicId>, now_ms: i64) -> Taken {
+        let mut taken = Taken::default();
         let mut records = Vec::new();
-        for (group, partition, written) in std::mem::take(&mut self.removed) {
-            group_tombstones(&group, &written, &mut records);
-            taken.extend(records.drain(..).map(|r| (partition, r)));
-        }
-        for group_id in std::mem::take(&mut self.dirty) {
-            if let Some(group) = self.groups.get_mut(&group_id) {
-                group.take_records(topic_id, &mut records);
-                taken.extend(records.drain(..).map(|r| (group.partition, r)));
+        for (partition, tombstone) in std::mem::take(&mut self.failed_tombstones) {
+            let group = self.groups.get(tombstone.group());
+            let back = match &tombstone {
+                ConsumerRecord::GroupEpoch { .. } | ConsumerRecord::TargetEpoch { .. } => group.is_some(),
+                ConsumerRecord::MemberMetadata { member_id, .. }
+                | ConsumerRecord::TargetMember { member_id, .. }
+                | ConsumerRecord::CurrentAssignment { member_id, .. } => {
+                    group.is_some_and(|g| g.members.contains_key(member_id))
+                }
+            };
+            if !back {
+                taken.records.push((partition, tombstone));
             }
         }
+        for (group, partition, written) in std::mem::take(&mut self.removed) {
+            group_tombstones(&group, &written, &mut records);
+            taken.records.extend(records.drain(..).map(|r| (partition, r)));
+        }
+        for group_id in std::mem::take(&mut self.dirty) {
+            let Some(group) = self.groups.get_mut(&group_id) else { continue };
+            if group.held_until_ms > now_ms {
+                taken.held.insert(group_id);
+                continue;
+            }
+            group.take_records(topic_id, &mut records);
+            taken.records.extend(records.drain(..).map(|r| (group.partition, r)));
+        }
+        self.dirty.extend(taken.held.iter().cloned());
         taken
+    }
+
+    /// Records that could not be made durable: their groups are written whole again after a
+    /// pause, and their tombstones are taken again.
+    pub fn write_failed(&mut self, records: Vec<(i32, ConsumerRecord)>, now_ms: i64) {
+        let groups: BTreeSet<String> = records.iter().map(|(_, r)| r.group().to_string()).collect();
+        for group in groups {
+            self.rewrite(&group);
+            if let Some(group) = self.groups.get_mut(&group) {
+                group.held_until_ms = now_ms + REWRITE_BACKOFF_MS;
+            }
+        }
+        self.failed_tombstones.extend(records.into_iter().filter(|(_, r)| r.is_tombstone()));
     }
 
     /// What the records taken so far say about the groups of one `__consumer_offsets`
@@ -1526,5 +1623,60 @@ mod tests {
             .collect();
         let r = restarted(&log_before_expiry, &grown, &[]);
         assert_eq!(r.group("g").unwrap().epoch, epoch + 1);
+    }
+
+    #[test]
+    fn a_topic_created_again_under_its_name_is_a_new_topic_for_the_group() {
+        let mut c = ConsumerCoordinator::new(ConsumerConfig::default(), "t".into());
+        let parts = topics(2);
+        c.set_topic_ids(BTreeMap::from([("t".to_string(), [1; 16])]));
+        let a = c.heartbeat(heartbeat("a", 0, None), 0, &parts, 0);
+        c.heartbeat(heartbeat("a", a.member_epoch, a.assignment.as_ref()), 0, &parts, 10);
+        let old_ids = |id| move |_: &str| Some(id);
+        c.take_records(&old_ids([1; 16]));
+        let epoch = c.group("g").unwrap().epoch;
+
+        c.set_topic_ids(BTreeMap::from([("t".to_string(), [2; 16])]));
+        assert_eq!(c.group("g").unwrap().epoch, epoch + 1);
+        assert!(c.group("g").unwrap().members["a"].assigned.is_empty(), "the old topic's partitions are gone");
+        // Every record is written again, naming the new topic.
+        let records = c.take_records(&old_ids([2; 16]));
+        assert!(records.iter().any(|(_, r)| matches!(r, ConsumerRecord::MemberMetadata { value: Some(_), .. })));
+        // The member gets the new topic's partitions at its next heartbeat.
+        let again = c.heartbeat(heartbeat("a", a.member_epoch, Some(&Assignment::new())), 0, &parts, 20);
+        assert_eq!(count(again.assignment.as_ref().unwrap()), 2);
+        let records = c.take_records(&old_ids([2; 16]));
+        let current = records.iter().find_map(|(_, r)| match r {
+            ConsumerRecord::CurrentAssignment { value: Some(v), .. } => Some(v.assigned.clone()),
+            _ => None,
+        });
+        assert_eq!(current.unwrap(), vec![([2; 16], vec![0, 1])]);
+    }
+
+    #[test]
+    fn a_group_whose_records_failed_is_held_then_written_whole() {
+        let mut c = ConsumerCoordinator::new(ConsumerConfig::default(), "t".into());
+        let parts = topics(2);
+        c.heartbeat(heartbeat("a", 0, None), 0, &parts, 0);
+        c.heartbeat(heartbeat("b", 0, None), 0, &parts, 0);
+        let first = c.take_records_at(&topic_id, 0);
+        assert!(first.held.is_empty());
+        // The write failed; b leaves meanwhile (its tombstones must not be lost either).
+        c.write_failed(first.records, 0);
+        c.heartbeat(heartbeat("b", LEAVE, None), 0, &parts, 10);
+        let held = c.take_records_at(&topic_id, 500);
+        assert!(held.records.is_empty() && held.held.contains("g"), "{held:?}");
+        let again = c.take_records_at(&topic_id, 1_000);
+        assert!(again.held.is_empty());
+        let members: BTreeSet<&str> = again
+            .records
+            .iter()
+            .filter_map(|(_, r)| match r {
+                ConsumerRecord::MemberMetadata { member_id, value: Some(_), .. } => Some(member_id.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(members, BTreeSet::from(["a"]), "the group is written whole, without b");
+        assert!(c.group("g").unwrap().written.members.contains_key("a"));
     }
 }

@@ -16,7 +16,7 @@ pub mod consumer_store;
 pub mod store;
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ use futures_channel::oneshot;
 use classic::{Committed, Coordinator, CoordinatorConfig, Effects, JoinOutcome, JoinRequest, MemberRef, Reply};
 use classic::{SyncOutcome, SyncRequest, Ticket, error_code};
 use consumer::{ConsumerCoordinator, HeartbeatOutcome, HeartbeatRequest};
+use consumer_store::ConsumerRecord;
 use store::{OffsetValue, StoredRecord};
 
 use crate::registry::Registry;
@@ -37,6 +38,14 @@ pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 /// Records per batch of a group state snapshot (offset records are ~100 bytes: batches stay
 /// far below `max.message.bytes`).
 const SNAPSHOT_BATCH_RECORDS: usize = 2_000;
+
+/// Bytes per batch of group records written together (far below `max.message.bytes`).
+const CONSUMER_BATCH_BYTES: usize = 256 << 10;
+/// A record's framing in a batch, at most (length, attributes, deltas, key and value lengths).
+const RECORD_OVERHEAD_BYTES: usize = 32;
+/// The most bytes of topic names (and expression) one member may subscribe with: its
+/// metadata record must fit a batch.
+const SUBSCRIPTION_BYTES_MAX: usize = 64 << 10;
 
 /// How often the coordinator checks session timeouts and rebalance deadlines.
 const TICK: Duration = Duration::from_millis(20);
@@ -419,35 +428,29 @@ impl GroupService {
             if records_held < 2 * live {
                 return;
             }
-            let mut batches: Vec<Vec<StoredRecord>> =
-                consumer_records.chunks(SNAPSHOT_BATCH_RECORDS).map(<[StoredRecord]>::to_vec).collect();
+            let mut all = consumer_records;
             let written = self.written_groups.borrow();
             for group in groups {
                 if let Some(record) = written.get(&group.id) {
                     if record.check_encodable().is_err() {
                         tracing::warn!(group = %group.id, "group record not snapshotted: a string is too long");
                     } else {
-                        batches.push(vec![record.clone()]);
+                        all.push(record.clone());
                     }
                 }
-                let offsets: Vec<StoredRecord> = group
-                    .offsets
-                    .iter()
-                    .map(|((topic, index), c)| StoredRecord::Offset {
-                        group: group.id.clone(),
-                        topic: topic.clone(),
-                        partition: *index,
-                        value: Some(OffsetValue {
-                            offset: c.offset,
-                            leader_epoch: c.leader_epoch,
-                            metadata: c.metadata.clone(),
-                            commit_timestamp_ms: c.commit_timestamp_ms,
-                        }),
-                    })
-                    .collect();
-                batches.extend(offsets.chunks(SNAPSHOT_BATCH_RECORDS).map(<[StoredRecord]>::to_vec));
+                all.extend(group.offsets.iter().map(|((topic, index), c)| StoredRecord::Offset {
+                    group: group.id.clone(),
+                    topic: topic.clone(),
+                    partition: *index,
+                    value: Some(OffsetValue {
+                        offset: c.offset,
+                        leader_epoch: c.leader_epoch,
+                        metadata: c.metadata.clone(),
+                        commit_timestamp_ms: c.commit_timestamp_ms,
+                    }),
+                }));
             }
-            (batches, live)
+            (batches_by_bytes(all), live)
         };
         let now_ms = corelog_engine::now_ms();
         let mut start = None;
@@ -606,8 +609,10 @@ impl GroupService {
 
     /// ConsumerGroupHeartbeat (KIP-848). Answers once what changed is durable.
     pub async fn consumer_heartbeat(&self, request: HeartbeatRequest, partition: i32) -> HeartbeatOutcome {
+        let group_id = request.group_id.clone();
         let mut outcome = self.consumer_heartbeat_in_memory(request, partition);
-        if self.persist_consumer_changes().await.is_err() && outcome.error_code == error_code::NONE {
+        let not_durable = self.persist_consumer_changes().await;
+        if not_durable.contains(&group_id) && outcome.error_code == error_code::NONE {
             outcome = HeartbeatOutcome {
                 error_code: error_code::COORDINATOR_NOT_AVAILABLE,
                 error_message: Some("the group state could not be written".into()),
@@ -624,6 +629,17 @@ impl GroupService {
         let strings_ok = strings_fit(&[&request.group_id, &request.member_id, &request.client_id])
             && optional.iter().all(|s| s.as_deref().is_none_or(|s| strings_fit(&[s])))
             && request.subscribed_topics.iter().flatten().all(|t| strings_fit(&[t]));
+        let subscription_bytes = request.subscribed_topics.iter().flatten().map(String::len).sum::<usize>()
+            + request.subscribed_regex.as_deref().map_or(0, str::len);
+        if subscription_bytes > SUBSCRIPTION_BYTES_MAX {
+            return HeartbeatOutcome {
+                error_code: error_code::INVALID_REQUEST,
+                error_message: Some(format!("the subscription is over {SUBSCRIPTION_BYTES_MAX} bytes of topic names")),
+                member_id: request.member_id,
+                member_epoch: -1,
+                ..Default::default()
+            };
+        }
         if !strings_ok {
             return HeartbeatOutcome {
                 error_code: error_code::INVALID_REQUEST,
@@ -653,8 +669,13 @@ impl GroupService {
         if self.consumer_topics_version.replace(version) == version {
             return;
         }
-        let names = self.registry.snapshot().keys().filter(|name| *name != OFFSETS_TOPIC).cloned().collect();
-        self.consumers.borrow_mut().set_topic_names(names);
+        let topics = self.registry.snapshot();
+        let names = topics.keys().filter(|name| *name != OFFSETS_TOPIC).cloned().collect();
+        let ids =
+            topics.values().filter_map(|t| Some((t.name.clone(), crate::registry::parse_hex_id(&t.id)?))).collect();
+        let mut consumers = self.consumers.borrow_mut();
+        consumers.set_topic_names(names);
+        consumers.set_topic_ids(ids);
     }
 
     /// A consumer-protocol group as ConsumerGroupDescribe shows it.
@@ -691,7 +712,7 @@ impl GroupService {
             return error_code::NON_EMPTY_GROUP;
         }
         self.consumers.borrow_mut().remove_group(group_id);
-        if self.persist_consumer_changes().await.is_err() {
+        if self.persist_consumer_changes().await.contains(group_id) {
             return error_code::COORDINATOR_NOT_AVAILABLE;
         }
         let tombstones = match self.coordinator.borrow_mut().delete_group(group_id) {
@@ -765,67 +786,67 @@ impl GroupService {
     }
 
     /// Takes the consumer-protocol records of what changed and appends them at once (in the
-    /// order taken: nothing taken later can land before them); the future resolves when they
-    /// are durable. A group whose records failed is written whole next time.
-    fn persist_consumer_changes(&self) -> impl std::future::Future<Output = Result<(), ()>> + 'static {
+    /// order taken: nothing taken later can land before them), a batch per group cut at
+    /// [`CONSUMER_BATCH_BYTES`]. The future resolves, once they are durable, to the groups
+    /// whose changes are not (their write failed: they are written whole again after a
+    /// pause; or they are held back by an earlier failure).
+    fn persist_consumer_changes(&self) -> impl std::future::Future<Output = BTreeSet<String>> + 'static {
+        let now_ms = corelog_engine::now_ms();
         let taken = {
             let topics = self.registry.snapshot();
             let topic_id = |name: &str| topics.get(name).and_then(|t| crate::registry::parse_hex_id(&t.id));
-            self.consumers.borrow_mut().take_records(&topic_id)
+            self.consumers.borrow_mut().take_records_at(&topic_id, now_ms)
         };
-        let mut by_partition: Vec<(i32, Vec<StoredRecord>)> = Vec::new();
-        for (partition, record) in taken {
-            let record = StoredRecord::Consumer(record);
-            if let Err(error) = record.check_encodable() {
+        let mut not_durable = taken.held;
+        // (partition, group, bytes, records)
+        type Batch = (i32, String, usize, Vec<(i32, ConsumerRecord)>);
+        let mut batches: Vec<Batch> = Vec::new();
+        for (partition, record) in taken.records {
+            let stored = StoredRecord::Consumer(record);
+            if let Err(error) = stored.check_encodable() {
                 tracing::warn!(%error, "consumer group record not written");
                 continue;
             }
-            match by_partition.last_mut() {
-                Some((p, records)) if *p == partition => records.push(record),
-                _ => by_partition.push((partition, vec![record])),
+            let size = stored.encode_key().len() + stored.encode_value().map_or(0, |v| v.len()) + RECORD_OVERHEAD_BYTES;
+            let StoredRecord::Consumer(record) = stored else { continue };
+            match batches.last_mut() {
+                Some((p, group, bytes, records))
+                    if *p == partition && group == record.group() && *bytes + size <= CONSUMER_BATCH_BYTES =>
+                {
+                    *bytes += size;
+                    records.push((partition, record));
+                }
+                _ => batches.push((partition, record.group().to_string(), size, vec![(partition, record)])),
             }
         }
-        let now_ms = corelog_engine::now_ms();
         let mut pending = Vec::new();
-        for (partition, records) in by_partition {
+        for (partition, group, _, records) in batches {
             let name = TopicPartition::new(OFFSETS_TOPIC, partition);
-            let groups: Vec<String> = records
-                .iter()
-                .filter_map(|r| match r {
-                    StoredRecord::Consumer(r) => Some(r.group().to_string()),
-                    _ => None,
-                })
-                .collect();
-            for chunk in records.chunks(SNAPSHOT_BATCH_RECORDS) {
-                let batch = BytesMut::from(&store::encode_batch(chunk, now_ms)[..]);
-                match self.log.append(&name, batch, now_ms) {
-                    Ok(appended) => pending.push((groups.clone(), Some(appended.durable))),
-                    Err(error) => {
-                        tracing::error!(%name, %error, "cannot append consumer group records");
-                        pending.push((groups.clone(), None));
-                    }
+            let stored: Vec<StoredRecord> = records.iter().map(|(_, r)| StoredRecord::Consumer(r.clone())).collect();
+            let batch = BytesMut::from(&store::encode_batch(&stored, now_ms)[..]);
+            match self.log.append(&name, batch, now_ms) {
+                Ok(appended) => pending.push((group, records, Some(appended.durable))),
+                Err(error) => {
+                    tracing::warn!(%name, %group, %error, "consumer group records not written: tried again in a second");
+                    pending.push((group, records, None));
                 }
             }
         }
         let this = self.this.clone();
         async move {
-            let mut result = Ok(());
-            for (groups, durable) in pending {
-                let failed = match durable {
-                    Some(durable) => durable.await.is_err(),
-                    None => true,
+            for (group, records, durable) in pending {
+                let written = match durable {
+                    Some(durable) => durable.await.is_ok(),
+                    None => false,
                 };
-                if failed {
-                    result = Err(());
+                if !written {
+                    not_durable.insert(group);
                     if let Some(this) = this.upgrade() {
-                        let mut consumers = this.consumers.borrow_mut();
-                        for group in &groups {
-                            consumers.rewrite(group);
-                        }
+                        this.consumers.borrow_mut().write_failed(records, corelog_engine::now_ms());
                     }
                 }
             }
-            result
+            not_durable
         }
     }
 
@@ -898,7 +919,7 @@ impl GroupService {
                 // Appended now, in order; nobody waits on them.
                 let written = self.persist_consumer_changes();
                 glommio::spawn_local(async move {
-                    let _ = written.await;
+                    written.await;
                 })
                 .detach();
             }
@@ -909,6 +930,27 @@ impl GroupService {
             }
         }
     }
+}
+
+/// `records` in order, in batches of at most [`SNAPSHOT_BATCH_RECORDS`] records and about
+/// [`CONSUMER_BATCH_BYTES`] bytes (a record larger than that is a batch of its own).
+fn batches_by_bytes(records: Vec<StoredRecord>) -> Vec<Vec<StoredRecord>> {
+    let mut batches: Vec<Vec<StoredRecord>> = Vec::new();
+    let mut batch_bytes = 0;
+    for record in records {
+        let size = record.encode_key().len() + record.encode_value().map_or(0, |v| v.len()) + RECORD_OVERHEAD_BYTES;
+        match batches.last_mut() {
+            Some(batch) if batch_bytes + size <= CONSUMER_BATCH_BYTES && batch.len() < SNAPSHOT_BATCH_RECORDS => {
+                batch_bytes += size;
+                batch.push(record);
+            }
+            _ => {
+                batch_bytes = size;
+                batches.push(vec![record]);
+            }
+        }
+    }
+    batches
 }
 
 /// The offset after the last whole batch in a read (None: no whole batch in it).
