@@ -129,8 +129,20 @@ impl Connection {
         Ok(decoded)
     }
 
+    /// Writes a request the broker does not answer (Produce with acks=0).
+    pub fn send_oneway<R: Request>(&self, request: &R) -> Result<(), Error> {
+        let version = self.version::<R>()?;
+        self.write(request, version, None)
+    }
+
     /// Writes the request; the receiver gets the response frame (header and body).
     fn start<R: Request>(&self, request: &R, version: i16) -> Result<oneshot::Receiver<Result<Bytes, Error>>, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.write(request, version, Some(tx))?;
+        Ok(rx)
+    }
+
+    fn write<R: Request>(&self, request: &R, version: i16, waiter: Option<Waiter>) -> Result<(), Error> {
         if self.broken.get() {
             return Err(Error::Closed);
         }
@@ -153,13 +165,14 @@ impl Connection {
             reason: "the request is larger than a frame holds".into(),
         })?;
         frame[..4].copy_from_slice(&size.to_be_bytes());
-        let (tx, rx) = oneshot::channel();
-        self.waiting.borrow_mut().insert(correlation_id, tx);
+        if let Some(waiter) = waiter {
+            self.waiting.borrow_mut().insert(correlation_id, waiter);
+        }
         if self.frames.unbounded_send(frame.to_vec()).is_err() {
             self.waiting.borrow_mut().remove(&correlation_id);
             return Err(Error::Closed);
         }
-        Ok(rx)
+        Ok(())
     }
 
     fn malformed(&self, key: i16, error: impl std::fmt::Display) -> Error {

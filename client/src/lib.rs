@@ -10,6 +10,9 @@
 
 pub mod admin;
 pub mod connection;
+pub mod consumer;
+pub mod producer;
+pub mod records;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -142,6 +145,8 @@ pub struct TopicInfo {
     pub name: String,
     /// The topic id as Kafka prints it (UUID), empty when the broker sends none.
     pub id: String,
+    /// The same id, as requests carry it (nil when the broker sends none).
+    pub uuid: uuid::Uuid,
     pub internal: bool,
     pub partitions: Vec<PartitionInfo>,
     pub error_code: i16,
@@ -286,6 +291,7 @@ impl Client {
             let topic = TopicInfo {
                 name: name.clone(),
                 id,
+                uuid: topic.topic_id,
                 internal: topic.is_internal,
                 partitions,
                 error_code: topic.error_code,

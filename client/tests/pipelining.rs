@@ -6,37 +6,12 @@ use std::time::Duration;
 
 use corelog_client::admin::NewTopic;
 use corelog_client::{Client, ClientConfig, Connection, Error};
-use corelog_net::server::{LocalBroker, ServerConfig};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{MetadataRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
-fn broker(dir: &std::path::Path) -> LocalBroker {
-    let config = ServerConfig {
-        node_id: 0,
-        data_dir: dir.to_path_buf(),
-        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        advertised: None,
-        cache_budget_bytes_per_shard: 16 << 20,
-        write_shape: Default::default(),
-        limits: Default::default(),
-        max_connections_per_shard: 100,
-        fetch_max_bytes: 55 << 20,
-        queued_max_request_bytes_per_shard: 64 << 20,
-        connections_per_sec_max_per_shard: None,
-        default_log: corelog_engine::log::LogConfig::default(),
-        num_partitions: 1,
-        auto_create_topics: false,
-        retention_check_interval: Duration::from_secs(300),
-        group: Default::default(),
-        offsets_topic_partitions: 4,
-    };
-    LocalBroker::start(config, 2).expect("start the broker")
-}
-
-fn run<T>(work: impl std::future::Future<Output = T>) -> T {
-    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().unwrap().run(work)
-}
+mod common;
+use common::{broker, run};
 
 fn metadata_for(topic: &str) -> MetadataRequest {
     MetadataRequest::default().with_topics(Some(vec![

@@ -1,0 +1,256 @@
+//! A consumer of assigned partitions: each poll sends one Fetch per leader (concurrently,
+//! long-polling up to `max_wait`), decodes the batches and moves each partition's position
+//! past what it returns. Starting points: earliest, latest, an offset, or a time
+//! (ListOffsets). A position out of range (records deleted under it) starts again from the
+//! earliest offset, as `auto.offset.reset=earliest` does.
+//!
+//! Sessionless fetches (KIP-227 session epoch -1): every request names every partition.
+//! Group membership is not here yet.
+//!
+//! Owner: one glommio executor thread.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::{BrokerId, FetchRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+
+use crate::admin::{EARLIEST, LATEST};
+use crate::records::{self, Record};
+use crate::{Client, Error, TopicInfo, check};
+
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    pub max_wait: Duration,
+    pub min_bytes: i32,
+    pub max_bytes: i32,
+    pub partition_max_bytes: i32,
+    /// 0 read uncommitted, 1 read committed.
+    pub isolation_level: i8,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        Self {
+            max_wait: Duration::from_millis(500),
+            min_bytes: 1,
+            max_bytes: 52_428_800,
+            partition_max_bytes: 1_048_576,
+            isolation_level: 0,
+        }
+    }
+}
+
+/// Where an assigned partition starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    Earliest,
+    Latest,
+    Offset(i64),
+    /// The first record at or after this time (ms).
+    Timestamp(i64),
+}
+
+/// (next offset to fetch, high watermark last seen or -1)
+type Position = (i64, i64);
+
+/// A record with where it came from.
+#[derive(Debug, Clone)]
+pub struct Consumed {
+    pub topic: Rc<str>,
+    pub partition: i32,
+    pub record: Record,
+}
+
+pub struct Consumer {
+    client: Rc<Client>,
+    config: ConsumerConfig,
+    topics: RefCell<BTreeMap<Rc<str>, TopicInfo>>,
+    /// Next offset to fetch, and the high watermark last seen.
+    positions: RefCell<BTreeMap<(Rc<str>, i32), Position>>,
+}
+
+impl Consumer {
+    pub fn new(client: Rc<Client>, config: ConsumerConfig) -> Self {
+        Self { client, config, topics: RefCell::new(BTreeMap::new()), positions: RefCell::new(BTreeMap::new()) }
+    }
+
+    /// Adds partitions of `topic` (all of them if `partitions` is empty) starting at `start`.
+    pub async fn assign(&self, topic: &str, partitions: &[i32], start: StartAt) -> Result<Vec<i32>, Error> {
+        let info = self.client.topic(topic).await?;
+        let all: Vec<i32> = info.partitions.iter().map(|p| p.partition).collect();
+        let wanted: Vec<i32> = if partitions.is_empty() { all.clone() } else { partitions.to_vec() };
+        if let Some(missing) = wanted.iter().find(|p| !all.contains(p)) {
+            return Err(Error::Invalid(format!("{topic} has no partition {missing}")));
+        }
+        let starts: BTreeMap<i32, i64> = match start {
+            StartAt::Offset(offset) => wanted.iter().map(|p| (*p, offset)).collect(),
+            StartAt::Earliest | StartAt::Latest | StartAt::Timestamp(_) => {
+                let timestamp = match start {
+                    StartAt::Earliest => EARLIEST,
+                    StartAt::Latest => LATEST,
+                    StartAt::Timestamp(ms) => ms,
+                    StartAt::Offset(_) => LATEST,
+                };
+                let mut starts = BTreeMap::new();
+                for (partition, offset) in self.client.list_offsets(topic, &wanted, timestamp).await? {
+                    let offset = offset?;
+                    // No record at or after the time: start at the end.
+                    let offset = if offset < 0 { self.latest(topic, partition).await? } else { offset };
+                    starts.insert(partition, offset);
+                }
+                starts
+            }
+        };
+        let name: Rc<str> = Rc::from(topic);
+        self.topics.borrow_mut().insert(Rc::clone(&name), info);
+        let mut positions = self.positions.borrow_mut();
+        for (partition, offset) in starts {
+            positions.insert((Rc::clone(&name), partition), (offset, -1));
+        }
+        Ok(wanted)
+    }
+
+    async fn latest(&self, topic: &str, partition: i32) -> Result<i64, Error> {
+        let offsets = self.client.list_offsets(topic, &[partition], LATEST).await?;
+        offsets.into_values().next().unwrap_or(Ok(0))
+    }
+
+    /// The next offset of an assigned partition, and the high watermark last seen (-1:
+    /// none yet).
+    pub fn position(&self, topic: &str, partition: i32) -> Option<(i64, i64)> {
+        self.positions.borrow().get(&(Rc::from(topic), partition)).copied()
+    }
+
+    /// True when every assigned partition has been read up to the high watermark last seen.
+    pub fn caught_up(&self) -> bool {
+        self.positions.borrow().values().all(|(next, high)| *high >= 0 && next >= high)
+    }
+
+    /// One round of fetches (a request per leader, concurrently): the records that came.
+    pub async fn poll(&self) -> Result<Vec<Consumed>, Error> {
+        let mut by_leader: BTreeMap<i32, Vec<(Rc<str>, i32, i64)>> = BTreeMap::new();
+        {
+            let topics = self.topics.borrow();
+            for ((topic, partition), (offset, _)) in self.positions.borrow().iter() {
+                let leader = topics
+                    .get(topic)
+                    .and_then(|t| t.partitions.iter().find(|p| p.partition == *partition))
+                    .map_or(-1, |p| p.leader);
+                by_leader.entry(leader).or_default().push((Rc::clone(topic), *partition, *offset));
+            }
+        }
+        let fetches = by_leader.into_iter().map(|(leader, wanted)| self.fetch(leader, wanted));
+        let mut consumed = Vec::new();
+        let mut first_error = None;
+        for result in futures_util::future::join_all(fetches).await {
+            match result {
+                Ok(records) => consumed.extend(records),
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        match first_error {
+            Some(error) if consumed.is_empty() => Err(error),
+            _ => Ok(consumed),
+        }
+    }
+
+    async fn fetch(&self, leader: i32, wanted: Vec<(Rc<str>, i32, i64)>) -> Result<Vec<Consumed>, Error> {
+        let mut topics: BTreeMap<Rc<str>, Vec<FetchPartition>> = BTreeMap::new();
+        for (topic, partition, offset) in &wanted {
+            topics.entry(Rc::clone(topic)).or_default().push(
+                FetchPartition::default()
+                    .with_partition(*partition)
+                    .with_fetch_offset(*offset)
+                    .with_current_leader_epoch(-1)
+                    .with_last_fetched_epoch(-1)
+                    .with_log_start_offset(-1)
+                    .with_partition_max_bytes(self.config.partition_max_bytes),
+            );
+        }
+        let ids: BTreeMap<Rc<str>, uuid::Uuid> =
+            self.topics.borrow().iter().map(|(name, info)| (Rc::clone(name), info.uuid)).collect();
+        let request = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(i32::try_from(self.config.max_wait.as_millis()).unwrap_or(i32::MAX))
+            .with_min_bytes(self.config.min_bytes)
+            .with_max_bytes(self.config.max_bytes)
+            .with_isolation_level(self.config.isolation_level)
+            .with_session_id(0)
+            .with_session_epoch(-1)
+            .with_topics(
+                topics
+                    .into_iter()
+                    .map(|(topic, partitions)| {
+                        FetchTopic::default()
+                            .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+                            .with_topic_id(ids.get(&topic).copied().unwrap_or_default())
+                            .with_partitions(partitions)
+                    })
+                    .collect(),
+            );
+        let connection = if leader < 0 { self.client.any_broker().await? } else { self.client.broker(leader).await? };
+        let response = connection.send(request).await?;
+        check("Fetch", response.error_code, None)?;
+        let mut consumed = Vec::new();
+        let mut refresh = false;
+        for topic in response.responses {
+            let name: Option<Rc<str>> =
+                self.topics
+                    .borrow()
+                    .iter()
+                    .find(|(name, info)| {
+                        if topic.topic.0.is_empty() { info.uuid == topic.topic_id } else { ***name == *topic.topic.0 }
+                    })
+                    .map(|(name, _)| Rc::clone(name));
+            let Some(name) = name else { continue };
+            for partition in topic.partitions {
+                let key = (Rc::clone(&name), partition.partition_index);
+                let Some((offset, _)) = self.positions.borrow().get(&key).copied() else { continue };
+                match partition.error_code {
+                    0 => {}
+                    1 => {
+                        // OFFSET_OUT_OF_RANGE: start again from the earliest record.
+                        let earliest = self.client.list_offsets(&name, &[partition.partition_index], EARLIEST).await?;
+                        if let Some(Ok(start)) = earliest.into_values().next() {
+                            self.positions.borrow_mut().insert(key, (start, partition.high_watermark));
+                        }
+                        continue;
+                    }
+                    6 | 5 | 3 => {
+                        refresh = true;
+                        continue;
+                    }
+                    code => return Err(Error::kafka("Fetch", code, None)),
+                }
+                let records = match partition.records {
+                    Some(bytes) => records::decode(&bytes, offset)?,
+                    None => Vec::new(),
+                };
+                let next = records.last().map_or(offset, |r| r.offset + 1);
+                self.positions.borrow_mut().insert(key, (next, partition.high_watermark));
+                consumed.extend(records.into_iter().map(|record| Consumed {
+                    topic: Rc::clone(&name),
+                    partition: partition.partition_index,
+                    record,
+                }));
+            }
+        }
+        if refresh {
+            let names: Vec<String> = self.topics.borrow().keys().map(ToString::to_string).collect();
+            let info = self.client.metadata(Some(&names)).await?;
+            let mut topics = self.topics.borrow_mut();
+            for (name, topic) in info.topics {
+                if let Some(entry) = topics.get_mut(name.as_str()) {
+                    *entry = topic;
+                }
+            }
+        }
+        Ok(consumed)
+    }
+}

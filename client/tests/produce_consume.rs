@@ -1,0 +1,124 @@
+//! The client's producer and consumer against a whole broker in this process: every record
+//! acknowledged once at its offset, read back in order with keys, values and headers, for
+//! every codec and acks setting.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use corelog_client::admin::NewTopic;
+use corelog_client::consumer::{Consumer, ConsumerConfig, StartAt};
+use corelog_client::producer::{Producer, ProducerConfig};
+use corelog_client::records::Codec;
+use corelog_client::{Client, ClientConfig};
+
+mod common;
+
+#[test]
+fn records_are_acknowledged_once_and_read_back_in_order_for_every_codec() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::broker(dir.path());
+    let address = broker.address.to_string();
+    common::run(async move {
+        let client = Rc::new(Client::connect(ClientConfig::new(&address)).await.unwrap());
+        let cases = [
+            (Codec::None, -1, true),
+            (Codec::Gzip, -1, true),
+            (Codec::Snappy, 1, false),
+            (Codec::Lz4, -1, true),
+            (Codec::Zstd, -1, true),
+            (Codec::None, 0, false),
+        ];
+        for (codec, acks, idempotent) in cases {
+            let topic = format!("t-{}-{acks}", codec.name());
+            let created = client
+                .create_topics(
+                    &[NewTopic { name: topic.clone(), partitions: 4, replication_factor: 1, configs: vec![] }],
+                    false,
+                )
+                .await
+                .unwrap();
+            created[0].1.clone().unwrap();
+            let acked: Rc<RefCell<BTreeMap<u64, (i32, i64)>>> = Rc::default();
+            let sink = Rc::clone(&acked);
+            let config = ProducerConfig {
+                acks,
+                idempotent,
+                codec,
+                linger: Duration::from_millis(2),
+                batch_bytes: 16 << 10,
+                ..ProducerConfig::default()
+            };
+            let producer = Producer::new(
+                Rc::clone(&client),
+                config,
+                Box::new(move |_, delivery| {
+                    assert!(delivery.error.is_none(), "{:?}", delivery.error);
+                    let previous = sink.borrow_mut().insert(delivery.opaque, (delivery.partition, delivery.offset));
+                    assert!(previous.is_none(), "record {} acknowledged twice", delivery.opaque);
+                }),
+            )
+            .await
+            .unwrap();
+            const COUNT: u64 = 5_000;
+            for i in 0..COUNT {
+                let key = format!("key-{}", i % 17);
+                let value = format!("value-{i}");
+                let headers = [("n".to_string(), Some(Bytes::from(i.to_string())))];
+                producer
+                    .send(&topic, None, Some(key.as_bytes()), Some(value.as_bytes()), &headers, 1_000 + i as i64, i)
+                    .await
+                    .unwrap();
+            }
+            producer.flush().await;
+            assert_eq!(acked.borrow().len(), COUNT as usize, "{topic}: every record delivered once");
+
+            let consumer = Consumer::new(
+                Rc::clone(&client),
+                ConsumerConfig { max_wait: Duration::from_millis(100), ..Default::default() },
+            );
+            consumer.assign(&topic, &[], StartAt::Earliest).await.unwrap();
+            let mut read: BTreeMap<i32, Vec<(i64, u64)>> = BTreeMap::new();
+            let mut total = 0;
+            for _ in 0..200 {
+                for consumed in consumer.poll().await.unwrap() {
+                    let value = String::from_utf8(consumed.record.value.unwrap().to_vec()).unwrap();
+                    let i: u64 = value.strip_prefix("value-").unwrap().parse().unwrap();
+                    let key = format!("key-{}", i % 17);
+                    assert_eq!(consumed.record.key.as_deref(), Some(key.as_bytes()));
+                    assert_eq!(consumed.record.headers[0].1.as_deref(), Some(i.to_string().as_bytes()));
+                    assert_eq!(consumed.record.timestamp, 1_000 + i as i64);
+                    read.entry(consumed.partition).or_default().push((consumed.record.offset, i));
+                    total += 1;
+                }
+                if total >= COUNT {
+                    break;
+                }
+            }
+            assert_eq!(total, COUNT, "{topic}: every record read once");
+            for (partition, records) in &read {
+                // Offsets dense from 0, and the records of one key in the order sent.
+                let offsets: Vec<i64> = records.iter().map(|(o, _)| *o).collect();
+                assert_eq!(offsets, (0..offsets.len() as i64).collect::<Vec<_>>(), "{topic}-{partition}");
+                if acks != 0 {
+                    for (offset, i) in records {
+                        assert_eq!(acked.borrow()[i], (*partition, *offset), "{topic}: acknowledged where it landed");
+                    }
+                }
+            }
+            // Same key, same partition (murmur2).
+            let mut partition_of_key: BTreeMap<u64, i32> = BTreeMap::new();
+            for (partition, records) in &read {
+                for (_, i) in records {
+                    let existing = *partition_of_key.entry(i % 17).or_insert(*partition);
+                    assert_eq!(existing, *partition);
+                }
+            }
+            assert!(consumer.caught_up());
+        }
+    });
+    broker.stop().unwrap();
+}
