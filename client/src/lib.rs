@@ -41,7 +41,7 @@ pub enum Error {
     #[error("cannot encode {api}: {reason}")]
     Encode { api: &'static str, reason: String },
     /// A Kafka error code, named as Kafka names it (`TOPIC_ALREADY_EXISTS`).
-    #[error("{api}: {name}: {}", message.as_deref().unwrap_or(description))]
+    #[error("{api}: {name}{}", message.as_deref().or(Some(description.as_str())).filter(|m| !m.is_empty()).map(|m| format!(": {m}")).unwrap_or_default())]
     Kafka { api: &'static str, code: i16, name: String, description: String, message: Option<String> },
     #[error("no broker reachable: {0}")]
     NoBroker(String),
@@ -91,8 +91,42 @@ pub fn error_name(code: i16) -> (String, String) {
                 }
                 name.push(c.to_ascii_uppercase());
             }
-            (name, error.to_string())
+            (name, description(code).to_string())
         }
+    }
+}
+
+/// What the common error codes mean, in a few words ("" for the rest).
+fn description(code: i16) -> &'static str {
+    match code {
+        -1 => "the broker failed unexpectedly",
+        1 => "the offset is outside the partition's records",
+        3 => "no such topic or partition",
+        5 => "the partition has no leader right now",
+        6 => "this broker does not lead the partition",
+        7 => "the broker did not finish in time",
+        10 => "the record batch is larger than the topic allows",
+        15 => "the group coordinator is not available",
+        16 => "this broker is not the group's coordinator",
+        17 => "the topic name is not valid",
+        19 | 20 => "too few in-sync replicas",
+        22 => "the member's generation is not the group's",
+        25 => "the group does not know this member",
+        27 => "the group is rebalancing",
+        29 => "not authorised for this topic",
+        30 => "not authorised for this group",
+        35 => "the broker does not support this request version",
+        36 => "a topic of this name exists",
+        37 => "the partition count is not valid",
+        38 => "the replication factor is not valid",
+        40 => "a config key or value is not valid",
+        41 => "this broker is not the controller",
+        42 => "the request is not valid",
+        44 => "refused by the broker's policy",
+        45 => "a batch's sequence number is out of order",
+        56 => "the partition's storage failed",
+        69 => "no such group",
+        _ => "",
     }
 }
 

@@ -11,6 +11,7 @@ mod client;
 mod cluster;
 mod config;
 mod logging;
+mod records_cli;
 mod start;
 mod topic;
 

@@ -77,6 +77,47 @@ pub enum TopicCommand {
         #[arg(short, long)]
         num: i32,
     },
+    /// Produce records: one per line of standard input (or of --file).
+    Produce {
+        topic: String,
+        /// Read the lines from this file instead of standard input.
+        #[arg(short, long)]
+        file: Option<std::path::PathBuf>,
+        /// A key for every record.
+        #[arg(short, long, conflicts_with = "key_separator")]
+        key: Option<String>,
+        /// Split each line at the first SEP into key and value.
+        #[arg(long, value_name = "SEP")]
+        key_separator: Option<String>,
+        /// A header KEY=VALUE on every record (repeatable).
+        #[arg(short = 'H', long = "header", value_parser = key_value)]
+        headers: Vec<(String, String)>,
+        /// The partition [default: by key, else spread].
+        #[arg(short, long)]
+        partition: Option<i32>,
+        /// all, 1 or 0.
+        #[arg(long, default_value = "all")]
+        acks: String,
+        /// none, gzip, snappy, lz4 or zstd.
+        #[arg(long, default_value = "none")]
+        compression: corelog_client::records::Codec,
+    },
+    /// Consume records: values one per line, or one JSON object per record (--format json).
+    Consume {
+        topic: String,
+        /// Partitions, e.g. 0,1 [default: all].
+        #[arg(short, long, value_delimiter = ',')]
+        partitions: Vec<i32>,
+        /// Where to start: earliest, latest, an offset, or @TIME (ms since the epoch).
+        #[arg(short, long, default_value = "earliest")]
+        offset: String,
+        /// Stop after this many records.
+        #[arg(short, long)]
+        num: Option<usize>,
+        /// Stop once every partition is read to its end.
+        #[arg(short, long)]
+        end: bool,
+    },
     /// Delete the records before an offset (all partitions, or those given).
     Trim {
         topic: String,
@@ -96,15 +137,26 @@ fn key_value(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// What `topic produce` reads and how.
+pub struct ProduceInput {
+    pub file: Option<std::path::PathBuf>,
+    pub key: Option<String>,
+    pub key_separator: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub partition: Option<i32>,
+    pub acks: String,
+    pub compression: corelog_client::records::Codec,
+}
+
 /// What a command did: what to print, and the refusals to report.
-struct Outcome {
-    table: String,
-    json: Value,
-    failures: Vec<String>,
+pub struct Outcome {
+    pub table: String,
+    pub json: Value,
+    pub failures: Vec<String>,
 }
 
 impl Outcome {
-    fn ok(table: String, json: Value) -> Self {
+    pub fn ok(table: String, json: Value) -> Self {
         Self { table, json, failures: Vec::new() }
     }
 }
@@ -114,13 +166,23 @@ pub fn run(command: TopicCommand, connect: Connect) -> ExitCode {
     let result = crate::client::block_on(async move {
         let mut config = ClientConfig::new(&connect.brokers);
         config.request_timeout = Duration::from_secs(connect.timeout.max(1));
-        let client = Client::connect(config).await?;
-        execute(&client, command).await
+        let client = std::rc::Rc::new(Client::connect(config).await?);
+        match command {
+            TopicCommand::Produce { topic, file, key, key_separator, headers, partition, acks, compression } => {
+                let input = ProduceInput { file, key, key_separator, headers, partition, acks, compression };
+                crate::records_cli::produce(client, &topic, input).await
+            }
+            TopicCommand::Consume { topic, partitions, offset, num, end } => {
+                crate::records_cli::consume(client, &topic, &partitions, &offset, num, end, format).await
+            }
+            command => execute(&client, command).await,
+        }
     });
     match result {
         Ok(outcome) => {
             match format {
                 OutputFormat::Table => print!("{}", outcome.table),
+                OutputFormat::Json if outcome.json.is_null() => {}
                 OutputFormat::Json => println!("{}", outcome.json),
             }
             for failure in &outcome.failures {
@@ -188,6 +250,9 @@ async fn execute(client: &Client, command: TopicCommand) -> Result<Outcome, Erro
             client.add_partitions(&topic, total).await?;
             let json = json!({"topic": topic, "partitions_before": before, "partitions": total});
             Ok(Outcome::ok(table(&["TOPIC", "PARTITIONS"], &[vec![topic, format!("{before} -> {total}")]]), json))
+        }
+        TopicCommand::Produce { .. } | TopicCommand::Consume { .. } => {
+            Err(Error::Invalid("produce and consume run on their own".into()))
         }
         TopicCommand::Trim { topic, offset, partitions } => {
             let offset: i64 = match offset.as_str() {

@@ -127,3 +127,73 @@ fn topics_are_created_listed_described_changed_trimmed_and_deleted() {
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("is the broker running"), "{err}");
 }
+
+/// Runs `corelog topic ARGS` with `input` on standard input.
+fn topic_with_input(address: &str, args: &[&str], input: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_corelog"))
+        .arg("topic")
+        .args(args)
+        .args(["--brokers", address, "--timeout", "10"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).unwrap();
+    (output.status.code().unwrap_or(-1), text(output.stdout), text(output.stderr))
+}
+
+#[test]
+fn lines_are_produced_and_consumed_back_with_keys_and_headers() {
+    let node = Node::new("");
+    let (broker, address) = node.start();
+    json(&address, &["create", "logs", "-p", "3"]);
+    let input: String = (0..1000).map(|i| format!("user-{}:event {i}\n", i % 10)).collect();
+    let (code, out, err) = topic_with_input(
+        &address,
+        &["produce", "logs", "--key-separator", ":", "-H", "source=test", "--compression", "lz4", "--format", "json"],
+        &input,
+    );
+    assert_eq!(code, 0, "{err}");
+    let produced: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((produced["records"].as_u64(), produced["failed"].as_u64()), (Some(1000), Some(0)));
+    let per_partition: u64 =
+        produced["partitions"].as_array().unwrap().iter().map(|p| p["records"].as_u64().unwrap()).sum();
+    assert_eq!(per_partition, 1000);
+    // What librdkafka sees: the high watermarks add up.
+    let total: i64 = (0..3).map(|p| watermarks(&address, "logs", p).1).sum();
+    assert_eq!(total, 1000);
+
+    // Everything back, as JSON lines: keys by the separator, the header, one key per partition.
+    let (code, out, err) = topic(&address, &["consume", "logs", "--end", "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let records: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.len(), 1000);
+    let mut partition_of_key = std::collections::HashMap::new();
+    for record in &records {
+        let (key, value) = (record["key"].as_str().unwrap(), record["value"].as_str().unwrap());
+        let i: usize = value.strip_prefix("event ").unwrap().parse().unwrap();
+        assert_eq!(key, format!("user-{}", i % 10));
+        assert_eq!(record["headers"], serde_json::json!([{"key": "source", "value": "test"}]));
+        assert_eq!(
+            *partition_of_key.entry(key.to_string()).or_insert(record["partition"].clone()),
+            record["partition"]
+        );
+    }
+    // Plain values, a count, a starting offset, a partition.
+    let (code, out, _) = topic(&address, &["consume", "logs", "-p", "1", "-o", "2", "-n", "3"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 3);
+    assert!(out.lines().all(|l| l.starts_with("event ")), "{out}");
+    let (code, out, _) = topic(&address, &["consume", "logs", "-o", "latest", "--end"]);
+    assert_eq!((code, out.as_str()), (0, ""), "nothing after the end");
+
+    // Producing to a topic that does not exist: one line naming the error, exit 1.
+    let (code, _, err) = topic_with_input(&address, &["produce", "missing"], "x\n");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("UNKNOWN_TOPIC_OR_PARTITION"), "{err}");
+    broker.stop();
+}
