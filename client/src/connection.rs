@@ -117,9 +117,29 @@ impl Connection {
         self.send_at(request, version).await
     }
 
+    /// Writes `request` now (before any request made later) and returns the wait for its
+    /// response.
+    pub fn send_now<R: Request + 'static>(
+        self: &Rc<Self>,
+        request: R,
+    ) -> Result<impl std::future::Future<Output = Result<R::Response, Error>> + 'static, Error> {
+        let version = self.version::<R>()?;
+        let response = self.start(&request, version)?;
+        let this = Rc::clone(self);
+        Ok(async move { this.finish::<R>(response, version).await })
+    }
+
     /// Sends `request` at `version` and waits for its response (bounded by the timeout).
     pub async fn send_at<R: Request>(&self, request: R, version: i16) -> Result<R::Response, Error> {
         let response = self.start(&request, version)?;
+        self.finish::<R>(response, version).await
+    }
+
+    async fn finish<R: Request>(
+        &self,
+        response: oneshot::Receiver<Result<Bytes, Error>>,
+        version: i16,
+    ) -> Result<R::Response, Error> {
         let mut body = with_timeout(self.timeout, async { response.await.unwrap_or(Err(Error::Closed)) })
             .await
             .map_err(|_| Error::Timeout { address: self.address.clone(), what: api_name(R::KEY).into() })??;

@@ -200,6 +200,9 @@ pub struct Client {
     /// The connection bootstrap found, used for cluster-wide requests.
     bootstrap: RefCell<Option<Rc<Connection>>>,
     by_node: RefCell<HashMap<i32, Rc<Connection>>>,
+    /// Nodes being connected to, with who waits for it: one connection per broker, even
+    /// when several tasks want it at once (a producer's ordering relies on it).
+    connecting: RefCell<HashMap<i32, Vec<futures_channel::oneshot::Sender<()>>>>,
     metadata: RefCell<ClusterInfo>,
 }
 
@@ -213,6 +216,7 @@ impl Client {
             config,
             bootstrap: RefCell::new(None),
             by_node: RefCell::new(HashMap::new()),
+            connecting: RefCell::new(HashMap::new()),
             metadata: RefCell::new(ClusterInfo::default()),
         };
         client.any_broker().await?;
@@ -245,9 +249,34 @@ impl Client {
 
     /// A live connection to broker `node_id` (as metadata last named it).
     pub async fn broker(&self, node_id: i32) -> Result<Rc<Connection>, Error> {
-        if let Some(connection) = self.by_node.borrow().get(&node_id).filter(|c| !c.is_broken()) {
-            return Ok(Rc::clone(connection));
+        loop {
+            if let Some(connection) = self.by_node.borrow().get(&node_id).filter(|c| !c.is_broken()) {
+                return Ok(Rc::clone(connection));
+            }
+            let waiting = match self.connecting.borrow_mut().get_mut(&node_id) {
+                Some(waiters) => {
+                    let (tx, rx) = futures_channel::oneshot::channel();
+                    waiters.push(tx);
+                    Some(rx)
+                }
+                None => None,
+            };
+            match waiting {
+                Some(rx) => {
+                    let _ = rx.await;
+                }
+                None => break,
+            }
         }
+        self.connecting.borrow_mut().insert(node_id, Vec::new());
+        let connected = self.connect_to(node_id).await;
+        for waiter in self.connecting.borrow_mut().remove(&node_id).unwrap_or_default() {
+            let _ = waiter.send(());
+        }
+        connected
+    }
+
+    async fn connect_to(&self, node_id: i32) -> Result<Rc<Connection>, Error> {
         let known = self.metadata.borrow().brokers.get(&node_id).cloned();
         let broker = match known {
             Some(broker) => broker,

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use futures_channel::{mpsc, oneshot};
 use futures_lite::StreamExt;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{InitProducerIdRequest, ProduceRequest, ProducerId, TopicName};
+use kafka_protocol::messages::{InitProducerIdRequest, ProduceRequest, ProduceResponse, ProducerId, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
 use crate::records::{BatchBuilder, Codec, Header, ProducerStamp};
@@ -371,9 +371,9 @@ impl Producer {
         taken
     }
 
-    async fn produce(&self, leader: i32, batches: Vec<Ready>) {
+    fn produce_request(&self, batches: &[Ready]) -> ProduceRequest {
         let mut by_topic: BTreeMap<Rc<str>, Vec<&Ready>> = BTreeMap::new();
-        for ready in &batches {
+        for ready in batches {
             by_topic.entry(Rc::clone(&ready.topic)).or_default().push(ready);
         }
         let topic_data = by_topic
@@ -396,22 +396,12 @@ impl Producer {
             })
             .collect();
         let timeout_ms = i32::try_from(self.client.config().request_timeout.as_millis()).unwrap_or(i32::MAX);
-        let request = ProduceRequest::default()
-            .with_acks(self.config.acks)
-            .with_timeout_ms(timeout_ms)
-            .with_topic_data(topic_data);
-        let connection = self.client.broker(leader).await;
-        if self.config.acks == 0 {
-            let sent = connection.and_then(|c| c.send_oneway(&request));
-            for ready in &batches {
-                self.deliver(&ready.topic, ready.partition, &ready.opaques, -1, sent.clone().err(), ready.batch.len());
-            }
-            return;
-        }
-        let response = match connection {
-            Ok(connection) => connection.send(request).await,
-            Err(error) => Err(error),
-        };
+        ProduceRequest::default().with_acks(self.config.acks).with_timeout_ms(timeout_ms).with_topic_data(topic_data)
+    }
+
+    /// Handles the response to a request carrying `batches` (already written).
+    async fn complete(&self, leader: i32, batches: Vec<Ready>, response: ResponseFuture) {
+        let response = response.await;
         let mut results: HashMap<(String, i32), (i16, i64, Option<String>)> = HashMap::new();
         let mut failure = None;
         match response {
@@ -510,19 +500,43 @@ impl Producer {
     }
 }
 
-/// Sends requests to one leader whenever woken, while requests may go.
+type ResponseFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<ProduceResponse, Error>>>>;
+
+/// Sends requests to one leader whenever woken, while requests may go. Requests are written
+/// here, one after another on the leader's one connection, so a partition's batches reach
+/// the broker in sequence order; their responses are awaited by tasks of their own.
 async fn send_loop(producer: Weak<Producer>, leader: i32, mut wakes: mpsc::UnboundedReceiver<()>) {
     while wakes.next().await.is_some() {
         loop {
             let Some(this) = producer.upgrade() else { return };
+            let connection = this.client.broker(leader).await;
             let batches = this.next_request(leader);
             if batches.is_empty() {
                 break;
             }
+            let request = this.produce_request(&batches);
+            let response: ResponseFuture = match connection {
+                Ok(connection) if this.config.acks == 0 => {
+                    let sent = connection.send_oneway(&request);
+                    for ready in &batches {
+                        let error = sent.clone().err();
+                        this.deliver(&ready.topic, ready.partition, &ready.opaques, -1, error, ready.batch.len());
+                    }
+                    if let Some(count) = this.inner.borrow_mut().in_flight.get_mut(&leader) {
+                        *count = count.saturating_sub(1);
+                    }
+                    continue;
+                }
+                Ok(connection) => match connection.send_now(request) {
+                    Ok(response) => Box::pin(response),
+                    Err(error) => Box::pin(futures_lite::future::ready(Err(error))),
+                },
+                Err(error) => Box::pin(futures_lite::future::ready(Err(error))),
+            };
             let weak = producer.clone();
             glommio::spawn_local(async move {
                 let Some(this) = weak.upgrade() else { return };
-                this.produce(leader, batches).await;
+                this.complete(leader, batches, response).await;
                 if let Some(count) = this.inner.borrow_mut().in_flight.get_mut(&leader) {
                     *count = count.saturating_sub(1);
                 }

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use config::LogFormat;
 
 mod admin;
+mod bench;
 mod client;
 mod cluster;
 mod config;
@@ -63,6 +64,9 @@ enum Command {
         #[command(flatten)]
         connect: topic::Connect,
     },
+    /// Load generator: producers and consumers at a rate, with latency percentiles
+    /// (any Kafka-compatible broker).
+    Bench(bench::BenchArgs),
     /// Probe the machine, measure the data dir's device, check and apply kernel tuning.
     Hardware {
         #[command(subcommand)]
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
         }),
         Command::Cluster { command } => cluster::run(command),
         Command::Topic { command, connect } => topic::run(command, connect),
+        Command::Bench(args) => bench::run(args),
         Command::Hardware { command } => {
             let level = cli.log_level.unwrap_or_else(|| config::DEFAULT_LOG_LEVEL.to_string());
             logging::init(cli.log_format.unwrap_or(LogFormat::Human), &level);
