@@ -898,26 +898,12 @@ fn summary(result: &Value) -> String {
     let c = &result["consume"];
     let lp = &p["latency_ms"];
     let le = &result["e2e"]["latency_ms"];
-    let rows = vec![
-        vec![
-            "produce".to_string(),
-            p["messages_per_sec"].to_string(),
-            p["mb_per_sec"].to_string(),
-            lp["p50"].to_string(),
-            lp["p99"].to_string(),
-            lp["p999"].to_string(),
-            lp["max"].to_string(),
-        ],
-        vec![
-            "consume/e2e".to_string(),
-            c["messages_per_sec"].to_string(),
-            c["mb_per_sec"].to_string(),
-            le["p50"].to_string(),
-            le["p99"].to_string(),
-            le["p999"].to_string(),
-            le["max"].to_string(),
-        ],
-    ];
+    let row = |name: &str, rate: &Value, latency: &Value| {
+        let mut row = vec![name.to_string(), rate["messages_per_sec"].to_string(), rate["mb_per_sec"].to_string()];
+        row.extend(["p50", "p99", "p999", "max"].iter().map(|k| latency[*k].to_string()));
+        row
+    };
+    let rows = vec![row("produce", p, lp), row("consume/e2e", c, le)];
     let mut out = crate::topic::table(&["", "MSG/S", "MB/S", "P50 MS", "P99 MS", "P99.9 MS", "MAX MS"], &rows);
     out.push_str(&format!(
         "workload {}; client: {} threads, {} CPU-seconds\n",

@@ -418,45 +418,12 @@ pub fn with_hint(error: &Error) -> String {
     if hint.is_empty() { error.to_string() } else { format!("{error} (what to do: {hint})") }
 }
 
-/// Columns left-aligned, two spaces apart.
-pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (i, cell) in row.iter().enumerate() {
-            if let Some(width) = widths.get_mut(i) {
-                *width = (*width).max(cell.chars().count());
-            }
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: Vec<&str>| {
-        let mut text = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                text.push_str(cell);
-            } else {
-                text.push_str(&format!("{cell:<width$}  ", width = widths[i]));
-            }
-        }
-        out.push_str(text.trim_end());
-        out.push('\n');
-    };
-    line(header.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
-    }
-    out
-}
+/// Columns left-aligned, two spaces apart (the hardware commands' tables).
+pub use corelog_hardware::cli::render_table as table;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tables_align_their_columns() {
-        let rows = vec![vec!["orders".to_string(), "12".into()], vec!["a".into(), "1".into()]];
-        assert_eq!(table(&["NAME", "PARTITIONS"], &rows), "NAME    PARTITIONS\norders  12\na       1\n");
-    }
 
     #[test]
     fn configs_are_key_value_pairs() {
