@@ -228,6 +228,7 @@ pub fn decode(bytes: &Bytes, from: i64) -> Result<Vec<Record>, Error> {
         if size > batch.len() {
             break; // cut short by the fetch's size limit
         }
+        let batch_start = at;
         at += size;
         let batch = &batch[..size];
         if batch[16] != MAGIC {
@@ -245,7 +246,13 @@ pub fn decode(bytes: &Bytes, from: i64) -> Result<Vec<Record>, Error> {
         let max_timestamp = i64::from_be_bytes(batch[35..43].try_into().unwrap_or_default());
         let log_append_time = attributes & 0x08 != 0;
         let count = i32::from_be_bytes(batch[57..61].try_into().unwrap_or_default());
-        let records = Bytes::from(decompress((attributes & 0x07) as u8, &batch[HEADER_BYTES..]).map_err(malformed)?);
+        let codec = (attributes & 0x07) as u8;
+        // Uncompressed records are read in place (the keys and values share the fetch's buffer).
+        let records = if codec == 0 {
+            bytes.slice(batch_start + HEADER_BYTES..batch_start + size)
+        } else {
+            Bytes::from(decompress(codec, &batch[HEADER_BYTES..]).map_err(malformed)?)
+        };
         let mut reader = Reader { bytes: &records, at: 0 };
         for index in 0..count.max(0) {
             let bad = |what: &str| malformed(format!("record {index} at offset {base_offset}: {what}"));

@@ -451,7 +451,9 @@ fn progress(args: &BenchArgs, workload: &Workload, shared: &Shared, started: Ins
     };
     let mut last = counts();
     let mut line = |phase: &str, total: f64| {
-        std::thread::sleep(tick);
+        if phase != "filling" && phase != "draining" {
+            std::thread::sleep(tick);
+        }
         let now = counts();
         if !args.quiet {
             let (publish, e2e) = {
@@ -482,14 +484,25 @@ fn progress(args: &BenchArgs, workload: &Workload, shared: &Shared, started: Ins
     let measured = if workload.backlog_bytes > 0 {
         // Fill, then drain.
         let fill_started = Instant::now();
-        while shared.producers_done.load(Ordering::Relaxed) < workload.producers as u64 {
+        // Checked every 10 ms (the phase's length is the measurement), a line a second.
+        let filled = || shared.producers_done.load(Ordering::Relaxed) >= workload.producers as u64;
+        while !filled() {
+            if wait_until(&filled, Duration::from_secs(1)) {
+                break;
+            }
             line("filling", 0.0);
         }
         let fill_seconds = fill_started.elapsed().as_secs_f64();
         let [produced, produced_bytes, _, _] = counts();
         shared.drain.store(true, Ordering::Relaxed);
         let drain_started = Instant::now();
-        while shared.consumed.load(Ordering::Relaxed) < produced && drain_started.elapsed() < Duration::from_secs(600) {
+        let drained = || {
+            shared.consumed.load(Ordering::Relaxed) >= produced || drain_started.elapsed() >= Duration::from_secs(600)
+        };
+        while !drained() {
+            if wait_until(&drained, Duration::from_secs(1)) {
+                break;
+            }
             line("draining", 0.0);
         }
         let [_, _, consumed, consumed_bytes] = counts();
@@ -538,6 +551,18 @@ fn progress(args: &BenchArgs, workload: &Workload, shared: &Shared, started: Ins
         eprintln!();
     }
     measured
+}
+
+/// Waits up to `limit` for `done`, checking every 10 ms; true if it became done.
+fn wait_until(done: &dyn Fn() -> bool, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    done()
 }
 
 /// One pinned thread: its producers and consumers, on its own client.
@@ -743,7 +768,12 @@ async fn consume_loop(
     timeline: Rc<std::cell::RefCell<Vec<[u64; 4]>>>,
     started_us: u64,
 ) -> Result<(), Error> {
-    let config = ConsumerConfig { max_wait: Duration::from_millis(100), ..ConsumerConfig::default() };
+    // Larger fetches than Kafka's default 1 MiB per partition: a drain reads far ahead.
+    let config = ConsumerConfig {
+        max_wait: Duration::from_millis(100),
+        partition_max_bytes: 8 << 20,
+        ..ConsumerConfig::default()
+    };
     let consumer = Consumer::new(client, config);
     // The topics are this run's own: from the start, consumers read everything it produced.
     let start = StartAt::Earliest;
