@@ -16,10 +16,11 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
-use crate::{Client, Error, TopicInfo, check};
+use crate::{Client, Connection, Error, TopicInfo, check};
 
-/// Kafka's config resource type of a topic.
+/// Kafka's config resource types.
 const TOPIC_RESOURCE: i8 = 2;
+const BROKER_RESOURCE: i8 = 4;
 /// ListOffsets timestamps.
 pub const EARLIEST: i64 = -2;
 pub const LATEST: i64 = -1;
@@ -154,13 +155,24 @@ impl Client {
 
     /// A topic's configs (all of them, with where each value comes from).
     pub async fn topic_configs(&self, topic: &str) -> Result<Vec<ConfigEntry>, Error> {
+        let connection = self.any_broker().await?;
+        self.configs(&connection, TOPIC_RESOURCE, topic).await
+    }
+
+    /// A broker's configs, asked of that broker.
+    pub async fn broker_configs(&self, node_id: i32) -> Result<Vec<ConfigEntry>, Error> {
+        let connection = self.broker(node_id).await?;
+        self.configs(&connection, BROKER_RESOURCE, &node_id.to_string()).await
+    }
+
+    async fn configs(&self, connection: &Connection, resource_type: i8, name: &str) -> Result<Vec<ConfigEntry>, Error> {
         let request = DescribeConfigsRequest::default().with_resources(vec![
             DescribeConfigsResource::default()
-                .with_resource_type(TOPIC_RESOURCE)
-                .with_resource_name(text(topic))
+                .with_resource_type(resource_type)
+                .with_resource_name(text(name))
                 .with_configuration_keys(None),
         ]);
-        let response = self.any_broker().await?.send(request).await?;
+        let response = connection.send(request).await?;
         let result = response
             .results
             .into_iter()

@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod connection;
 pub mod consumer;
+pub mod groups;
 pub mod producer;
 pub mod records;
 
@@ -47,6 +48,10 @@ pub enum Error {
     NoBroker(String),
     #[error("{0}")]
     Invalid(String),
+    /// Refused for the state things are in (not a usage error), e.g. moving the offsets of
+    /// a group that has members.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl Error {

@@ -1,7 +1,8 @@
-//! `corelog cluster …`: questions about a running broker. `health` asks its admin API.
+//! `corelog cluster …`: questions about a running broker. `health` asks its admin API;
+//! `info` and `config` ask over the Kafka protocol (any Kafka-compatible broker).
 //!
-//! Exit codes: 0 ready; 1 answered but not ready (starting, stopping, or a shard down);
-//! 2 usage; 3 the admin API did not answer.
+//! Exit codes of `health`: 0 ready; 1 answered but not ready (starting, stopping, or a shard
+//! down); 2 usage; 3 the admin API did not answer. `info` and `config`: as `corelog topic`.
 
 use std::process::ExitCode;
 
@@ -12,6 +13,19 @@ const REQUEST_TIMEOUT_SECS: u64 = 10;
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
+    /// The brokers, the controller, the cluster id, how many topics and partitions.
+    Info {
+        #[command(flatten)]
+        connect: crate::topic::Connect,
+    },
+    /// A broker's configs and where each value comes from.
+    Config {
+        /// The broker's node id [default: the controller].
+        #[arg(long)]
+        broker: Option<i32>,
+        #[command(flatten)]
+        connect: crate::topic::Connect,
+    },
     /// Is the broker live and ready? Asks its admin API (`/v1/health`).
     Health {
         /// The broker's admin API address.
@@ -32,6 +46,10 @@ pub enum OutputFormat {
 pub fn run(command: ClusterCommand) -> ExitCode {
     match command {
         ClusterCommand::Health { admin, format } => health(&admin, format),
+        ClusterCommand::Info { connect } => crate::topic::run_with_client(connect, crate::group::cluster_info),
+        ClusterCommand::Config { broker, connect } => {
+            crate::topic::run_with_client(connect, move |client| crate::group::cluster_config(client, broker))
+        }
     }
 }
 

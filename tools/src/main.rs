@@ -11,6 +11,7 @@ mod bench;
 mod client;
 mod cluster;
 mod config;
+mod group;
 mod logging;
 mod records_cli;
 mod start;
@@ -64,6 +65,13 @@ enum Command {
         #[command(flatten)]
         connect: topic::Connect,
     },
+    /// List, describe (with lag), move and delete consumer groups.
+    Group {
+        #[command(subcommand)]
+        command: group::GroupCommand,
+        #[command(flatten)]
+        connect: topic::Connect,
+    },
     /// Load generator: producers and consumers at a rate, with latency percentiles
     /// (any Kafka-compatible broker).
     Bench(bench::BenchArgs),
@@ -89,6 +97,9 @@ fn main() -> ExitCode {
         Command::Cluster { command } => cluster::run(command),
         Command::Topic { command, connect } => topic::run(command, connect),
         Command::Bench(args) => bench::run(args),
+        Command::Group { command, connect } => {
+            topic::run_with_client(connect, move |client| group::execute(client, command))
+        }
         Command::Hardware { command } => {
             let level = cli.log_level.unwrap_or_else(|| config::DEFAULT_LOG_LEVEL.to_string());
             logging::init(cli.log_format.unwrap_or(LogFormat::Human), &level);

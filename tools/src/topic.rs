@@ -163,10 +163,7 @@ impl Outcome {
 
 pub fn run(command: TopicCommand, connect: Connect) -> ExitCode {
     let format = connect.format;
-    let result = crate::client::block_on(async move {
-        let mut config = ClientConfig::new(&connect.brokers);
-        config.request_timeout = Duration::from_secs(connect.timeout.max(1));
-        let client = std::rc::Rc::new(Client::connect(config).await?);
+    run_with_client(connect, move |client| async move {
         match command {
             TopicCommand::Produce { topic, file, key, key_separator, headers, partition, acks, compression } => {
                 let input = ProduceInput { file, key, key_separator, headers, partition, acks, compression };
@@ -177,6 +174,22 @@ pub fn run(command: TopicCommand, connect: Connect) -> ExitCode {
             }
             command => execute(&client, command).await,
         }
+    })
+}
+
+/// Connects, runs `work`, prints its outcome (table or JSON) and its refusals, and turns it
+/// into the exit code: 0 done, 1 refused, 2 usage, 3 no broker.
+pub fn run_with_client<F, Fut>(connect: Connect, work: F) -> ExitCode
+where
+    F: FnOnce(std::rc::Rc<Client>) -> Fut,
+    Fut: std::future::Future<Output = Result<Outcome, Error>>,
+{
+    let format = connect.format;
+    let result = crate::client::block_on(async move {
+        let mut config = ClientConfig::new(&connect.brokers);
+        config.request_timeout = Duration::from_secs(connect.timeout.max(1));
+        let client = std::rc::Rc::new(Client::connect(config).await?);
+        work(client).await
     });
     match result {
         Ok(outcome) => {

@@ -197,3 +197,102 @@ fn lines_are_produced_and_consumed_back_with_keys_and_headers() {
     assert!(err.contains("UNKNOWN_TOPIC_OR_PARTITION"), "{err}");
     broker.stop();
 }
+
+#[test]
+fn groups_are_listed_described_with_lag_moved_and_deleted_and_the_cluster_is_described() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let node = Node::new("");
+    let (broker, address) = node.start();
+    json(&address, &["create", "orders", "-p", "2"]);
+    let (code, _, err) = topic_with_input(&address, &["produce", "orders", "--partition", "0"], &"x\n".repeat(10));
+    assert_eq!(code, 0, "{err}");
+    topic_with_input(&address, &["produce", "orders", "--partition", "1"], &"y\n".repeat(4));
+
+    // Offsets for a group with no members: created by the seek.
+    let group = |args: &[&str]| {
+        let mut all = vec!["group"];
+        all.extend_from_slice(args);
+        let output = Command::new(env!("CARGO_BIN_EXE_corelog"))
+            .args(&all)
+            .args(["--brokers", address.as_str(), "--timeout", "10"])
+            .output()
+            .unwrap();
+        let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+        (output.status.code().unwrap_or(-1), text(output.stdout), text(output.stderr))
+    };
+    let group_json = |args: &[&str]| -> Value {
+        let mut all = args.to_vec();
+        all.extend(["--format", "json"]);
+        let (code, out, err) = group(&all);
+        assert_eq!(code, 0, "group {args:?}: {err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let moved = group_json(&["seek", "audit", "--to", "3", "--topic", "orders"]);
+    assert_eq!(moved["offsets"].as_array().unwrap().len(), 2);
+    let described = group_json(&["describe", "audit"]);
+    let lag: Vec<(i64, i64, i64)> = described["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (p["committed_offset"].as_i64().unwrap(), p["log_end_offset"].as_i64().unwrap(), p["lag"].as_i64().unwrap())
+        })
+        .collect();
+    assert_eq!(lag, vec![(3, 10, 7), (3, 4, 1)]);
+    assert_eq!(described["total_lag"], 8);
+    group_json(&["seek", "audit", "--to", "latest"]);
+    assert_eq!(group_json(&["describe", "audit"])["total_lag"], 0);
+    group_json(&["seek", "audit", "--to", "earliest"]);
+    assert_eq!(group_json(&["describe", "audit"])["total_lag"], 14);
+    let (code, table, _) = group(&["describe", "audit"]);
+    assert_eq!(code, 0);
+    assert!(table.contains("LAG") && table.contains("orders"), "{table}");
+
+    // A librdkafka member: listed, described with its assignment; the group refuses seek and delete.
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &address)
+        .set("group.id", "live")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["orders"]).unwrap();
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while consumer.assignment().map(|a| a.count()).unwrap_or(0) < 2 {
+        assert!(std::time::Instant::now() < deadline, "no assignment");
+        consumer.poll(std::time::Duration::from_millis(50));
+    }
+    let listed = group_json(&["list"]);
+    let names: Vec<&str> = listed.as_array().unwrap().iter().map(|g| g["group"].as_str().unwrap()).collect();
+    assert!(names.contains(&"audit") && names.contains(&"live"), "{listed}");
+    let live = group_json(&["describe", "live"]);
+    assert_eq!(live["members"].as_array().unwrap().len(), 1, "{live}");
+    assert_eq!(live["members"][0]["assignment"]["orders"], serde_json::json!([0, 1]), "{live}");
+    assert_eq!(live["type"], "classic");
+    let (code, _, err) = group(&["seek", "live", "--to", "earliest"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("members"), "{err}");
+    let (code, _, err) = group(&["delete", "live"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("NON_EMPTY_GROUP"), "{err}");
+    drop(consumer);
+
+    let (code, out, err) = group(&["delete", "audit"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("deleted"));
+
+    // The cluster: one broker, the controller, its configs.
+    let output = Command::new(env!("CARGO_BIN_EXE_corelog"))
+        .args(["cluster", "info", "--format", "json", "--brokers", &address])
+        .output()
+        .unwrap();
+    let info: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(info["brokers"].as_array().unwrap().len(), 1);
+    assert_eq!(info["controller"], info["brokers"][0]["id"]);
+    let output = Command::new(env!("CARGO_BIN_EXE_corelog"))
+        .args(["cluster", "config", "--format", "json", "--brokers", &address])
+        .output()
+        .unwrap();
+    let config: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(config["configs"].as_array().unwrap().iter().any(|c| c["name"] == "num.partitions"), "{config}");
+    broker.stop();
+}
