@@ -519,4 +519,20 @@ fn a_consumer_protocol_member_subscribed_by_regular_expression_gets_topics_creat
 
     let invalid = heartbeat(&mut client, 0, Some("metrics-("), Vec::new());
     assert_eq!(invalid.error_code, 128, "INVALID_REGULAR_EXPRESSION");
+
+    // A subscription too large to store (over 64 KiB of names) is refused; the member and the
+    // connection carry on.
+    let huge: Vec<kafka_protocol::messages::TopicName> =
+        (0..1_000).map(|i| kafka_protocol::messages::TopicName(text(&format!("{i:0>100}")))).collect();
+    let request = ConsumerGroupHeartbeatRequest::default()
+        .with_group_id(group("big"))
+        .with_member_id(text("member-2"))
+        .with_member_epoch(0)
+        .with_rebalance_timeout_ms(5_000)
+        .with_subscribed_topic_names(Some(huge))
+        .with_topic_partitions(Some(Vec::new()));
+    let refused: ConsumerGroupHeartbeatResponse = client.call(ApiKey::ConsumerGroupHeartbeat, 1, &request);
+    assert_eq!(refused.error_code, 42, "INVALID_REQUEST: {:?}", refused.error_message);
+    let still = heartbeat(&mut client, epoch, None, as_owned(&owned));
+    assert_eq!(still.error_code, 0, "{:?}", still.error_message);
 }

@@ -450,10 +450,8 @@ fn progress(args: &BenchArgs, workload: &Workload, shared: &Shared, started: Ins
         ]
     };
     let mut last = counts();
+    // One progress line (rates since the last one); the callers pace it.
     let mut line = |phase: &str, total: f64| {
-        if phase != "filling" && phase != "draining" {
-            std::thread::sleep(tick);
-        }
         let now = counts();
         if !args.quiet {
             let (publish, e2e) = {
@@ -517,11 +515,13 @@ fn progress(args: &BenchArgs, workload: &Workload, shared: &Shared, started: Ins
     } else {
         let total = workload.warmup + workload.duration;
         while started.elapsed().as_secs_f64() + 0.5 < workload.warmup {
+            std::thread::sleep(tick);
             line("warm-up", total);
         }
         let from = counts();
         let measure_started = Instant::now();
         while measure_started.elapsed().as_secs_f64() + 0.5 < workload.duration {
+            std::thread::sleep(tick);
             line("measure", total);
         }
         let to = counts();

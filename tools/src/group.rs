@@ -10,7 +10,7 @@ use corelog_client::admin::{EARLIEST, LATEST};
 use corelog_client::{Client, Error};
 use serde_json::{Value, json};
 
-use crate::topic::{Outcome, table, with_hint};
+use crate::topic::{Outcome, table};
 
 #[derive(Subcommand, Debug)]
 pub enum GroupCommand {
@@ -110,29 +110,14 @@ pub async fn execute(client: Rc<Client>, command: GroupCommand) -> Result<Outcom
         }
         GroupCommand::Seek { group, to, topic, partitions } => seek(&client, &group, &to, topic, partitions).await,
         GroupCommand::Delete { groups } => {
-            let mut outcome = Outcome::ok(String::new(), Value::Null);
-            let (mut rows, mut json) = (Vec::new(), Vec::new());
+            let mut results = Vec::new();
             for group in groups {
                 match client.delete_group(&group).await {
-                    Ok(()) => {
-                        rows.push(vec![group.clone(), "deleted".into()]);
-                        json.push(json!({"group": group, "error": null}));
-                    }
-                    Err(error @ Error::Kafka { .. }) => {
-                        let name = match &error {
-                            Error::Kafka { name, .. } => name.clone(),
-                            _ => String::new(),
-                        };
-                        rows.push(vec![group.clone(), name.clone()]);
-                        json.push(json!({"group": group, "error": {"name": name, "message": error.to_string()}}));
-                        outcome.failures.push(format!("{group}: {}", with_hint(&error)));
-                    }
-                    Err(error) => return Err(error),
+                    Err(error) if error.code().is_none() => return Err(error), // not the group's doing
+                    result => results.push((group, result)),
                 }
             }
-            outcome.table = table(&["GROUP", "STATUS"], &rows);
-            outcome.json = Value::Array(json);
-            Ok(outcome)
+            Ok(crate::topic::per_item("group", results, "deleted"))
         }
     }
 }

@@ -376,23 +376,28 @@ fn join(ids: &[i32]) -> String {
 
 /// One line per topic: done, or the Kafka error.
 fn per_topic(results: Vec<(String, Result<(), Error>)>, done: &str) -> Outcome {
+    per_item("topic", results, done)
+}
+
+/// One line per item (`kind`: "topic", "group"): done, or the Kafka error.
+pub fn per_item(kind: &str, results: Vec<(String, Result<(), Error>)>, done: &str) -> Outcome {
     let mut outcome = Outcome::ok(String::new(), Value::Null);
     let mut rows = Vec::new();
     let mut json = Vec::new();
-    for (topic, result) in results {
+    for (item, result) in results {
         match result {
             Ok(()) => {
-                rows.push(vec![topic.clone(), done.to_string()]);
-                json.push(json!({"topic": topic, "error": null}));
+                rows.push(vec![item.clone(), done.to_string()]);
+                json.push(json!({kind: item, "error": null}));
             }
             Err(error) => {
-                rows.push(vec![topic.clone(), error_name(&error)]);
-                json.push(json!({"topic": topic, "error": error_json(&error)}));
-                outcome.failures.push(format!("{topic}: {}", with_hint(&error)));
+                rows.push(vec![item.clone(), error_name(&error)]);
+                json.push(json!({kind: item, "error": error_json(&error)}));
+                outcome.failures.push(format!("{item}: {}", with_hint(&error)));
             }
         }
     }
-    outcome.table = table(&["TOPIC", "STATUS"], &rows);
+    outcome.table = table(&[&kind.to_uppercase(), "STATUS"], &rows);
     outcome.json = Value::Array(json);
     outcome
 }

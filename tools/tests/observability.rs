@@ -224,6 +224,10 @@ fn metrics_move_with_a_real_client_load_and_the_admin_api_answers_during_it() {
     assert_eq!(refused.status, 400, "{}", refused.body);
     assert!(refused.json()["error"].as_str().unwrap().contains("invalid log filter"));
     assert_eq!(get(&admin, "/v1/log-level").json()["filter"], "info,corelog_net=debug");
+    // A body over 4 KiB is refused whole, not cut short and applied.
+    let oversized = format!("info,corelog_net=debug{}", ",corelog_engine=info".repeat(300));
+    assert_eq!(http::request(&admin, "PUT", "/v1/log-level", &oversized).status, 413);
+    assert_eq!(get(&admin, "/v1/log-level").json()["filter"], "info,corelog_net=debug");
     // A connection closed for a bad frame is logged at debug by the net crate: visible now.
     {
         use std::io::Write;

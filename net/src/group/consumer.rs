@@ -172,6 +172,42 @@ struct DurableMember {
     current: DurableCurrent,
 }
 
+impl DurableMember {
+    fn metadata_record(&self, group: &str, member_id: &str) -> ConsumerRecord {
+        let (group, member_id) = (group.to_string(), member_id.to_string());
+        ConsumerRecord::MemberMetadata { group, member_id, value: self.metadata.clone() }
+    }
+
+    fn target_record(
+        &self,
+        group: &str,
+        member_id: &str,
+        topic_id: &dyn Fn(&str) -> Option<TopicId>,
+    ) -> ConsumerRecord {
+        let (group, member_id) = (group.to_string(), member_id.to_string());
+        ConsumerRecord::TargetMember { group, member_id, value: Some(by_id(&self.target, topic_id)) }
+    }
+
+    /// A static member away is Kafka's member epoch -2, its epoch kept as the previous one.
+    fn current_record(
+        &self,
+        group: &str,
+        member_id: &str,
+        topic_id: &dyn Fn(&str) -> Option<TopicId>,
+    ) -> ConsumerRecord {
+        let c = &self.current;
+        let value = CurrentAssignment {
+            member_epoch: if c.away { STATIC_LEAVE } else { c.epoch },
+            previous_member_epoch: if c.away { c.epoch } else { c.previous_epoch },
+            state: c.state,
+            assigned: by_id(&c.assigned, topic_id),
+            pending_revocation: by_id(&c.pending_revocation, topic_id),
+        };
+        let (group, member_id) = (group.to_string(), member_id.to_string());
+        ConsumerRecord::CurrentAssignment { group, member_id, value: Some(value) }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 struct DurableCurrent {
     epoch: i32,
@@ -289,35 +325,16 @@ impl ConsumerGroup {
         for member_id in std::mem::take(&mut self.touched) {
             let live = self.members.get(&member_id).map(|m| self.durable(m));
             let written = self.written.members.get(&member_id);
-            let member = || member_id.clone();
             match (live, written) {
                 (Some(live), written) => {
                     if written.and_then(|w| w.metadata.as_ref()) != live.metadata.as_ref() {
-                        let value = live.metadata.clone();
-                        metadata.push(ConsumerRecord::MemberMetadata {
-                            group: group.clone(),
-                            member_id: member(),
-                            value,
-                        });
+                        metadata.push(live.metadata_record(&group, &member_id));
                     }
                     if written.map(|w| &w.target) != Some(&live.target) {
-                        let value = Some(by_id(&live.target, topic_id));
-                        targets.push(ConsumerRecord::TargetMember { group: group.clone(), member_id: member(), value });
+                        targets.push(live.target_record(&group, &member_id, topic_id));
                     }
                     if written.map(|w| &w.current) != Some(&live.current) {
-                        let c = &live.current;
-                        let value = Some(CurrentAssignment {
-                            member_epoch: if c.away { STATIC_LEAVE } else { c.epoch },
-                            previous_member_epoch: if c.away { c.epoch } else { c.previous_epoch },
-                            state: c.state,
-                            assigned: by_id(&c.assigned, topic_id),
-                            pending_revocation: by_id(&c.pending_revocation, topic_id),
-                        });
-                        currents.push(ConsumerRecord::CurrentAssignment {
-                            group: group.clone(),
-                            member_id: member(),
-                            value,
-                        });
+                        currents.push(live.current_record(&group, &member_id, topic_id));
                     }
                     self.written.members.insert(member_id.clone(), live);
                 }
@@ -345,29 +362,9 @@ impl ConsumerGroup {
     fn written_records(&self, topic_id: &dyn Fn(&str) -> Option<TopicId>, out: &mut Vec<ConsumerRecord>) {
         let group = &self.id;
         for (member_id, member) in &self.written.members {
-            let member_id = member_id.clone();
-            out.push(ConsumerRecord::MemberMetadata {
-                group: group.clone(),
-                member_id: member_id.clone(),
-                value: member.metadata.clone(),
-            });
-            out.push(ConsumerRecord::TargetMember {
-                group: group.clone(),
-                member_id: member_id.clone(),
-                value: Some(by_id(&member.target, topic_id)),
-            });
-            let c = &member.current;
-            out.push(ConsumerRecord::CurrentAssignment {
-                group: group.clone(),
-                member_id,
-                value: Some(CurrentAssignment {
-                    member_epoch: if c.away { STATIC_LEAVE } else { c.epoch },
-                    previous_member_epoch: if c.away { c.epoch } else { c.previous_epoch },
-                    state: c.state,
-                    assigned: by_id(&c.assigned, topic_id),
-                    pending_revocation: by_id(&c.pending_revocation, topic_id),
-                }),
-            });
+            out.push(member.metadata_record(group, member_id));
+            out.push(member.target_record(group, member_id, topic_id));
+            out.push(member.current_record(group, member_id, topic_id));
         }
         if let Some(epoch) = self.written.epoch {
             out.push(ConsumerRecord::GroupEpoch { group: group.clone(), value: Some(epoch) });
@@ -703,6 +700,11 @@ impl ConsumerCoordinator {
     /// before anything taken later.
     pub fn take_records(&mut self, topic_id: &dyn Fn(&str) -> Option<TopicId>) -> Vec<(i32, ConsumerRecord)> {
         self.take_records_at(topic_id, i64::MAX).records
+    }
+
+    /// Whether [`Self::take_records`] has anything to give (or to hold back).
+    pub fn has_changes(&self) -> bool {
+        !self.dirty.is_empty() || !self.removed.is_empty() || !self.failed_tombstones.is_empty()
     }
 
     /// Like [`Self::take_records`], but groups held back after a failed write (until a time
@@ -1460,6 +1462,16 @@ mod tests {
         c
     }
 
+    /// Partition counts of the random test's topics: `v` only once it exists.
+    fn partitions_with(names: Vec<String>) -> impl Fn(&str) -> Option<i32> {
+        move |topic: &str| match topic {
+            "t" => Some(4),
+            "u" => Some(3),
+            "v" if names.iter().any(|n| n == "v") => Some(2),
+            _ => None,
+        }
+    }
+
     /// Random operations (joins, heartbeats that follow or ignore their assignment, leaves,
     /// static leaves, expiries, topics appearing): after each, the records taken leave what
     /// is written equal to the live state, and a coordinator rebuilt from every record so
@@ -1483,13 +1495,7 @@ mod tests {
             let mut log: Vec<(i32, ConsumerRecord)> = Vec::new();
             let mut now = 0i64;
             for step in 0..150 {
-                let topics_now = names.clone();
-                let parts = move |topic: &str| match topic {
-                    "t" => Some(4),
-                    "u" => Some(3),
-                    "v" if topics_now.iter().any(|n| n == "v") => Some(2),
-                    _ => None,
-                };
+                let parts = partitions_with(names.clone());
                 let member = format!("m{}", next(5));
                 let group = if next(4) == 0 { "h" } else { "g" };
                 let known = c.groups.get(group).and_then(|g| g.members.get(&member)).cloned();
@@ -1536,13 +1542,7 @@ mod tests {
                 log.extend(c.take_records(&topic_id));
                 assert_written_is_live(&c, step);
                 if step % 10 == 9 {
-                    let topics_now = names.clone();
-                    let parts = move |topic: &str| match topic {
-                        "t" => Some(4),
-                        "u" => Some(3),
-                        "v" if topics_now.iter().any(|n| n == "v") => Some(2),
-                        _ => None,
-                    };
+                    let parts = partitions_with(names.clone());
                     let r = restarted(&log, &parts, &names);
                     let with_members = |c: &ConsumerCoordinator| -> BTreeSet<String> {
                         c.groups.values().filter(|g| !g.members.is_empty()).map(|g| g.id.clone()).collect()

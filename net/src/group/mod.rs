@@ -421,7 +421,7 @@ impl GroupService {
                 let topics = self.registry.snapshot();
                 let topic_id = |name: &str| topics.get(name).and_then(|t| crate::registry::parse_hex_id(&t.id));
                 let records = self.consumers.borrow().written_records(partition, &topic_id);
-                records.into_iter().map(StoredRecord::Consumer).filter(|r| r.check_encodable().is_ok()).collect()
+                records.into_iter().map(StoredRecord::Consumer).collect()
             };
             let live: i64 =
                 groups.iter().map(|g| g.offsets.len() as i64 + 1).sum::<i64>() + consumer_records.len() as i64;
@@ -432,11 +432,7 @@ impl GroupService {
             let written = self.written_groups.borrow();
             for group in groups {
                 if let Some(record) = written.get(&group.id) {
-                    if record.check_encodable().is_err() {
-                        tracing::warn!(group = %group.id, "group record not snapshotted: a string is too long");
-                    } else {
-                        all.push(record.clone());
-                    }
+                    all.push(record.clone());
                 }
                 all.extend(group.offsets.iter().map(|((topic, index), c)| StoredRecord::Offset {
                     group: group.id.clone(),
@@ -450,13 +446,13 @@ impl GroupService {
                     }),
                 }));
             }
-            (batches_by_bytes(all), live)
+            (encode_batches(&all, corelog_engine::now_ms()), live)
         };
         let now_ms = corelog_engine::now_ms();
         let mut start = None;
         let mut durables = Vec::with_capacity(snapshot.len());
-        for records in &snapshot {
-            let batch = BytesMut::from(&store::encode_batch(records, now_ms)[..]);
+        for batch in snapshot {
+            let batch = BytesMut::from(&batch[..]);
             match self.log.append(&name, batch, now_ms) {
                 Ok(appended) => {
                     start.get_or_insert(appended.base_offset);
@@ -798,47 +794,42 @@ impl GroupService {
             self.consumers.borrow_mut().take_records_at(&topic_id, now_ms)
         };
         let mut not_durable = taken.held;
-        // (partition, group, bytes, records)
-        type Batch = (i32, String, usize, Vec<(i32, ConsumerRecord)>);
-        let mut batches: Vec<Batch> = Vec::new();
+        // Runs of records of one group (in one partition), in the order taken.
+        let mut runs: Vec<(i32, Vec<ConsumerRecord>)> = Vec::new();
         for (partition, record) in taken.records {
-            let stored = StoredRecord::Consumer(record);
-            if let Err(error) = stored.check_encodable() {
-                tracing::warn!(%error, "consumer group record not written");
-                continue;
-            }
-            let size = stored.encode_key().len() + stored.encode_value().map_or(0, |v| v.len()) + RECORD_OVERHEAD_BYTES;
-            let StoredRecord::Consumer(record) = stored else { continue };
-            match batches.last_mut() {
-                Some((p, group, bytes, records))
-                    if *p == partition && group == record.group() && *bytes + size <= CONSUMER_BATCH_BYTES =>
-                {
-                    *bytes += size;
-                    records.push((partition, record));
-                }
-                _ => batches.push((partition, record.group().to_string(), size, vec![(partition, record)])),
+            match runs.last_mut() {
+                Some((p, records)) if *p == partition && records[0].group() == record.group() => records.push(record),
+                _ => runs.push((partition, vec![record])),
             }
         }
         let mut pending = Vec::new();
-        for (partition, group, _, records) in batches {
+        for (partition, records) in runs {
             let name = TopicPartition::new(OFFSETS_TOPIC, partition);
-            let stored: Vec<StoredRecord> = records.iter().map(|(_, r)| StoredRecord::Consumer(r.clone())).collect();
-            let batch = BytesMut::from(&store::encode_batch(&stored, now_ms)[..]);
-            match self.log.append(&name, batch, now_ms) {
-                Ok(appended) => pending.push((group, records, Some(appended.durable))),
-                Err(error) => {
-                    tracing::warn!(%name, %group, %error, "consumer group records not written: tried again in a second");
-                    pending.push((group, records, None));
+            let group = records[0].group().to_string();
+            let stored: Vec<StoredRecord> = records.iter().cloned().map(StoredRecord::Consumer).collect();
+            let mut durables = Vec::new();
+            for batch in encode_batches(&stored, now_ms) {
+                match self.log.append(&name, BytesMut::from(&batch[..]), now_ms) {
+                    Ok(appended) => durables.push(Some(appended.durable)),
+                    Err(error) => {
+                        tracing::warn!(%name, %group, %error, "consumer group records not written: tried again in a second");
+                        durables.push(None);
+                    }
                 }
             }
+            let records: Vec<(i32, ConsumerRecord)> = records.into_iter().map(|r| (partition, r)).collect();
+            pending.push((group, records, durables));
         }
         let this = self.this.clone();
         async move {
-            for (group, records, durable) in pending {
-                let written = match durable {
-                    Some(durable) => durable.await.is_ok(),
-                    None => false,
-                };
+            for (group, records, durables) in pending {
+                let mut written = true;
+                for durable in durables {
+                    written &= match durable {
+                        Some(durable) => durable.await.is_ok(),
+                        None => false,
+                    };
+                }
                 if !written {
                     not_durable.insert(group);
                     if let Some(this) = this.upgrade() {
@@ -916,12 +907,14 @@ impl GroupService {
                 let topics = self.registry.snapshot();
                 let partitions_of = |topic: &str| topics.get(topic).map(|t| t.partitions);
                 self.consumers.borrow_mut().tick(now_ms, &partitions_of);
-                // Appended now, in order; nobody waits on them.
-                let written = self.persist_consumer_changes();
-                glommio::spawn_local(async move {
-                    written.await;
-                })
-                .detach();
+                if self.consumers.borrow().has_changes() {
+                    // Appended now, in order; nobody waits on them.
+                    let written = self.persist_consumer_changes();
+                    glommio::spawn_local(async move {
+                        written.await;
+                    })
+                    .detach();
+                }
             }
             let effects = self.coordinator.borrow_mut().tick(now_ms);
             if !effects.persist.is_empty() || !effects.replies.is_empty() {
@@ -932,25 +925,40 @@ impl GroupService {
     }
 }
 
-/// `records` in order, in batches of at most [`SNAPSHOT_BATCH_RECORDS`] records and about
-/// [`CONSUMER_BATCH_BYTES`] bytes (a record larger than that is a batch of its own).
-fn batches_by_bytes(records: Vec<StoredRecord>) -> Vec<Vec<StoredRecord>> {
-    let mut batches: Vec<Vec<StoredRecord>> = Vec::new();
-    let mut batch_bytes = 0;
+/// `records` in order, each encoded once, as batches of at most [`SNAPSHOT_BATCH_RECORDS`]
+/// records and about [`CONSUMER_BATCH_BYTES`] bytes (a record larger than that is a batch of
+/// its own). Records that do not fit a Kafka `STRING` are left out, with a warning.
+fn encode_batches(records: &[StoredRecord], now_ms: i64) -> Vec<Vec<u8>> {
+    // Encoded records: key and value (None: a tombstone).
+    type Encoded = (Vec<u8>, Option<Vec<u8>>);
+    let mut chunks: Vec<Vec<Encoded>> = Vec::new();
+    let mut chunk_bytes = 0;
     for record in records {
-        let size = record.encode_key().len() + record.encode_value().map_or(0, |v| v.len()) + RECORD_OVERHEAD_BYTES;
-        match batches.last_mut() {
-            Some(batch) if batch_bytes + size <= CONSUMER_BATCH_BYTES && batch.len() < SNAPSHOT_BATCH_RECORDS => {
-                batch_bytes += size;
-                batch.push(record);
+        if let Err(error) = record.check_encodable() {
+            tracing::warn!(%error, "group record not written");
+            continue;
+        }
+        let (key, value) = (record.encode_key(), record.encode_value());
+        let size = key.len() + value.as_ref().map_or(0, Vec::len) + RECORD_OVERHEAD_BYTES;
+        match chunks.last_mut() {
+            Some(chunk) if chunk_bytes + size <= CONSUMER_BATCH_BYTES && chunk.len() < SNAPSHOT_BATCH_RECORDS => {
+                chunk_bytes += size;
+                chunk.push((key, value));
             }
             _ => {
-                batch_bytes = size;
-                batches.push(vec![record]);
+                chunk_bytes = size;
+                chunks.push(vec![(key, value)]);
             }
         }
     }
-    batches
+    chunks
+        .iter()
+        .map(|chunk| {
+            let pairs: Vec<corelog_engine::batch::KeyValue<'_>> =
+                chunk.iter().map(|(key, value)| (Some(key.as_slice()), value.as_deref())).collect();
+            corelog_engine::batch::encode_batch(&pairs, now_ms)
+        })
+        .collect()
 }
 
 /// The offset after the last whole batch in a read (None: no whole batch in it).
@@ -972,6 +980,33 @@ fn strings_fit(strings: &[&str]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_records_are_encoded_in_batches_a_log_accepts() {
+        // 2,000 commits with 4 KiB of metadata each: far over `max.message.bytes` in one batch.
+        let records: Vec<StoredRecord> = (0..2_000)
+            .map(|i| StoredRecord::Offset {
+                group: "g".into(),
+                topic: "t".into(),
+                partition: i,
+                value: Some(OffsetValue {
+                    offset: 1,
+                    leader_epoch: -1,
+                    metadata: "m".repeat(4096),
+                    commit_timestamp_ms: 0,
+                }),
+            })
+            .collect();
+        let batches = encode_batches(&records, 0);
+        assert!(batches.len() > 1);
+        assert!(
+            batches.iter().all(|b| b.len() <= CONSUMER_BATCH_BYTES + 4096),
+            "{:?}",
+            batches.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        let decoded: usize = batches.iter().map(|b| store::decode_batches(b).0.len()).sum();
+        assert_eq!(decoded, 2_000, "every record, once, in order");
+    }
 
     #[test]
     fn groups_are_placed_like_kafka_places_them() {
