@@ -76,6 +76,8 @@ struct Open {
     builder: BatchBuilder,
     opaques: Vec<u64>,
     id: u64,
+    /// What its records count against `buffer_bytes`.
+    bytes: usize,
 }
 
 struct Ready {
@@ -84,6 +86,7 @@ struct Ready {
     batch: Bytes,
     opaques: Vec<u64>,
     attempts: u32,
+    bytes: usize,
 }
 
 struct PartitionState {
@@ -194,10 +197,11 @@ impl Producer {
             let open = state.open.get_or_insert_with(|| {
                 inner.next_batch_id += 1;
                 new_batch = Some(inner.next_batch_id);
-                Open { builder: BatchBuilder::new(), opaques: Vec::new(), id: inner.next_batch_id }
+                Open { builder: BatchBuilder::new(), opaques: Vec::new(), id: inner.next_batch_id, bytes: 0 }
             });
             open.builder.push(timestamp_ms, key, value, headers);
             open.opaques.push(opaque);
+            open.bytes += size;
             inner.queued_bytes += size;
             inner.outstanding += 1;
             let full = open.builder.size_bytes() >= self.config.batch_bytes;
@@ -298,6 +302,7 @@ impl Producer {
             batch: Bytes::from(batch),
             opaques: open.opaques,
             attempts: 0,
+            bytes: open.bytes,
         });
         drop(guard);
         self.wake(leader);
@@ -308,7 +313,7 @@ impl Producer {
         let open =
             self.inner.borrow_mut().partitions.get_mut(&(Rc::clone(topic), partition)).and_then(|s| s.open.take());
         if let Some(open) = open {
-            self.deliver(topic, partition, &open.opaques, -1, Some(error), 0);
+            self.deliver(topic, partition, &open.opaques, -1, Some(error), open.bytes);
         }
     }
 
@@ -434,7 +439,7 @@ impl Producer {
                 (None, Some((0 | 46, base_offset, _))) => {
                     // 46: DUPLICATE_SEQUENCE_NUMBER: written before.
                     let base = *base_offset;
-                    self.deliver(&ready.topic, ready.partition, &ready.opaques, base, None, ready.batch.len());
+                    self.deliver(&ready.topic, ready.partition, &ready.opaques, base, None, ready.bytes);
                     continue;
                 }
                 (None, Some((code, _, message))) => {
@@ -451,7 +456,7 @@ impl Producer {
                 ready.attempts += 1;
                 retry.push(ready);
             } else {
-                self.deliver(&ready.topic, ready.partition, &ready.opaques, -1, error, ready.batch.len());
+                self.deliver(&ready.topic, ready.partition, &ready.opaques, -1, error, ready.bytes);
             }
         }
         if !retry.is_empty() {
@@ -487,11 +492,7 @@ impl Producer {
         let waiters = {
             let mut inner = self.inner.borrow_mut();
             inner.outstanding = inner.outstanding.saturating_sub(opaques.len());
-            // Record bytes were counted with their framing; a batch's bytes are close enough.
-            inner.queued_bytes = inner.queued_bytes.saturating_sub(bytes.max(opaques.len() * 16));
-            if inner.outstanding == 0 {
-                inner.queued_bytes = 0;
-            }
+            inner.queued_bytes -= bytes;
             std::mem::take(&mut inner.waiters)
         };
         for waiter in waiters {
@@ -520,7 +521,7 @@ async fn send_loop(producer: Weak<Producer>, leader: i32, mut wakes: mpsc::Unbou
                     let sent = connection.send_oneway(&request);
                     for ready in &batches {
                         let error = sent.clone().err();
-                        this.deliver(&ready.topic, ready.partition, &ready.opaques, -1, error, ready.batch.len());
+                        this.deliver(&ready.topic, ready.partition, &ready.opaques, -1, error, ready.bytes);
                     }
                     if let Some(count) = this.inner.borrow_mut().in_flight.get_mut(&leader) {
                         *count = count.saturating_sub(1);
