@@ -236,7 +236,7 @@ struct Shared {
     live_publish: Mutex<Histogram<u64>>,
     live_e2e: Mutex<Histogram<u64>>,
     /// Samples count from this instant (µs since the epoch): the end of the warm-up.
-    measure_from_us: AtomicU64,
+    measure_from_us: u64,
 }
 
 /// What one thread measured.
@@ -349,7 +349,7 @@ fn bench(args: &BenchArgs, workload: &Workload) -> Result<Value, Error> {
         first_error: Mutex::new(None),
         live_publish: Mutex::new(histogram()),
         live_e2e: Mutex::new(histogram()),
-        measure_from_us: AtomicU64::new(now_us() + (workload.warmup * 1e6) as u64),
+        measure_from_us: now_us() + (workload.warmup * 1e6) as u64,
     });
     // Partitions for each consumer, round robin over every topic's partitions.
     let mut assignments: Vec<Vec<(String, i32)>> = vec![Vec::new(); workload.consumers];
@@ -584,23 +584,32 @@ async fn client_thread(
         let (shared, workload, topics, client) =
             (Arc::clone(&shared), workload.clone(), topics.clone(), Rc::clone(&client));
         let (publish, timeline) = (Rc::clone(&publish), Rc::clone(&timeline));
-        tasks.push(glommio::spawn_local(async move {
-            produce_loop(index, shared, workload, topics, client, publish, timeline, started_us).await
-        }));
+        tasks.push((
+            true,
+            glommio::spawn_local(async move {
+                produce_loop(index, shared, workload, topics, client, publish, timeline, started_us).await
+            }),
+        ));
     }
     for assignment in consumers {
         let (shared, workload, client) = (Arc::clone(&shared), workload.clone(), Rc::clone(&client));
         let (e2e, timeline) = (Rc::clone(&e2e), Rc::clone(&timeline));
-        tasks.push(glommio::spawn_local(async move {
-            consume_loop(assignment, shared, workload, client, e2e, timeline, started_us).await
-        }));
+        tasks.push((
+            false,
+            glommio::spawn_local(async move {
+                consume_loop(assignment, shared, workload, client, e2e, timeline, started_us).await
+            }),
+        ));
     }
-    for task in tasks {
+    for (producing, task) in tasks {
         if let Err(error) = task.await {
             let mut first = shared.first_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             first.get_or_insert(error.to_string());
             shared.stop.store(true, Ordering::Relaxed);
-            shared.producers_done.fetch_add(1, Ordering::Relaxed);
+            if producing {
+                // It will not count itself done: the run must not wait for it.
+                shared.producers_done.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
     let publish = publish.borrow().clone();
@@ -670,7 +679,7 @@ async fn produce_loop(
             shared.produced.fetch_add(1, Ordering::Relaxed);
             shared.produced_bytes.fetch_add(size as u64, Ordering::Relaxed);
             record_second(&timeline, started_us, 0, 1, size as u64);
-            if delivery.opaque >= shared.measure_from_us.load(Ordering::Relaxed) {
+            if delivery.opaque >= shared.measure_from_us {
                 let _ = publish.borrow_mut().record(latency);
             }
             if let Ok(mut live) = shared.live_publish.try_lock() {
@@ -794,7 +803,7 @@ async fn consume_loop(
         {
             let mut e2e = e2e.borrow_mut();
             let mut live = shared.live_e2e.try_lock().ok();
-            let measure_from = shared.measure_from_us.load(Ordering::Relaxed);
+            let measure_from = shared.measure_from_us;
             for consumed in &records {
                 let Some(value) = consumed.record.value.as_ref() else { continue };
                 count += 1;
