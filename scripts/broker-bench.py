@@ -54,7 +54,13 @@ def device_write_mb(data_dir):
     return (bandwidth / 1e6 if bandwidth else None), profile
 
 
-def run_bench(brokers, workload, duration, backlog_bytes, cpus):
+def cpu_seconds(pid):
+    """CPU time of a process and all its threads (io_uring workers included), in seconds."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_bench(brokers, workload, duration, backlog_bytes, cpus, broker_pid=None):
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         path = f.name
     args = [CORELOG, "bench", "--brokers", brokers, "--workload", workload, "--quiet", "--json", path,
@@ -63,9 +69,13 @@ def run_bench(brokers, workload, duration, backlog_bytes, cpus):
         args += ["--backlog-bytes", str(backlog_bytes)]
     else:
         args += ["--duration", str(duration), "--warmup", "5"]
+    started, cpu_before = time.time(), cpu_seconds(broker_pid) if broker_pid else None
     subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
     result = json.load(open(path))
     os.unlink(path)
+    if broker_pid:
+        # Over the whole run (warm-up and topic creation included), as a share of one core.
+        result["broker_cpu_percent"] = 100 * (cpu_seconds(broker_pid) - cpu_before) / (time.time() - started)
     return result
 
 
@@ -76,7 +86,7 @@ def figures(r):
         "publish_p50": p["latency_ms"]["p50"], "publish_p99": p["latency_ms"]["p99"],
         "publish_p999": p["latency_ms"]["p999"], "consume_mb": c["mb_per_sec"],
         "e2e_p50": e["p50"], "e2e_p99": e["p99"], "e2e_p999": e["p999"],
-        "client_cpu": r["client"]["cpu_percent_of_one_core"],
+        "client_cpu": r["client"]["cpu_percent_of_one_core"], "broker_cpu": r.get("broker_cpu_percent"),
     }
 
 
@@ -111,7 +121,8 @@ def main():
         for workload, headline, target in SCENARIOS:
             runs = []
             for _ in range(args.runs):
-                runs.append(run_bench(brokers, workload, args.duration, int(args.backlog_gib * (1 << 30)), "1"))
+                runs.append(run_bench(brokers, workload, args.duration, int(args.backlog_gib * (1 << 30)), "1",
+                                      broker.pid if broker else None))
                 print(f"{workload}: {figures(runs[-1])}", file=sys.stderr)
             values = [figures(r)[headline] for r in runs]
             median = statistics.median_low(values)
@@ -146,8 +157,8 @@ def render(rows, device_mb, hardware, external, args):
                   "%.0f" % device_mb if device_mb else "unknown"))
     out.append("")
     out.append("| workload | produce MB/s | msg/s | publish p50 / p99 / p99.9 ms | e2e p50 / p99 / p99.9 ms "
-               "| consume MB/s | MB/s / device | client CPU % | target |")
-    out.append("|---|---|---|---|---|---|---|---|---|")
+               "| consume MB/s | MB/s / device | client CPU % | broker CPU % | broker CPU ms per MB | target |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
     def ms(f, kind):
         values = [f[f"{kind}_p50"], f[f"{kind}_p99"], f[f"{kind}_p999"]]
         return "-" if not any(values) else " / ".join(str(v) for v in values)
@@ -156,8 +167,17 @@ def render(rows, device_mb, hardware, external, args):
         ratio = f"{f['produce_mb'] / device_mb:.2f}" if device_mb else "-"
         if workload.startswith("backlog"):
             ratio = f"{f['consume_mb'] / device_mb:.2f} (consume)" if device_mb else "-"
+        broker_cpu, per_mb = "-", "-"
+        if f["broker_cpu"] is not None:
+            broker_cpu = f"{f['broker_cpu']:.0f}"
+            p, c = f["produce_mb"], f["consume_mb"]
+            if p and c:
+                # The backlog run fills, then drains: each byte moves once in each phase.
+                seconds_per_mb = (1 / p + 1 / c) / 2 if workload.startswith("backlog") else 1 / (p + c)
+                per_mb = f"{10 * f['broker_cpu'] * seconds_per_mb:.2f}"
         out.append(f"| {workload} | {f['produce_mb']:.1f} | {f['produce_msgs']:,.0f} | {ms(f, 'publish')} | "
-                   f"{ms(f, 'e2e')} | {f['consume_mb']:.1f} | {ratio} | {f['client_cpu']:.0f} | {target} |")
+                   f"{ms(f, 'e2e')} | {f['consume_mb']:.1f} | {ratio} | {f['client_cpu']:.0f} | {broker_cpu} | "
+                   f"{per_mb} | {target} |")
     out.append("")
     out.append(END)
     return "\n".join(out)

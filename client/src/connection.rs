@@ -168,18 +168,22 @@ impl Connection {
         }
         let correlation_id = self.next_correlation_id.get();
         self.next_correlation_id.set(correlation_id.wrapping_add(1));
-        let mut frame = BytesMut::with_capacity(64);
-        frame.extend_from_slice(&[0; 4]);
-        RequestHeader::default()
+        let encoding = |e: &dyn std::fmt::Display| Error::Encode { api: api_name(R::KEY), reason: e.to_string() };
+        let header = RequestHeader::default()
             .with_request_api_key(R::KEY)
             .with_request_api_version(version)
             .with_correlation_id(correlation_id)
-            .with_client_id(Some(self.client_id.clone()))
-            .encode(&mut frame, R::header_version(version))
-            .map_err(|e| Error::Encode { api: api_name(R::KEY), reason: e.to_string() })?;
-        request
-            .encode(&mut frame, version)
-            .map_err(|e| Error::Encode { api: api_name(R::KEY), reason: e.to_string() })?;
+            .with_client_id(Some(self.client_id.clone()));
+        let header_version = R::header_version(version);
+        // Sized up front: a produce request carries its batches, and a growing buffer would
+        // copy them again at every doubling.
+        let capacity = 4
+            + header.compute_size(header_version).map_err(|e| encoding(&e))?
+            + request.compute_size(version).map_err(|e| encoding(&e))?;
+        let mut frame = BytesMut::with_capacity(capacity);
+        frame.extend_from_slice(&[0; 4]);
+        header.encode(&mut frame, header_version).map_err(|e| encoding(&e))?;
+        request.encode(&mut frame, version).map_err(|e| encoding(&e))?;
         let size = i32::try_from(frame.len() - 4).map_err(|_| Error::Encode {
             api: api_name(R::KEY),
             reason: "the request is larger than a frame holds".into(),
@@ -188,7 +192,7 @@ impl Connection {
         if let Some(waiter) = waiter {
             self.waiting.borrow_mut().insert(correlation_id, waiter);
         }
-        if self.frames.unbounded_send(frame.to_vec()).is_err() {
+        if self.frames.unbounded_send(Vec::from(frame)).is_err() {
             self.waiting.borrow_mut().remove(&correlation_id);
             return Err(Error::Closed);
         }

@@ -7,15 +7,22 @@
 //! Sessionless fetches (KIP-227 session epoch -1): every request names every partition.
 //! Group membership is not here yet.
 //!
+//! Prefetch (on by default): as soon as a poll has moved the positions, the next round of
+//! fetches is sent, so the broker reads and sends while the caller handles the records. A
+//! prefetched response is used only if the next poll wants exactly the offsets it asked for
+//! (after a seek or a new assignment it is dropped and a fresh fetch is sent).
+//!
 //! Owner: one glommio executor thread.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::{BrokerId, FetchRequest, TopicName};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
 use crate::admin::{EARLIEST, LATEST};
@@ -30,6 +37,8 @@ pub struct ConsumerConfig {
     pub partition_max_bytes: i32,
     /// 0 read uncommitted, 1 read committed.
     pub isolation_level: i8,
+    /// Send the next round of fetches at the end of each poll (see the module docs).
+    pub prefetch: bool,
 }
 
 impl Default for ConsumerConfig {
@@ -40,6 +49,7 @@ impl Default for ConsumerConfig {
             max_bytes: 52_428_800,
             partition_max_bytes: 1_048_576,
             isolation_level: 0,
+            prefetch: true,
         }
     }
 }
@@ -57,6 +67,18 @@ pub enum StartAt {
 /// (next offset to fetch, high watermark last seen or -1)
 type Position = (i64, i64);
 
+/// The (topic, partition, offset) list of one leader's fetch.
+type Wanted = Vec<(Rc<str>, i32, i64)>;
+
+type FetchFuture = Pin<Box<dyn Future<Output = Result<FetchResponse, Error>>>>;
+
+/// A fetch sent ahead of the poll that will want it.
+struct Prefetch {
+    leader: i32,
+    wanted: Wanted,
+    response: FetchFuture,
+}
+
 /// A record with where it came from.
 #[derive(Debug, Clone)]
 pub struct Consumed {
@@ -71,11 +93,18 @@ pub struct Consumer {
     topics: RefCell<BTreeMap<Rc<str>, TopicInfo>>,
     /// Next offset to fetch, and the high watermark last seen.
     positions: RefCell<BTreeMap<(Rc<str>, i32), Position>>,
+    prefetched: RefCell<Vec<Prefetch>>,
 }
 
 impl Consumer {
     pub fn new(client: Rc<Client>, config: ConsumerConfig) -> Self {
-        Self { client, config, topics: RefCell::new(BTreeMap::new()), positions: RefCell::new(BTreeMap::new()) }
+        Self {
+            client,
+            config,
+            topics: RefCell::new(BTreeMap::new()),
+            positions: RefCell::new(BTreeMap::new()),
+            prefetched: RefCell::default(),
+        }
     }
 
     /// Adds partitions of `topic` (all of them if `partitions` is empty) starting at `start`.
@@ -132,7 +161,50 @@ impl Consumer {
 
     /// One round of fetches (a request per leader, concurrently): the records that came.
     pub async fn poll(&self) -> Result<Vec<Consumed>, Error> {
-        let mut by_leader: BTreeMap<i32, Vec<(Rc<str>, i32, i64)>> = BTreeMap::new();
+        let mut prefetched = std::mem::take(&mut *self.prefetched.borrow_mut());
+        let mut fetches = Vec::new();
+        for (leader, wanted) in self.wanted_by_leader() {
+            let ready = prefetched.iter().position(|p| p.leader == leader && p.wanted == wanted);
+            let response = match ready {
+                Some(index) => prefetched.swap_remove(index).response,
+                None => self.send_fetch(leader, &wanted).await?,
+            };
+            fetches.push(response);
+        }
+        drop(prefetched); // fetches for other offsets: their responses are let go
+        let mut consumed = Vec::new();
+        let mut first_error = None;
+        for result in futures_util::future::join_all(fetches).await {
+            match result {
+                Ok(response) => match self.apply(response).await {
+                    Ok(records) => consumed.extend(records),
+                    Err(error) => {
+                        first_error.get_or_insert(error);
+                    }
+                },
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        if self.config.prefetch && first_error.is_none() {
+            let mut next = Vec::new();
+            for (leader, wanted) in self.wanted_by_leader() {
+                if let Ok(response) = self.send_fetch(leader, &wanted).await {
+                    next.push(Prefetch { leader, wanted, response });
+                }
+            }
+            *self.prefetched.borrow_mut() = next;
+        }
+        match first_error {
+            Some(error) if consumed.is_empty() => Err(error),
+            _ => Ok(consumed),
+        }
+    }
+
+    /// Every assigned partition's next offset, by leader (-1: leader unknown).
+    fn wanted_by_leader(&self) -> BTreeMap<i32, Wanted> {
+        let mut by_leader: BTreeMap<i32, Wanted> = BTreeMap::new();
         {
             let topics = self.topics.borrow();
             for ((topic, partition), (offset, _)) in self.positions.borrow().iter() {
@@ -143,26 +215,13 @@ impl Consumer {
                 by_leader.entry(leader).or_default().push((Rc::clone(topic), *partition, *offset));
             }
         }
-        let fetches = by_leader.into_iter().map(|(leader, wanted)| self.fetch(leader, wanted));
-        let mut consumed = Vec::new();
-        let mut first_error = None;
-        for result in futures_util::future::join_all(fetches).await {
-            match result {
-                Ok(records) => consumed.extend(records),
-                Err(error) => {
-                    first_error.get_or_insert(error);
-                }
-            }
-        }
-        match first_error {
-            Some(error) if consumed.is_empty() => Err(error),
-            _ => Ok(consumed),
-        }
+        by_leader
     }
 
-    async fn fetch(&self, leader: i32, wanted: Vec<(Rc<str>, i32, i64)>) -> Result<Vec<Consumed>, Error> {
+    /// Sends one leader's Fetch now; the future is its response.
+    async fn send_fetch(&self, leader: i32, wanted: &Wanted) -> Result<FetchFuture, Error> {
         let mut topics: BTreeMap<Rc<str>, Vec<FetchPartition>> = BTreeMap::new();
-        for (topic, partition, offset) in &wanted {
+        for (topic, partition, offset) in wanted {
             topics.entry(Rc::clone(topic)).or_default().push(
                 FetchPartition::default()
                     .with_partition(*partition)
@@ -195,7 +254,11 @@ impl Consumer {
                     .collect(),
             );
         let connection = if leader < 0 { self.client.any_broker().await? } else { self.client.broker(leader).await? };
-        let response = connection.send(request).await?;
+        Ok(Box::pin(connection.send_now(request)?))
+    }
+
+    /// Takes a Fetch response in: positions move past the records it returns.
+    async fn apply(&self, response: FetchResponse) -> Result<Vec<Consumed>, Error> {
         check("Fetch", response.error_code, None)?;
         let mut consumed = Vec::new();
         let mut refresh = false;

@@ -144,7 +144,11 @@ impl BatchBuilder {
 
     /// The batch (base offset 0, for the broker to assign), compressed with `codec`.
     pub fn finish(&self, codec: Codec, producer: Option<ProducerStamp>) -> Result<Vec<u8>, Error> {
-        let compressed = compress(codec, &self.records)?;
+        // Uncompressed records go straight into the batch (one copy, not two).
+        let compressed = match codec {
+            Codec::None => std::borrow::Cow::Borrowed(&self.records[..]),
+            _ => std::borrow::Cow::Owned(compress(codec, &self.records)?),
+        };
         let mut out = Vec::with_capacity(HEADER_BYTES + compressed.len());
         out.extend_from_slice(&0i64.to_be_bytes());
         let length = i32::try_from(HEADER_BYTES - 12 + compressed.len())

@@ -7,6 +7,11 @@
 //! (a call to itself runs the handler locally). The process stops when [`Runtime::stop`] is
 //! called (the broker does it on SIGINT/SIGTERM); each shard sees it through
 //! [`ShardContext::stopped`], finishes its work (flush everything) and returns.
+//!
+//! No executor exits before every shard's `main` has returned: a shard that is done keeps
+//! running (answering calls from shards still flushing) until all are done. Then every
+//! context, with its channel ends, is gone while all executors still run, so no waker of one
+//! shard's task is woken or dropped by another shard after that task's executor has freed it.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -14,9 +19,9 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_channel::oneshot;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
@@ -233,6 +238,32 @@ impl<Req: Send + 'static, Resp: Send + 'static> ShardContext<Req, Resp> {
     }
 }
 
+/// How long a finished shard waits for the others before its executor exits anyway (a shard
+/// that panicked never arrives).
+const EXIT_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// Counts shards whose `main` has returned (see the module docs).
+struct ExitBarrier {
+    shards: usize,
+    arrived: AtomicUsize,
+}
+
+impl ExitBarrier {
+    async fn arrive_and_wait(&self, shard: ShardId) {
+        self.arrived.fetch_add(1, Ordering::AcqRel);
+        let deadline = Instant::now() + EXIT_WAIT_MAX;
+        while self.arrived.load(Ordering::Acquire) < self.shards {
+            if Instant::now() >= deadline {
+                tracing::warn!(shard, waited = ?EXIT_WAIT_MAX, "exiting before every shard has finished");
+                return;
+            }
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        // One more turn of the reactor for wakes that other shards' last drops queued here.
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// The running shards.
 pub struct Runtime<T: Send + 'static> {
     handles: Vec<std::thread::JoinHandle<Result<T, String>>>,
@@ -256,6 +287,7 @@ impl<T: Send + 'static> Runtime<T> {
         assert_eq!(placement.shard_count(), config.shards, "placement table sized for another shard count");
         let mesh = MeshBuilder::<Envelope<Req, Resp>, Full>::full(config.shards, config.channel_capacity);
         let stop = Arc::new(AtomicBool::new(false));
+        let exit = Arc::new(ExitBarrier { shards: config.shards, arrived: AtomicUsize::new(0) });
         let mut handles = Vec::with_capacity(config.shards);
         for shard in 0..config.shards {
             let placement_kind = match &config.cpus {
@@ -265,23 +297,28 @@ impl<T: Send + 'static> Runtime<T> {
             let builder = LocalExecutorBuilder::new(placement_kind)
                 .name(&format!("shard-{shard}"))
                 .io_memory(config.io_memory_bytes);
-            let (mesh, stop_flag, placement, main) =
-                (mesh.clone(), Arc::clone(&stop), Arc::clone(&placement), main.clone());
+            let (mesh, stop_flag, placement, main, exit) =
+                (mesh.clone(), Arc::clone(&stop), Arc::clone(&placement), main.clone(), Arc::clone(&exit));
             let io_memory_bytes = config.io_memory_bytes;
             let handle = builder
                 .spawn(move || async move {
-                    let (senders, receivers) = mesh.join().await.map_err(|e| format!("mesh join failed: {e}"))?;
-                    let context = ShardContext {
-                        id: senders.peer_id(),
-                        shard_count: senders.nr_consumers(),
-                        placement: PlacementView::new(placement),
-                        io_memory_bytes,
-                        senders,
-                        receivers: RefCell::new(Some(receivers)),
-                        handler: RefCell::new(None),
-                        stop: stop_flag,
+                    let run = async {
+                        let (senders, receivers) = mesh.join().await.map_err(|e| format!("mesh join failed: {e}"))?;
+                        let context = ShardContext {
+                            id: senders.peer_id(),
+                            shard_count: senders.nr_consumers(),
+                            placement: PlacementView::new(placement),
+                            io_memory_bytes,
+                            senders,
+                            receivers: RefCell::new(Some(receivers)),
+                            handler: RefCell::new(None),
+                            stop: stop_flag,
+                        };
+                        Ok(main(context).await)
                     };
-                    Ok(main(context).await)
+                    let result = run.await;
+                    exit.arrive_and_wait(shard).await;
+                    result
                 })
                 .map_err(|e| RuntimeError::Start { shard, message: e.to_string() })?;
             let thread = std::thread::Builder::new()
@@ -357,5 +394,27 @@ mod tests {
         for answers in results {
             assert_eq!(answers, vec![(0, 20), (1, 22)]);
         }
+    }
+
+    #[test]
+    fn a_finished_shard_answers_calls_until_every_shard_is_done() {
+        let placement = PlacementTable::new(2);
+        let config = RuntimeConfig { shards: 2, ..RuntimeConfig::default() };
+        let runtime = Runtime::start(&config, placement, |ctx: ShardContext<u64, u64>| async move {
+            ctx.serve(|x: u64| async move { x + 1 });
+            ctx.stopped().await;
+            if ctx.id == 0 {
+                return None; // done at once
+            }
+            // Still flushing long after shard 0 returned: shard 0 must still answer (without
+            // the exit barrier this call never completes).
+            glommio::timer::sleep(Duration::from_millis(300)).await;
+            let call = async { Ok(ctx.call(0, 41).await) };
+            glommio::timer::timeout(Duration::from_secs(5), call).await.ok().and_then(Result::ok)
+        })
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        runtime.stop();
+        assert_eq!(runtime.join().unwrap(), vec![None, Some(42)]);
     }
 }

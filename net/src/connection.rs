@@ -388,10 +388,13 @@ async fn start(mut frame: Bytes, broker: &ShardBroker, host: &str) -> Result<Pen
         // Advertised from v0 for librdkafka's sake; message formats v0/v1 are not accepted.
         return Err(ConnectionError::UnsupportedVersion { key, version });
     }
-    let header = RequestHeader::decode(&mut frame, key.request_header_version(version))
-        .map_err(|e| ConnectionError::Malformed { key, version, message: e.to_string() })?;
-    let client =
-        ClientInfo { client_id: header.client_id.map(|c| c.to_string()).unwrap_or_default(), host: host.to_string() };
+    // The header is dropped here: it must hold no handle to the frame (see produce intake).
+    let client_id = RequestHeader::decode(&mut frame, key.request_header_version(version))
+        .map_err(|e| ConnectionError::Malformed { key, version, message: e.to_string() })?
+        .client_id
+        .map(|c| c.to_string())
+        .unwrap_or_default();
+    let client = ClientInfo { client_id, host: host.to_string() };
     let client = &client;
     tracing::trace!(?key, version, correlation_id, client_id = %client.client_id, "request");
     let call = Call { frame, key, version, correlation_id };
@@ -469,8 +472,11 @@ async fn start(mut frame: Bytes, broker: &ShardBroker, host: &str) -> Result<Pen
     };
     match key {
         ApiKey::Produce => {
-            let (request, call) = call.decode::<ProduceRequest>()?;
-            Ok(Pending::Produce(call, produce::append(broker, request, version).await))
+            let body = call.frame.clone();
+            let (request, mut call) = call.decode::<ProduceRequest>()?;
+            // The body's bytes become the appended batches; the call keeps no handle to them.
+            call.frame = Bytes::new();
+            Ok(Pending::Produce(call, produce::append(broker, request, version, body).await))
         }
         ApiKey::Fetch => {
             let (request, call) = call.decode::<FetchRequest>()?;

@@ -32,7 +32,7 @@ use crate::log::partition::{
     self, FileReadPlan, MaxTimestampPlan, Partition, PartitionOffsets, RecoveryReport, TopicPartition,
 };
 use crate::log::producer::Verdict;
-use crate::log::segment::{self, Segment, WriteShape};
+use crate::log::segment::{self, ChunkPool, Segment, WriteShape};
 use crate::metrics::Histogram;
 use crate::now_ms;
 use crate::records::{self, RecordStamp};
@@ -252,6 +252,7 @@ pub struct ShardLog {
     /// fdatasync goes through the side ring, whose io-wq may run more syncs at once than
     /// glommio's ring (bounded to 4 workers per CPU).
     side_ring: Rc<SideRing>,
+    chunk_pool: ChunkPool,
     inner: RefCell<Inner>,
     flusher_wake: Notify,
     flusher: RefCell<Option<glommio::task::JoinHandle<()>>>,
@@ -265,6 +266,7 @@ impl ShardLog {
             .map_err(|e| StorageError::Io(IoFailure::new("create io_uring side ring", &config.data_dir, e)))?;
         let log = Rc::new(Self {
             side_ring,
+            chunk_pool: ChunkPool::new(&config.write_shape),
             inner: RefCell::new(Inner {
                 partitions: HashMap::new(),
                 ids: HashMap::new(),
@@ -868,11 +870,12 @@ impl ShardLog {
             // 2. One aligned write of everything pending (tail block rewritten).
             let plan = self
                 .with_segment(name, base, |_, s| {
-                    s.file.as_ref().map(|f| f.alignment()).and_then(|a| s.take_write_plan(a, preallocate_bytes, &shape))
+                    let alignment = s.file.as_ref().map(|f| f.alignment())?;
+                    s.take_write_plan(alignment, preallocate_bytes, &shape, &self.chunk_pool)
                 })
                 .flatten();
             if let Some(mut plan) = plan {
-                segment::execute_write(&mut plan, shape.queue_depth, self.faults()).await?;
+                segment::execute_write(&mut plan, shape.queue_depth, self.faults(), &self.chunk_pool).await?;
                 let buffer_len = plan.buffer_len as u64;
                 self.with_segment(name, base, |_, s| s.complete_write(plan));
                 let mut inner = self.inner.borrow_mut();

@@ -11,10 +11,13 @@
 //! the connection already appends the next requests).
 //!
 //! Runs on the connection's shard; partitions are appended concurrently on their owners.
+//!
+//! Intake copies nothing: each partition's records become their own mutable piece of the
+//! request frame ([`split_batches`]), which the owner validates, stamps in place and keeps.
 
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use corelog_engine::log::TopicPartition;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
@@ -32,35 +35,84 @@ pub struct PendingProduce {
 }
 
 /// Stage one: appends every partition's batch on its owner (concurrently across partitions).
-pub async fn append(broker: &ShardBroker, request: ProduceRequest, version: i16) -> PendingProduce {
+/// `body` is the request body the request was decoded from (see [`split_batches`]).
+pub async fn append(broker: &ShardBroker, request: ProduceRequest, version: i16, body: Bytes) -> PendingProduce {
     let timeout = Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0).max(1));
-    let mut appends = Vec::new();
-    for topic in &request.topic_data {
-        for data in &topic.partition_data {
-            let partition = TopicPartition::new(topic.name.0.to_string(), data.index);
-            let records = data.records.clone();
-            appends.push(async move {
-                let result = match records {
-                    // Only the group coordinator writes its internal topic (Kafka: INVALID_TOPIC).
-                    _ if partition.topic == crate::group::OFFSETS_TOPIC => Err(error_code::INVALID_TOPIC_EXCEPTION),
-                    None => Err(error_code::INVALID_RECORD),
-                    Some(records) => {
-                        // The one copy on intake: the log stamps offsets in place.
-                        let batch = BytesMut::from(&records[..]);
-                        let request = ShardRequest::Append { partition: partition.clone(), batch };
-                        match broker.partition_call(&partition, request).await {
-                            Ok(ShardResponse::Appended(result)) => result,
-                            Ok(_) => Err(error_code::KAFKA_STORAGE_ERROR),
-                            Err(code) => Err(code),
-                        }
-                    }
-                };
-                (partition, result)
-            });
+    let silent = request.acks == 0;
+    let appends = split_batches(request, body).into_iter().map(|(partition, batch)| async move {
+        let result = match batch {
+            // Only the group coordinator writes its internal topic (Kafka: INVALID_TOPIC).
+            _ if partition.topic == crate::group::OFFSETS_TOPIC => Err(error_code::INVALID_TOPIC_EXCEPTION),
+            None => Err(error_code::INVALID_RECORD),
+            Some(batch) => {
+                let request = ShardRequest::Append { partition: partition.clone(), batch };
+                match broker.partition_call(&partition, request).await {
+                    Ok(ShardResponse::Appended(result)) => result,
+                    Ok(_) => Err(error_code::KAFKA_STORAGE_ERROR),
+                    Err(code) => Err(code),
+                }
+            }
+        };
+        (partition, result)
+    });
+    let appended = futures_util::future::join_all(appends).await;
+    PendingProduce { version, silent, timeout, appended }
+}
+
+/// Each partition's records (None when null), in request order, as a mutable `BytesMut` the
+/// log can stamp in place. `request` was decoded from `body`, so its records are slices of
+/// it: once the request is dropped and `body` is the allocation's only handle, the body
+/// becomes mutable and is cut into disjoint pieces, one per partition, without a copy. When
+/// it cannot be (another handle to the frame is alive, or a slice lies elsewhere), each
+/// batch is copied instead — correct, only slower.
+pub fn split_batches(request: ProduceRequest, body: Bytes) -> Vec<(TopicPartition, Option<BytesMut>)> {
+    let (start, end) = (body.as_ptr() as usize, body.as_ptr() as usize + body.len());
+    let mut batches: Vec<(TopicPartition, Option<Bytes>)> = Vec::new();
+    for topic in request.topic_data {
+        let name = topic.name.0.to_string();
+        for data in topic.partition_data {
+            batches.push((TopicPartition::new(name.clone(), data.index), data.records));
         }
     }
-    let appended = futures_util::future::join_all(appends).await;
-    PendingProduce { version, silent: request.acks == 0, timeout, appended }
+    // (position in the body, length, index in `batches`) of every slice of the body.
+    let mut ranges: Vec<(usize, usize, usize)> = Vec::with_capacity(batches.len());
+    for (index, (_, records)) in batches.iter().enumerate() {
+        if let Some(records) = records.as_ref().filter(|r| !r.is_empty()) {
+            let at = records.as_ptr() as usize;
+            if at >= start && at + records.len() <= end {
+                ranges.push((at - start, records.len(), index));
+            }
+        }
+    }
+    ranges.sort_unstable();
+    let disjoint = ranges.windows(2).all(|pair| pair[0].0 + pair[0].1 <= pair[1].0);
+    let mut pieces: Vec<Option<BytesMut>> = (0..batches.len()).map(|_| None).collect();
+    if disjoint && !ranges.is_empty() {
+        // Drop the request's handles to the body first: only then is the body unique.
+        for &(_, _, index) in &ranges {
+            batches[index].1 = None;
+        }
+        match body.try_into_mut() {
+            Ok(mut rest) => {
+                let mut consumed = 0usize;
+                for &(at, len, index) in &ranges {
+                    bytes::Buf::advance(&mut rest, at - consumed);
+                    pieces[index] = Some(rest.split_to(len));
+                    consumed = at + len;
+                }
+            }
+            Err(body) => {
+                for &(at, len, index) in &ranges {
+                    pieces[index] = Some(BytesMut::from(&body[at..at + len]));
+                }
+            }
+        }
+    }
+    batches
+        .into_iter()
+        .zip(pieces)
+        .map(|((partition, records), piece)| (partition, piece.or_else(|| records.map(|r| BytesMut::from(&r[..])))))
+        .collect()
 }
 
 impl PendingProduce {
@@ -119,4 +171,77 @@ fn response(version: i16, results: Vec<(TopicPartition, Result<AppendReply, i16>
         }
     }
     ProduceResponse::default().with_responses(responses)
+}
+
+#[cfg(test)]
+mod tests {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::protocol::{Decodable, Encodable};
+
+    use super::*;
+
+    const VERSION: i16 = 9;
+
+    /// A Produce body with two topics: `a` partitions 0 (`aaaa…`) and 1 (null), `b` partition 3
+    /// (`bbbb…`), frozen from a fresh buffer as a received frame is.
+    fn body() -> Bytes {
+        let partition = |index: i32, records: Option<&'static [u8]>| {
+            PartitionProduceData::default().with_index(index).with_records(records.map(Bytes::from_static))
+        };
+        let request = ProduceRequest::default().with_acks(-1).with_timeout_ms(1000).with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("a")))
+                .with_partition_data(vec![partition(0, Some(&[b'a'; 100])), partition(1, None)]),
+            TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("b")))
+                .with_partition_data(vec![partition(3, Some(&[b'b'; 50]))]),
+        ]);
+        let mut out = BytesMut::new();
+        request.encode(&mut out, VERSION).expect("encodes");
+        out.freeze()
+    }
+
+    fn decode(body: &Bytes) -> ProduceRequest {
+        ProduceRequest::decode(&mut body.clone(), VERSION).expect("decodes")
+    }
+
+    fn check(batches: &[(TopicPartition, Option<BytesMut>)]) {
+        let summary: Vec<_> = batches.iter().map(|(p, b)| (p.topic.as_str(), p.partition, b.as_deref())).collect();
+        assert_eq!(summary, vec![("a", 0, Some(&[b'a'; 100][..])), ("a", 1, None), ("b", 3, Some(&[b'b'; 50][..]))]);
+    }
+
+    #[test]
+    fn a_unique_body_is_cut_into_its_batches_in_place() {
+        let body = body();
+        let (start, end) = (body.as_ptr() as usize, body.as_ptr() as usize + body.len());
+        let request = decode(&body);
+        let batches = split_batches(request, body);
+        check(&batches);
+        for (_, batch) in &batches {
+            if let Some(batch) = batch {
+                let at = batch.as_ptr() as usize;
+                assert!(at >= start && at + batch.len() <= end, "a batch was copied out of the body");
+            }
+        }
+        // Each piece is its own: stamping one leaves the others as they were.
+        let mut batches = batches;
+        if let Some(batch) = batches[0].1.as_mut() {
+            batch[..8].copy_from_slice(&7i64.to_be_bytes());
+        }
+        assert_eq!(batches[2].1.as_deref(), Some(&[b'b'; 50][..]));
+    }
+
+    #[test]
+    fn a_shared_body_is_copied_with_the_same_batches() {
+        let body = body();
+        let other_handle = body.clone();
+        let request = decode(&body);
+        let batches = split_batches(request, body);
+        check(&batches);
+        let (start, end) = (other_handle.as_ptr() as usize, other_handle.as_ptr() as usize + other_handle.len());
+        for (_, batch) in batches.iter().filter_map(|(p, b)| b.as_ref().map(|b| (p, b))) {
+            let at = batch.as_ptr() as usize;
+            assert!(at + batch.len() <= start || at >= end, "a batch aliases a body someone else holds");
+        }
+    }
 }
