@@ -122,3 +122,64 @@ fn records_are_acknowledged_once_and_read_back_in_order_for_every_codec() {
     });
     broker.stop().unwrap();
 }
+
+/// The consumer sends its next fetch at the end of each poll. That prefetched fetch serves
+/// the next poll when the positions are where it asked; after a seek it is dropped, and the
+/// poll reads from the new position, not from where the prefetch was.
+#[test]
+fn a_prefetched_fetch_serves_the_next_poll_and_a_seek_drops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::broker(dir.path());
+    let address = broker.address.to_string();
+    common::run(async move {
+        let client = Rc::new(Client::connect(ClientConfig::new(&address)).await.unwrap());
+        let topic = NewTopic { name: "prefetch".into(), partitions: 1, replication_factor: 1, configs: vec![] };
+        client.create_topics(&[topic], false).await.unwrap()[0].1.clone().unwrap();
+        let producer =
+            Producer::new(Rc::clone(&client), ProducerConfig::default(), Box::new(|_, d| assert!(d.error.is_none())))
+                .await
+                .unwrap();
+        let produce = |from: u64, to: u64| {
+            let producer = &producer;
+            async move {
+                for i in from..to {
+                    let value = i.to_string();
+                    producer.send("prefetch", Some(0), None, Some(value.as_bytes()), &[], 1_000, i).await.unwrap();
+                }
+                producer.flush().await;
+            }
+        };
+        let consumer = Consumer::new(
+            Rc::clone(&client),
+            ConsumerConfig { max_wait: Duration::from_millis(200), ..Default::default() },
+        );
+        let read_until = |last: i64| {
+            let consumer = &consumer;
+            async move {
+                let mut offsets = Vec::new();
+                for _ in 0..100 {
+                    for consumed in consumer.poll().await.unwrap() {
+                        let value = String::from_utf8(consumed.record.value.unwrap().to_vec()).unwrap();
+                        assert_eq!(value, consumed.record.offset.to_string(), "the record at its offset");
+                        offsets.push(consumed.record.offset);
+                    }
+                    if offsets.last() == Some(&last) {
+                        break;
+                    }
+                }
+                offsets
+            }
+        };
+        produce(0, 10).await;
+        consumer.assign("prefetch", &[0], StartAt::Earliest).await.unwrap();
+        assert_eq!(read_until(9).await, (0..10).collect::<Vec<_>>());
+        // A fetch from offset 10 is now outstanding; records arriving there are its answer.
+        produce(10, 15).await;
+        assert_eq!(read_until(14).await, (10..15).collect::<Vec<_>>());
+        // The fetch prefetched from 15 gets records 15..20; then a seek back: it must not be used.
+        produce(15, 20).await;
+        glommio::timer::sleep(Duration::from_millis(100)).await;
+        consumer.assign("prefetch", &[0], StartAt::Offset(3)).await.unwrap();
+        assert_eq!(read_until(19).await, (3..20).collect::<Vec<_>>());
+    });
+}
