@@ -7,6 +7,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -45,6 +46,7 @@ impl Connection {
             .await
             .map_err(|_| Error::Timeout { address: address.to_string(), what: "connecting".into() })??;
         stream.set_nodelay(true).map_err(|e| Error::io(address, e.into()))?;
+        let fd = stream.as_raw_fd();
         let (reader, writer) = futures_lite::io::split(stream);
         let (frames, outgoing) = mpsc::unbounded();
         let connection = Rc::new(Self {
@@ -60,6 +62,7 @@ impl Connection {
         glommio::spawn_local(write_frames(writer, outgoing, Rc::clone(&connection.broken))).detach();
         glommio::spawn_local(read_frames(
             reader,
+            fd,
             connection.address.clone(),
             Rc::clone(&connection.waiting),
             Rc::clone(&connection.broken),
@@ -225,8 +228,10 @@ async fn write_frames(
     let _ = writer.close().await;
 }
 
+/// Reads response frames off the socket (`fd` is the socket of `reader`).
 async fn read_frames(
     mut reader: futures_lite::io::ReadHalf<TcpStream>,
+    fd: RawFd,
     address: String,
     waiting: Rc<RefCell<HashMap<i32, Waiter>>>,
     broken: Rc<Cell<bool>>,
@@ -244,8 +249,8 @@ async fn read_frames(
                 reason: format!("frame of {size} bytes"),
             };
         };
-        let mut frame = vec![0u8; size];
-        if let Err(error) = reader.read_exact(&mut frame).await {
+        let mut frame = Vec::with_capacity(size);
+        if let Err(error) = read_into_capacity(&mut reader, fd, &mut frame, size).await {
             break Error::io(&address, error);
         }
         let correlation_id = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
@@ -262,6 +267,50 @@ async fn read_frames(
     for (_, waiter) in waiting.borrow_mut().drain() {
         let _ = waiter.send(Err(failure.clone()));
     }
+}
+
+/// Bytes zeroed for a read that has to wait for data (see [`read_into_capacity`]).
+const WAIT_READ_BYTES: usize = 64 << 10;
+
+/// Fills `frame` (empty, with capacity for `size` bytes) from the socket. Received bytes go
+/// straight into the vector's spare capacity with non-blocking `recv(2)`, so a large
+/// response is not zeroed first (that cost as much as the kernel's copy); only when the
+/// socket is empty does a read through the stream wait for data, into a small zeroed
+/// window.
+async fn read_into_capacity(
+    reader: &mut futures_lite::io::ReadHalf<TcpStream>,
+    fd: RawFd,
+    frame: &mut Vec<u8>,
+    size: usize,
+) -> std::io::Result<()> {
+    assert!(frame.is_empty() && frame.capacity() >= size);
+    while frame.len() < size {
+        let filled = frame.len();
+        let spare = &mut frame.spare_capacity_mut()[..size - filled];
+        // SAFETY: recv writes at most `spare.len()` bytes into the vector's own spare
+        // capacity, which outlives the call.
+        let received = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), libc::MSG_DONTWAIT) };
+        if received > 0 {
+            // SAFETY: the kernel initialised `received` bytes right after the length.
+            unsafe { frame.set_len(filled + received as usize) };
+            continue;
+        }
+        let error = std::io::Error::last_os_error();
+        match (received, error.kind()) {
+            (0, _) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            (_, std::io::ErrorKind::WouldBlock) => {
+                frame.resize(filled + (size - filled).min(WAIT_READ_BYTES), 0);
+                let read = reader.read(&mut frame[filled..]).await?;
+                frame.truncate(filled + read);
+                if read == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+            (_, std::io::ErrorKind::Interrupted) => {}
+            _ => return Err(error),
+        }
+    }
+    Ok(())
 }
 
 /// `work`, or Err(()) if it takes longer than `limit`.

@@ -34,12 +34,16 @@ pub struct SideRing {
     slots: RefCell<HashMap<u64, Slot>>,
     next_id: Cell<u64>,
     pump_running: Cell<bool>,
+    /// Empty pipes kept for the next splice (creating and sizing one costs three syscalls).
+    pipes: RefCell<Vec<Pipe>>,
     this: Weak<SideRing>,
 }
 
 /// user_data of cancel requests, whose completions nobody awaits.
 const CANCEL_USER_DATA: u64 = 0;
 const PIPE_BYTES: usize = 1 << 20;
+/// Empty pipes kept per ring.
+const IDLE_PIPES_MAX: usize = 8;
 
 impl SideRing {
     pub fn new(entries: u32) -> io::Result<Rc<Self>> {
@@ -70,6 +74,7 @@ impl SideRing {
             slots: RefCell::new(HashMap::new()),
             next_id: Cell::new(CANCEL_USER_DATA + 1),
             pump_running: Cell::new(false),
+            pipes: RefCell::new(Vec::new()),
             this: this.clone(),
         }))
     }
@@ -149,10 +154,18 @@ impl SideRing {
         self.submit(entry)?.await.map(|n| n as usize)
     }
 
-    /// Sends `len` bytes of `file_fd` from `offset` to the (non-blocking) socket `socket_fd`
+    /// Sends `len` bytes of `file_fd` from `offset` to the non-blocking socket `socket_fd`
     /// without copying them through user space. Returns when all were handed to the socket.
+    ///
+    /// File → pipe runs on the ring (the kernel's io-wq: it may wait for the device); pipe →
+    /// socket is a non-blocking `splice(2)` on the shard itself (it only hands page
+    /// references to the socket), and waits on the ring for writability when the socket is
+    /// full.
     pub async fn splice_to_socket(&self, file_fd: RawFd, offset: u64, len: u64, socket_fd: RawFd) -> io::Result<u64> {
-        let pipe = Pipe::new()?;
+        let pipe = match self.pipes.borrow_mut().pop() {
+            Some(pipe) => pipe,
+            None => Pipe::new()?,
+        };
         let mut sent = 0u64;
         while sent < len {
             let chunk = (len - sent).min(pipe.capacity as u64) as u32;
@@ -162,16 +175,22 @@ impl SideRing {
             }
             let mut in_pipe = filled;
             while in_pipe > 0 {
-                match self.splice(pipe.read.as_raw_fd(), -1, socket_fd, in_pipe as u32).await {
+                match splice_nonblocking(pipe.read.as_raw_fd(), socket_fd, in_pipe) {
                     Ok(0) => {
                         return Err(io::Error::new(io::ErrorKind::WriteZero, "socket accepted no bytes"));
                     }
                     Ok(n) => in_pipe -= n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable(socket_fd).await?,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(e),
                 }
             }
             sent += filled as u64;
+        }
+        // Only an empty pipe is reused (an error above drops it with whatever it holds).
+        let mut pipes = self.pipes.borrow_mut();
+        if pipes.len() < IDLE_PIPES_MAX {
+            pipes.push(pipe);
         }
         Ok(sent)
     }
@@ -285,6 +304,14 @@ impl Pipe {
         let capacity = if capacity > 0 { capacity as usize } else { 64 << 10 };
         Ok(Self { read, write, capacity })
     }
+}
+
+/// Moves up to `len` bytes from a pipe to a socket without blocking.
+fn splice_nonblocking(pipe_read: RawFd, socket_fd: RawFd, len: usize) -> io::Result<usize> {
+    let flags = libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE;
+    // SAFETY: splice between two caller-provided fds with no user memory involved.
+    let moved = unsafe { libc::splice(pipe_read, std::ptr::null_mut(), socket_fd, std::ptr::null_mut(), len, flags) };
+    if moved < 0 { Err(io::Error::last_os_error()) } else { Ok(moved as usize) }
 }
 
 /// Sets O_NONBLOCK on a socket (accepted sockets are blocking; splice to them must not be).

@@ -337,11 +337,17 @@ fn file_ranges_splice_to_a_socket_byte_for_byte() {
             last = Some(log.append(&tp(), batch_for(seed, 4, 300), 0).unwrap().durable);
         }
         last.unwrap().await.unwrap();
+        log.settle().await;
+        // The first segment (8 KiB segments) is finalized: all of the range may be spliced.
         let result = log.read(&tp(), 0, 1 << 20).await.unwrap();
         let ReadData::File(range) = &result.data else { panic!("expected a file range") };
         let expected = range.read_to_vec().await.unwrap();
+        let (slice, rest) = range.split_for_splice();
+        let slice = slice.expect("a finalized segment is spliced");
+        assert!(rest.is_none(), "nothing is left to copy");
+        assert_eq!(slice.len, range.len);
         let ring = corelog_engine::side_ring::SideRing::new(32).unwrap();
-        let sent = range.splice_to_socket(&ring, server.as_raw_fd()).await.unwrap();
+        let sent = slice.splice_to_socket(&ring, server.as_raw_fd()).await.unwrap();
         log.close().await.unwrap();
         (expected, sent)
     });
@@ -351,6 +357,53 @@ fn file_ranges_splice_to_a_socket_byte_for_byte() {
     client.read_exact(&mut received).unwrap();
     assert_eq!(received, expected);
     corelog_engine::batch::validate_prefix(&received).expect("a whole valid batch arrives first");
+}
+
+#[test]
+fn the_partial_last_page_of_an_active_segment_is_never_spliced() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let log = open_log(dir.path(), 0).await;
+        log.open_partition(&tp(), default_config()).await.unwrap();
+        // ~1.3 KiB: the whole segment is inside its first, partial page.
+        log.append(&tp(), batch_for(0, 4, 300), 0).unwrap().durable.await.unwrap();
+        let result = log.read(&tp(), 0, 1 << 20).await.unwrap();
+        let ReadData::File(range) = &result.data else { panic!("expected a file range") };
+        let (slice, rest) = range.split_for_splice();
+        assert!(slice.is_none(), "the next write rewrites this page");
+        let only = rest.expect("read with O_DIRECT instead").read_to_vec().await.unwrap();
+        assert_eq!(only, range.read_to_vec().await.unwrap());
+        corelog_engine::batch::validate_prefix(&only).expect("a whole batch");
+        // Four batches span two pages: the first page is spliced, and the response is cut
+        // there, since it holds the whole first batch.
+        let mut last = None;
+        for seed in 1..4 {
+            last = Some(log.append(&tp(), batch_for(seed, 4, 300), 0).unwrap().durable);
+        }
+        last.unwrap().await.unwrap();
+        let whole = log.read(&tp(), 0, 1 << 20).await.unwrap();
+        let ReadData::File(range) = &whole.data else { panic!("expected a file range") };
+        assert!(range.len > 4096 && range.len < 8192, "four batches span two pages: {}", range.len);
+        let everything = range.read_to_vec().await.unwrap();
+        let (slice, rest) = range.split_for_splice();
+        let slice = slice.expect("whole pages may be spliced");
+        assert_eq!((slice.position, slice.len), (0, 4096));
+        assert!(rest.is_none());
+        assert_eq!(slice.read_blocking().unwrap()[..], everything[..4096]);
+        // A batch across the page boundary: its part in the whole page is spliced, the rest
+        // read with O_DIRECT.
+        let fourth = log.read(&tp(), 12, 1 << 20).await.unwrap();
+        let ReadData::File(range) = &fourth.data else { panic!("expected a file range") };
+        assert!(range.position < 4096 && range.position + range.len > 4096, "{}+{}", range.position, range.len);
+        let (slice, rest) = range.split_for_splice();
+        let (slice, rest) = (slice.expect("the whole-page part"), rest.expect("the partial page"));
+        assert_eq!((slice.position + slice.len, rest.position), (4096, 4096));
+        let mut joined = slice.read_blocking().unwrap();
+        joined.extend(rest.read_to_vec().await.unwrap());
+        assert_eq!(joined[..], everything[range.position as usize..]);
+        corelog_engine::batch::validate_prefix(&joined).expect("a whole batch");
+        log.close().await.unwrap();
+    });
 }
 
 #[test]

@@ -394,6 +394,18 @@ const SHARD_SERIES: &[ShardSeries] = &[
     ("corelog_batch_cache_evictions", "Batches evicted from the batch cache.", MetricType::Counter, |s| {
         s.storage.cache.evictions as f64
     }),
+    (
+        "corelog_fetch_file_bytes_spliced",
+        "Record bytes read from segment files for Fetch and spliced to sockets.",
+        MetricType::Counter,
+        |s| s.file_bytes_spliced as f64,
+    ),
+    (
+        "corelog_fetch_file_bytes_copied",
+        "Record bytes read from segment files for Fetch with O_DIRECT and copied (a partial last page).",
+        MetricType::Counter,
+        |s| s.file_bytes_copied as f64,
+    ),
     ("corelog_connections_active", "Open client connections.", MetricType::Gauge, |s| {
         s.connections.listener.active as f64
     }),
@@ -727,6 +739,8 @@ mod tests {
             unknown_rejected: 0,
             partition_errors: vec![((0, 6), 2)],
             topic_bytes_out: vec![("t".to_string(), 7)],
+            file_bytes_spliced: 0,
+            file_bytes_copied: 0,
             storage: Default::default(),
             storage_histograms: Default::default(),
             partitions: Vec::new(),

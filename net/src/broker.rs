@@ -17,6 +17,7 @@ use corelog_engine::runtime::{ShardContext, ShardId};
 use crate::configs::{self, ConfigChange};
 use crate::group::classic::{Committed, JoinOutcome, JoinRequest, MemberRef, SyncOutcome, SyncRequest};
 use crate::group::{self, GroupDescription, GroupService, OFFSETS_TOPIC, OffsetCommit};
+use crate::handlers::fetch_response::Chunk;
 use crate::metrics::ShardMetrics;
 use crate::registry::{self, Registry, TopicRecord};
 
@@ -272,14 +273,15 @@ pub struct AppendReply {
 #[derive(Debug)]
 pub struct ReadReply {
     pub offsets: PartitionOffsets,
-    /// Whole batches, in order: the batch cache's own buffers (shared, not copied, also
-    /// across shards), or one buffer a file read filled.
-    pub records: Vec<bytes::Bytes>,
+    /// Batches, in order: the batch cache's own buffers (shared, not copied, also across
+    /// shards), a slice of a segment file for the connection's shard to splice, or (rarely)
+    /// one buffer an O_DIRECT read filled.
+    pub records: Vec<Chunk>,
 }
 
 impl ReadReply {
     pub fn records_len(&self) -> usize {
-        self.records.iter().map(bytes::Bytes::len).sum()
+        self.records.iter().map(Chunk::len).sum()
     }
 }
 
@@ -819,15 +821,28 @@ impl ShardBroker {
         }
     }
 
-    /// Reads on this shard (the owner); the bytes are copied out so they can cross shards.
+    /// Reads on this shard (the owner). File data goes back as a slice to splice; only what
+    /// a response needs from the partial last page of an active segment is read (O_DIRECT)
+    /// and copied.
     async fn read_local(&self, partition: &TopicPartition, offset: i64, max_bytes: usize) -> Result<ReadReply, i16> {
         let result = self.log.read(partition, offset, max_bytes).await.map_err(|e| e.kafka_error_code())?;
         let records = match result.data {
             ReadData::Empty => Vec::new(),
-            ReadData::Cached(batches) => batches,
+            ReadData::Cached(batches) => batches.into_iter().map(Chunk::Memory).collect(),
             ReadData::File(range) => {
-                let bytes = range.read_to_vec().await.map_err(|_| error_code::KAFKA_STORAGE_ERROR)?;
-                vec![bytes::Bytes::from(bytes)]
+                let (slice, rest) = range.split_for_splice();
+                let mut chunks = Vec::with_capacity(2);
+                if let Some(slice) = slice {
+                    slice.prefetch();
+                    self.metrics.file_read(true, slice.len);
+                    chunks.push(Chunk::File(slice));
+                }
+                if let Some(rest) = rest {
+                    let bytes = rest.read_to_vec().await.map_err(|_| error_code::KAFKA_STORAGE_ERROR)?;
+                    self.metrics.file_read(false, bytes.len() as u64);
+                    chunks.push(Chunk::Memory(bytes::Bytes::from(bytes)));
+                }
+                chunks
             }
         };
         Ok(ReadReply { offsets: result.offsets, records })

@@ -23,13 +23,14 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncWrite};
 use kafka_protocol::messages::{
     AlterConfigsRequest, ApiKey, ApiVersionsRequest, ConsumerGroupDescribeRequest, ConsumerGroupHeartbeatRequest,
     CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest,
@@ -43,6 +44,7 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 use crate::api;
 use crate::broker::ShardBroker;
 use crate::frame::{self, FrameError};
+use crate::handlers::fetch_response::Chunk;
 use crate::handlers::produce::PendingProduce;
 use crate::handlers::{
     alter_configs, api_versions, consumer_group_describe, consumer_group_heartbeat, create_partitions, create_topics,
@@ -52,6 +54,7 @@ use crate::handlers::{
 };
 use crate::metrics::{InFlight, RequestResult};
 use crate::request_budget::{RequestBudget, Reservation};
+use crate::socket_out::SocketOut;
 
 /// Who sent a request: its header's client id and the connection's peer address.
 #[derive(Debug, Clone, Default)]
@@ -123,15 +126,17 @@ enum Pending {
 }
 
 impl Pending {
-    /// The rest of the work, then the response frame (or none) as segments to write in
-    /// order: one buffer, or for a Fetch the fields and the record batches as they are.
-    async fn finish(self, broker: &ShardBroker) -> Result<Option<Vec<Bytes>>, ConnectionError> {
+    /// The rest of the work, then the response frame (or none) as chunks to write in
+    /// order: one buffer, or for a Fetch the fields, the record batches as they are and
+    /// slices of segment files.
+    async fn finish(self, broker: &ShardBroker) -> Result<Option<Vec<Chunk>>, ConnectionError> {
+        let whole = |frame: BytesMut| vec![Chunk::Memory(frame.freeze())];
         match self {
-            Pending::Done(response) => Ok(response.map(|frame| vec![frame.freeze()])),
+            Pending::Done(response) => Ok(response.map(whole)),
             Pending::Produce(call, pending) => {
                 let responds = pending.responds();
                 let response = pending.finish(broker).await;
-                if responds { call.encode(&response).map(|frame| Some(vec![frame.freeze()])) } else { Ok(None) }
+                if responds { call.encode(&response).map(|frame| Some(whole(frame))) } else { Ok(None) }
             }
             Pending::Fetch(call, request) => {
                 let response = fetch::handle(broker, request, call.version).await;
@@ -261,7 +266,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Half<'_, S> {
 }
 
 /// Serves requests on `stream` until the peer closes it (Ok) or the broker must (Err).
-pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+/// `stream` must be a non-blocking socket: responses are written to its fd directly
+/// ([`SocketOut`]).
+pub async fn serve<S: AsyncRead + AsyncWrite + AsRawFd + Unpin>(
     stream: &mut S,
     limits: &ConnectionLimits,
     budget: &Rc<RequestBudget>,
@@ -269,11 +276,12 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     peer: Option<std::net::SocketAddr>,
 ) -> Result<(), ConnectionError> {
     let host = peer.map(|p| format!("/{}", p.ip())).unwrap_or_default();
+    let socket = SocketOut { fd: stream.as_raw_fd(), ring: broker.log.side_ring() };
     let shared = RefCell::new(stream);
     let queue = Queue::default();
     let read_result: Cell<Option<Result<(), ConnectionError>>> = Cell::new(None);
     let reader = async {
-        let result = read_requests(&mut Half(&shared), limits, budget, broker, &queue, &host).await;
+        let result = read_requests(&mut Half(&shared), socket.fd, limits, budget, broker, &queue, &host).await;
         read_result.set(Some(result));
         queue.finish_reading();
         // The writer ends the connection once it has answered everything queued.
@@ -284,14 +292,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         while let Some(queued) = queue.next().await {
             let (key, started, bytes) = (queued.key, queued.started, queued.bytes);
             let result = if let Some(response) = queued.pending.finish(broker).await? {
-                let write = async {
-                    for segment in &response {
-                        if let Err(error) = out.write_all(segment).await {
-                            return Ok(Err(error));
-                        }
-                    }
-                    Ok(Ok(()))
-                };
+                let write = async { Ok(socket.write_chunks(&mut out, &response).await) };
                 match glommio::timer::timeout(limits.idle_timeout, write).await {
                     Ok(written) => written.map_err(ConnectionError::Write)?,
                     Err(_) => return Err(ConnectionError::WriteStalled(limits.idle_timeout)),
@@ -309,9 +310,11 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     read_result.take().unwrap_or(Ok(()))
 }
 
-/// The reader: frames off the socket, each one's ordered stage, then into the queue.
+/// The reader: frames off the socket (`socket` is the fd `input` reads from), each one's
+/// ordered stage, then into the queue.
 async fn read_requests<R: AsyncRead + Unpin>(
     input: &mut R,
+    socket: std::os::fd::RawFd,
     limits: &ConnectionLimits,
     budget: &Rc<RequestBudget>,
     broker: &ShardBroker,
@@ -331,7 +334,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
             slow_min_bytes: limits.slow_frame_min_bytes,
             contended: &|| budget.has_waiters(),
         };
-        let frame = frame::read_frame_body(input, size, &pace).await?;
+        let frame = frame::read_frame_body(input, Some(socket), size, &pace).await?;
         // Only Produce and Fetch are pipelined; any other request runs once everything before
         // it is answered, as Kafka runs a connection's requests one at a time (a commit then
         // a fetch of the offsets must see the commit).

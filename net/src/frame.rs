@@ -2,6 +2,7 @@
 //! many bytes. The size is checked against `socket.request.max.bytes` before anything is
 //! allocated, so a client claiming 2 GiB costs nothing but its connection.
 
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
@@ -67,25 +68,42 @@ pub struct BodyPace<'a> {
     pub contended: &'a dyn Fn() -> bool,
 }
 
+/// Bytes zeroed for a read of a frame body that has to wait for data.
+const WAIT_READ_BYTES: usize = 64 << 10;
+
 /// Reads the `size_bytes` of a frame after its size prefix, at the pace `pace` allows. A read
 /// that completes at once (the usual case) sets no timer. Dropping a pending read is safe with
 /// glommio's streams: they read on readiness, into the caller's buffer.
+///
+/// With `socket` (the fd `reader` reads from), bytes already received go straight into the
+/// frame's spare capacity with a non-blocking `recv(2)`: a large frame is not zeroed first
+/// (that cost a tenth of a shard's time at full produce rate). Only a read that has to wait
+/// goes through `reader`, into a small zeroed window.
 pub async fn read_frame_body<R: AsyncRead + Unpin>(
     reader: &mut R,
+    socket: Option<RawFd>,
     size_bytes: usize,
     pace: &BodyPace<'_>,
 ) -> Result<BytesMut, FrameError> {
     let started = Instant::now();
     let deadline = started + pace.timeout;
     let window = pace.slow_window.max(Duration::from_millis(1));
-    let mut frame = BytesMut::zeroed(size_bytes);
-    let mut filled = 0usize;
+    let mut frame = BytesMut::with_capacity(size_bytes);
     let (mut window_start, mut window_filled) = (started, 0usize);
-    while filled < size_bytes {
+    while frame.len() < size_bytes {
         let now = Instant::now();
         if now >= deadline {
             return Err(FrameError::TimedOut(pace.timeout));
         }
+        let filled = frame.len();
+        let received = match socket {
+            Some(fd) => recv_into_capacity(fd, &mut frame, size_bytes)?,
+            None => 0,
+        };
+        if received > 0 {
+            continue;
+        }
+        frame.resize(filled + (size_bytes - filled).min(WAIT_READ_BYTES), 0);
         let mut read = reader.read(&mut frame[filled..]);
         let read = match futures_lite::future::poll_once(&mut read).await {
             Some(read) => Some(read),
@@ -94,12 +112,14 @@ pub async fn read_frame_body<R: AsyncRead + Unpin>(
                 glommio::timer::timeout(wait, async { Ok(read.await) }).await.ok()
             }
         };
-        match read {
+        let read = match read {
             Some(Ok(0)) => return Err(FrameError::Truncated),
-            Some(Ok(n)) => filled += n,
+            Some(Ok(n)) => n,
             Some(Err(error)) => return Err(FrameError::Io(error)),
-            None => {}
-        }
+            None => 0,
+        };
+        frame.truncate(filled + read);
+        let filled = frame.len();
         let now = Instant::now();
         if now >= window_start + window {
             let received = filled - window_filled;
@@ -111,6 +131,30 @@ pub async fn read_frame_body<R: AsyncRead + Unpin>(
         }
     }
     Ok(frame)
+}
+
+/// One non-blocking `recv(2)` into the spare capacity of `frame`, up to `size_bytes` in all.
+/// Ok(0) when nothing is there yet; a closed connection is `Truncated`.
+fn recv_into_capacity(fd: RawFd, frame: &mut BytesMut, size_bytes: usize) -> Result<usize, FrameError> {
+    let filled = frame.len();
+    let spare = &mut frame.spare_capacity_mut()[..size_bytes - filled];
+    // SAFETY: recv writes at most `spare.len()` bytes into the buffer's own spare capacity.
+    let received = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), libc::MSG_DONTWAIT) };
+    match received {
+        0 => Err(FrameError::Truncated),
+        n if n > 0 => {
+            // SAFETY: the kernel initialised `n` bytes right after the length.
+            unsafe { frame.set_len(filled + n as usize) };
+            Ok(n as usize)
+        }
+        _ => {
+            let error = std::io::Error::last_os_error();
+            match error.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Ok(0),
+                _ => Err(FrameError::Io(error)),
+            }
+        }
+    }
 }
 
 /// Prefixes `body` with its size.
@@ -136,7 +180,7 @@ mod tests {
         };
         futures_lite::future::block_on(async {
             match read_frame_size(&mut reader, max).await? {
-                Some(size) => read_frame_body(&mut reader, size, &pace).await.map(Some),
+                Some(size) => read_frame_body(&mut reader, None, size, &pace).await.map(Some),
                 None => Ok(None),
             }
         })

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod registry;
 pub mod request_budget;
 pub mod server;
+pub mod socket_out;
 
 pub use connection::ConnectionLimits;
 pub use listener::{Listener, ListenerLimits, ListenerStats};

@@ -12,6 +12,7 @@
 
 use std::cell::Cell;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
 use glommio::net::TcpListener;
@@ -194,6 +195,13 @@ impl Listener {
                     let peer = stream.peer_addr().ok();
                     let mut stream = stream;
                     let _ = stream.set_nodelay(true);
+                    // Responses go out with non-blocking sendmsg and splice (glommio's own
+                    // reads and writes use MSG_DONTWAIT and readiness polls, unaffected).
+                    if let Err(error) = corelog_engine::side_ring::set_nonblocking(stream.as_raw_fd()) {
+                        tracing::warn!(?peer, %error, "cannot make the connection non-blocking: closing it");
+                        Self::update(&stats, |s| s.active -= 1);
+                        return;
+                    }
                     let result = connection::serve(&mut stream, &limits, &budget, &broker, peer).await;
                     let peer_closed = match &result {
                         Ok(()) => true,

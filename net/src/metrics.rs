@@ -55,6 +55,11 @@ pub struct ShardMetrics {
     partition_errors: RefCell<HashMap<(i16, i16), u64>>,
     /// Record bytes sent in Fetch responses, per topic.
     topic_bytes_out: RefCell<HashMap<String, u64>>,
+    /// Record bytes read from segment files for Fetch on this shard (the owner): handed out
+    /// as slices to splice, or read with O_DIRECT and copied (a range in the partial last
+    /// page of an active segment).
+    file_bytes_spliced: Cell<u64>,
+    file_bytes_copied: Cell<u64>,
     /// Requests read and not yet answered, over every connection of the shard.
     requests_in_flight: Cell<usize>,
     /// How late the reactor's probe timer fired: the shard's task-queue delay.
@@ -71,6 +76,8 @@ impl Default for ShardMetrics {
             unknown_rejected: Cell::new(0),
             partition_errors: RefCell::new(HashMap::new()),
             topic_bytes_out: RefCell::new(HashMap::new()),
+            file_bytes_spliced: Cell::new(0),
+            file_bytes_copied: Cell::new(0),
             requests_in_flight: Cell::new(0),
             task_delay: RefCell::new(Histogram::latency()),
             busy: Cell::new(Duration::ZERO),
@@ -120,6 +127,12 @@ impl ShardMetrics {
                 topics.insert(topic.to_string(), bytes as u64);
             }
         }
+    }
+
+    /// Counts record bytes a read took from segment files, spliced or copied.
+    pub fn file_read(&self, spliced: bool, bytes: u64) {
+        let counter = if spliced { &self.file_bytes_spliced } else { &self.file_bytes_copied };
+        counter.set(counter.get() + bytes);
     }
 
     /// A request entered a connection's queue; the guard counts it until dropped (answered,
@@ -194,6 +207,8 @@ pub struct ShardSnapshot {
     pub unknown_rejected: u64,
     pub partition_errors: Vec<((i16, i16), u64)>,
     pub topic_bytes_out: Vec<(String, u64)>,
+    pub file_bytes_spliced: u64,
+    pub file_bytes_copied: u64,
     pub storage: ShardLogStats,
     pub storage_histograms: ShardLogHistograms,
     pub partitions: Vec<PartitionMetrics>,
@@ -222,6 +237,8 @@ impl ShardMetrics {
             unknown_rejected: self.unknown_rejected.get(),
             partition_errors: self.partition_errors.borrow().iter().map(|(k, v)| (*k, *v)).collect(),
             topic_bytes_out: self.topic_bytes_out.borrow().iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            file_bytes_spliced: self.file_bytes_spliced.get(),
+            file_bytes_copied: self.file_bytes_copied.get(),
             storage: ShardLogStats::default(),
             storage_histograms: ShardLogHistograms::default(),
             partitions: Vec::new(),

@@ -475,6 +475,194 @@ fn an_incremental_fetch_session_answers_only_what_changed() {
     assert_eq!(response.error_code, 70, "the ended session is gone");
 }
 
+/// The sum over shards of a counter in the broker's metrics.
+fn counter_total(broker: &Broker, name: &str) -> f64 {
+    let hub = broker.admin();
+    let text = corelog_net::admin::render_metrics(hub, hub.collect(Duration::from_secs(5)));
+    let prefix = format!("{name}_total{{");
+    text.lines()
+        .filter(|line| line.starts_with(&prefix))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn batches_read_from_segment_files_go_out_by_splice_byte_for_byte() {
+    // No batch cache: every fetch reads the segment files, from the other shard too.
+    let broker = Broker::start(Options { shards: 2, cache_budget_bytes_per_shard: 0, ..Options::default() });
+    let mut client = broker.client();
+    let id = create_topic(&mut client, "files", 2);
+    let mut expected: Vec<Vec<(i64, Vec<u8>)>> = vec![Vec::new(); 2];
+    for round in 0..12i64 {
+        for partition in 0..2 {
+            // Under a page, over a page, over the size the encoder copies inline.
+            let value = vec![(round * 2 + partition as i64) as u8; [100, 5000, 40_000][(round % 3) as usize]];
+            let records = batch::build_test_batch(3, &value, 1_000 + round);
+            let (code, base) = produce(&mut client, 9, "files", partition, records.clone());
+            assert_eq!((code, base), (0, round * 3));
+            expected[partition as usize].push((base, records[batch::BATCH_HEADER_BYTES..].to_vec()));
+        }
+    }
+    // One partition at a time from each offset a consumer would use: every response holds
+    // the wanted batch first; a response may end inside a batch (cut at a page boundary).
+    for version in [11i16, 16] {
+        for partition in 0..2 {
+            let mut fetched = Vec::new();
+            let mut offset = 0;
+            while offset < 36 {
+                let request = fetch_request("files", id, partition, offset, 100, version);
+                let response: FetchResponse = client.call(ApiKey::Fetch, version, &request);
+                let data = &response.responses[0].partitions[0];
+                assert_eq!((data.error_code, data.high_watermark), (0, 36), "fetch v{version}");
+                let got = batches(data.records.as_ref().unwrap());
+                assert!(!got.is_empty() && got[0].0 == offset, "v{version} p{partition} at {offset}: {got:?}");
+                offset = got.last().unwrap().0 + 3;
+                fetched.extend(got);
+            }
+            assert!(fetched == expected[partition as usize], "v{version} p{partition}: bytes differ");
+        }
+    }
+    // Both partitions in one response: two file slices behind the fields.
+    let both =
+        FetchRequest::default().with_max_wait_ms(100).with_min_bytes(1).with_max_bytes(50 << 20).with_topics(vec![
+            FetchTopic::default().with_topic(name("files")).with_partitions(
+                (0..2)
+                    .map(|p| {
+                        FetchPartition::default()
+                            .with_partition(p)
+                            .with_fetch_offset(0)
+                            .with_partition_max_bytes(1 << 20)
+                    })
+                    .collect(),
+            ),
+        ]);
+    let response: FetchResponse = client.call(ApiKey::Fetch, 12, &both);
+    for (partition, data) in response.responses[0].partitions.iter().enumerate() {
+        let got = batches(data.records.as_ref().unwrap());
+        assert!(got.len() >= 2, "p{partition}: {} batches", got.len());
+        assert!(got[..] == expected[partition][..got.len()], "p{partition}: bytes differ");
+    }
+    // File data went out by splice; only the partial last page was read and copied.
+    let spliced = counter_total(&broker, "corelog_fetch_file_bytes_spliced");
+    let copied = counter_total(&broker, "corelog_fetch_file_bytes_copied");
+    assert!(spliced > 0.0 && copied > 0.0, "spliced {spliced}, copied {copied}");
+    assert!(spliced > 10.0 * copied, "spliced {spliced}, copied {copied}");
+}
+
+#[test]
+fn a_large_response_reaches_a_slow_reader_whole_from_files_and_cache() {
+    // A 16 MiB cache: the first partition's 24 MiB go out from the segment file (splice),
+    // the second's 8 MiB of batches from the cache (vectored sends); the client reads the
+    // 32 MiB response slowly, so the socket fills again and again.
+    let broker = Broker::start(Options { cache_budget_bytes_per_shard: 16 << 20, ..Options::default() });
+    let mut client = broker.client();
+    create_topic(&mut client, "slow", 2);
+    let mut expected: Vec<Vec<(i64, Vec<u8>)>> = vec![Vec::new(); 2];
+    for (partition, batches_wanted) in [(0i32, 120i64), (1, 40)] {
+        for n in 0..batches_wanted {
+            let value = vec![(n % 251) as u8 ^ partition as u8; 200 << 10];
+            let records = batch::build_test_batch(1, &value, 1_000 + n);
+            assert_eq!(produce(&mut client, 9, "slow", partition, records.clone()), (0, n));
+            expected[partition as usize].push((n, records[batch::BATCH_HEADER_BYTES..].to_vec()));
+        }
+    }
+    let request =
+        FetchRequest::default().with_max_wait_ms(100).with_min_bytes(1).with_max_bytes(50 << 20).with_topics(vec![
+            FetchTopic::default().with_topic(name("slow")).with_partitions(
+                (0..2)
+                    .map(|p| {
+                        FetchPartition::default()
+                            .with_partition(p)
+                            .with_fetch_offset(0)
+                            .with_partition_max_bytes(32 << 20)
+                    })
+                    .collect(),
+            ),
+        ]);
+    let mut stream = broker.connect();
+    stream.write_all(&request_frame(ApiKey::Fetch, 12, 7, &request)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut size = [0u8; 4];
+    std::io::Read::read_exact(&mut stream, &mut size).unwrap();
+    let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
+    for (n, piece) in body.chunks_mut(64 << 10).enumerate() {
+        std::io::Read::read_exact(&mut stream, piece).unwrap();
+        if n % 32 == 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let (correlation_id, response): (i32, FetchResponse) = decode_response(Bytes::from(body), ApiKey::Fetch, 12);
+    assert_eq!(correlation_id, 7);
+    for (partition, data) in response.responses[0].partitions.iter().enumerate() {
+        assert_eq!(data.error_code, 0);
+        let got = batches(data.records.as_ref().unwrap());
+        // From the file, the response ends where the active segment's whole pages end: the
+        // last batch may be cut (and comes whole with the next fetch).
+        let whole = if partition == 0 { expected[0].len() - 1 } else { expected[1].len() };
+        assert!(got.len() >= whole, "p{partition}: {} batches", got.len());
+        assert!(got[..] == expected[partition][..got.len()], "p{partition}: bytes differ");
+    }
+    assert!(counter_total(&broker, "corelog_fetch_file_bytes_spliced") >= (20 << 20) as f64);
+    // The connection is still in step: the next request is answered.
+    let mut client = Client::from(stream);
+    let metadata: MetadataResponse = client.call(ApiKey::Metadata, 12, &MetadataRequest::default());
+    assert_eq!(metadata.brokers.len(), 1);
+}
+
+#[test]
+fn partitions_of_one_fetch_share_its_max_bytes_in_request_order() {
+    // Partition limits of 40 KiB, 100 KiB for the whole response; batches of ~10 KiB.
+    let broker = Broker::start(Options { shards: 2, ..Options::default() });
+    let mut client = broker.client();
+    create_topic(&mut client, "shared", 4);
+    for partition in 0..4 {
+        for n in 0..6 {
+            let records = batch::build_test_batch(1, &[n as u8; 10_000], 1_000);
+            assert_eq!(produce(&mut client, 9, "shared", partition, records).0, 0);
+        }
+    }
+    let fetch = |client: &mut Client, partitions: &[i32]| -> Vec<usize> {
+        let request = FetchRequest::default().with_max_wait_ms(0).with_max_bytes(100 << 10).with_topics(vec![
+            FetchTopic::default().with_topic(name("shared")).with_partitions(
+                partitions
+                    .iter()
+                    .map(|&p| FetchPartition::default().with_partition(p).with_partition_max_bytes(40 << 10))
+                    .collect(),
+            ),
+        ]);
+        let response: FetchResponse = client.call(ApiKey::Fetch, 12, &request);
+        response.responses[0]
+            .partitions
+            .iter()
+            .map(|p| batches(p.records.as_deref().unwrap_or_default()).len())
+            .collect()
+    };
+    // 4 batches fit in each partition's 40 KiB; the third partition gets the 21 KiB left (2
+    // batches); the fourth the last 1.6 KiB, which a partition's first batch may exceed.
+    assert_eq!(fetch(&mut client, &[0, 1, 2, 3]), vec![4, 4, 2, 1]);
+    // A batch larger than its partition's limit comes whole when it is the first of the
+    // response, and the budget is then spent for the partitions after it.
+    let big = batch::build_test_batch(1, &[9u8; 150_000], 1_000);
+    create_topic(&mut client, "big-first", 1);
+    assert_eq!(produce(&mut client, 9, "big-first", 0, big).0, 0);
+    let request = FetchRequest::default().with_max_wait_ms(0).with_max_bytes(100 << 10).with_topics(vec![
+        FetchTopic::default()
+            .with_topic(name("big-first"))
+            .with_partitions(vec![FetchPartition::default().with_partition(0).with_partition_max_bytes(40 << 10)]),
+        FetchTopic::default().with_topic(name("shared")).with_partitions(
+            (0..2).map(|p| FetchPartition::default().with_partition(p).with_partition_max_bytes(40 << 10)).collect(),
+        ),
+    ]);
+    let response: FetchResponse = client.call(ApiKey::Fetch, 12, &request);
+    let carried: Vec<usize> = response
+        .responses
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .map(|p| batches(p.records.as_deref().unwrap_or_default()).len())
+        .collect();
+    assert_eq!(carried, vec![1, 0, 0]);
+}
+
 #[test]
 fn a_fetch_never_carries_more_than_the_brokers_fetch_max_bytes() {
     // 6 batches of about 40 KiB; the client asks for 50 MiB, the broker allows 100 KiB.

@@ -12,6 +12,6 @@ pub use config::{FlushPolicy, LogConfig};
 pub use partition::{PartitionOffsets, RecoveryReport, TopicPartition};
 pub use segment::{ScanStop, WriteShape};
 pub use shard_log::{
-    Appended, Durable, FileRange, PartitionMetrics, PartitionState, ReadData, ReadResult, ShardLog, ShardLogConfig,
-    ShardLogHistograms, ShardLogStats,
+    Appended, Durable, FileRange, FileSlice, PartitionMetrics, PartitionState, ReadData, ReadResult, ShardLog,
+    ShardLogConfig, ShardLogHistograms, ShardLogStats,
 };

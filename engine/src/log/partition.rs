@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_channel::oneshot;
@@ -381,6 +382,13 @@ impl Partition {
         } else {
             segment.durable_bytes.min(segment.written_bytes)
         };
+        // The next write of an active segment rewrites its partial last block; the page cache
+        // pages over that block must never reach a pipe (see `FileReadPlan::splice_bytes`).
+        let splice_bytes = if segment.finalized {
+            bound_bytes
+        } else {
+            bound_bytes.min(segment.written_bytes / page_bytes() * page_bytes())
+        };
         let (_, position) = segment.index.lookup_offset(offset);
         (position < bound_bytes).then(|| FileReadPlan {
             file,
@@ -388,6 +396,7 @@ impl Partition {
             path: segment.path.clone(),
             scan_from: position,
             bound_bytes,
+            splice_bytes,
             offset,
         })
     }
@@ -577,12 +586,25 @@ pub(crate) enum MaxTimestampPlan {
     Batch(RecordStamp),
 }
 
+/// The page cache's page size (4 KiB on x86-64; queried once).
+fn page_bytes() -> u64 {
+    static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    // SAFETY: sysconf only reads a system constant.
+    *PAGE.get_or_init(|| u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096).max(512))
+}
+
 pub(crate) struct FileReadPlan {
     pub file: Rc<DmaFile>,
-    pub splice_reader: Rc<std::fs::File>,
+    pub splice_reader: Arc<std::fs::File>,
     pub path: PathBuf,
     pub scan_from: u64,
     pub bound_bytes: u64,
+    /// How far the file may be read through the page cache (`splice_reader`): bytes in whole
+    /// pages that no later write touches. Below `bound_bytes` only in an active segment, by
+    /// its partial last page: a splice holds page cache pages in a pipe, and a page held
+    /// there while an O_DIRECT write rewrites its block could outlive the write's
+    /// invalidation with the old (shorter) content.
+    pub splice_bytes: u64,
     pub offset: i64,
 }
 

@@ -15,6 +15,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
@@ -115,7 +116,9 @@ pub(crate) struct Segment {
     /// A buffered read-only descriptor of the same file, for splice: splice needs no block
     /// alignment there, while the O_DIRECT descriptor rejects unaligned offsets. O_DIRECT
     /// writes invalidate the page cache over what they write, so this never reads stale bytes.
-    pub splice_reader: Option<Rc<std::fs::File>>,
+    /// Shared (`Arc`) so that a read can hand a range of it to the shard holding the
+    /// connection, which splices it; reads through it take explicit offsets (no shared seek).
+    pub splice_reader: Option<Arc<std::fs::File>>,
     pub index: SegmentIndex,
     /// Batches appended but not yet handed to a write, with their next offsets.
     pending: VecDeque<(Bytes, i64)>,
@@ -160,7 +163,7 @@ impl Segment {
     /// bytes of the partial last block.
     pub fn recovered(
         file: Rc<DmaFile>,
-        splice_reader: Rc<std::fs::File>,
+        splice_reader: Arc<std::fs::File>,
         path: PathBuf,
         index: SegmentIndex,
         tail: Vec<u8>,
@@ -335,8 +338,8 @@ pub(crate) async fn open_segment_file(path: &Path, create: bool) -> Result<Rc<Dm
 }
 
 /// Opens the buffered read-only descriptor used for splicing (see `Segment::splice_reader`).
-pub(crate) fn open_splice_reader(path: &Path) -> Result<Rc<std::fs::File>, IoFailure> {
-    std::fs::File::open(path).map(Rc::new).map_err(|e| IoFailure::new("open for splice", path, e))
+pub(crate) fn open_splice_reader(path: &Path) -> Result<Arc<std::fs::File>, IoFailure> {
+    std::fs::File::open(path).map(Arc::new).map_err(|e| IoFailure::new("open for splice", path, e))
 }
 
 /// Performs a write plan: fallocate if needed, then its aligned O_DIRECT chunk writes,

@@ -166,27 +166,104 @@ pub enum ReadData {
 /// ending inside a batch when `max_bytes` cuts it, as Kafka does).
 pub struct FileRange {
     pub file: Rc<DmaFile>,
-    splice_reader: Rc<std::fs::File>,
+    splice_reader: Arc<std::fs::File>,
     pub path: PathBuf,
+    pub position: u64,
+    pub len: u64,
+    /// Where reading through the page cache must stop (see `FileReadPlan::splice_bytes`).
+    splice_end: u64,
+    /// Size of the first batch of the range (a read returns it whole).
+    first_batch_bytes: u64,
+}
+
+impl FileRange {
+    /// How the range goes out without a copy as far as possible: the part that may be read
+    /// through the page cache, as a [`FileSlice`] to splice, and the rest that must be read
+    /// with O_DIRECT (only ever within the partial last page of a segment still being
+    /// written: the next write rewrites that page, so it must not reach a pipe). The rest
+    /// is None when the slice alone holds the whole first batch: the response is cut at
+    /// the page boundary instead (a response may end inside a batch, as Kafka's do).
+    pub fn split_for_splice(&self) -> (Option<FileSlice>, Option<FileRange>) {
+        let end = self.position + self.len;
+        let slice = (self.splice_end > self.position).then(|| FileSlice {
+            file: Arc::clone(&self.splice_reader),
+            position: self.position,
+            len: end.min(self.splice_end) - self.position,
+        });
+        if self.position + self.first_batch_bytes <= self.splice_end {
+            return (slice, None);
+        }
+        let from = self.position.max(self.splice_end);
+        let rest = FileRange {
+            file: Rc::clone(&self.file),
+            splice_reader: Arc::clone(&self.splice_reader),
+            path: self.path.clone(),
+            position: from,
+            len: end - from,
+            splice_end: self.splice_end,
+            first_batch_bytes: 0,
+        };
+        (slice, Some(rest))
+    }
+
+    /// Copies the range into memory with O_DIRECT reads.
+    pub async fn read_to_vec(&self) -> Result<Vec<u8>, IoFailure> {
+        segment::read_range(&self.file, &self.path, self.position, self.len as usize).await
+    }
+}
+
+/// A byte range of a segment file that may be read through the page cache, to be spliced to
+/// a socket. Unlike a [`FileRange`] it may travel to another shard (a shared read-only
+/// descriptor; the file stays readable while the slice lives, even if retention deletes
+/// the segment meanwhile).
+#[derive(Debug, Clone)]
+pub struct FileSlice {
+    file: Arc<std::fs::File>,
     pub position: u64,
     pub len: u64,
 }
 
-impl FileRange {
-    /// Sends the range to a non-blocking socket with splice on the shard's side ring: the
-    /// bytes never enter user space. Returns the bytes sent (all of them, or an error).
+impl PartialEq for FileSlice {
+    /// The same range of the same open file.
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.file, &other.file) && self.position == other.position && self.len == other.len
+    }
+}
+
+impl FileSlice {
+    /// `len` bytes of `file` from `position` (the file must hold them while the slice lives).
+    pub fn new(file: Arc<std::fs::File>, position: u64, len: u64) -> Self {
+        Self { file, position, len }
+    }
+
+    /// Sends the slice to a non-blocking socket with splice on the calling shard's side
+    /// ring: the bytes never enter user space. Returns the bytes sent (all, or an error).
     pub async fn splice_to_socket(
         &self,
         ring: &crate::side_ring::SideRing,
         socket_fd: std::os::fd::RawFd,
     ) -> std::io::Result<u64> {
         use std::os::fd::AsRawFd;
-        ring.splice_to_socket(self.splice_reader.as_raw_fd(), self.position, self.len, socket_fd).await
+        ring.splice_to_socket(self.file.as_raw_fd(), self.position, self.len, socket_fd).await
     }
 
-    /// Copies the range into memory (tests and tools; the fetch path splices instead).
-    pub async fn read_to_vec(&self) -> Result<Vec<u8>, IoFailure> {
-        segment::read_range(&self.file, &self.path, self.position, self.len as usize).await
+    /// Starts reading the slice into the page cache (`posix_fadvise(WILLNEED)`: the kernel
+    /// submits the reads and returns without waiting for them), so that the device reads of
+    /// every partition of a response overlap instead of each waiting for its splice.
+    pub fn prefetch(&self) {
+        use std::os::fd::AsRawFd;
+        let (Ok(position), Ok(len)) = (i64::try_from(self.position), i64::try_from(self.len)) else { return };
+        // SAFETY: an advisory call on an open descriptor; failure only loses the hint.
+        unsafe { libc::posix_fadvise(self.file.as_raw_fd(), position, len, libc::POSIX_FADV_WILLNEED) };
+    }
+
+    /// Reads the slice into memory with a buffered `pread` (tests; blocking, so never on a
+    /// shard's data path).
+    pub fn read_blocking(&self) -> std::io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let mut buffer = vec![0u8; self.len as usize];
+        self.file.read_exact_at(&mut buffer, self.position)?;
+        Ok(buffer)
     }
 }
 
@@ -290,6 +367,11 @@ impl ShardLog {
 
     pub fn data_dir(&self) -> &Path {
         &self.config.data_dir
+    }
+
+    /// The shard's side io_uring ring (splice to sockets, syncs).
+    pub fn side_ring(&self) -> &Rc<SideRing> {
+        &self.side_ring
     }
 
     /// Opens (recovering) or creates a partition owned by this shard.
@@ -489,6 +571,8 @@ impl ShardLog {
                     path: plan.path,
                     position,
                     len,
+                    splice_end: plan.splice_bytes,
+                    first_batch_bytes,
                 })
             }
             None => ReadData::Empty,

@@ -10,8 +10,10 @@
 //! Incremental fetch sessions (v7+, KIP-227) decide which partitions are read and which the
 //! response carries: see [`crate::handlers::fetch_session`].
 //!
-//! The response is encoded by hand ([`crate::handlers::fetch_response`]): record batches go
-//! from the batch cache to the socket without being copied into a response buffer.
+//! The partitions are read concurrently where the response's `max_bytes` allows it
+//! ([`read_all`]). The response is encoded by hand ([`crate::handlers::fetch_response`]):
+//! record batches go from the batch cache to the socket without being copied into a response
+//! buffer, and data of the segment files is spliced ([`crate::socket_out`]).
 
 use std::time::{Duration, Instant};
 
@@ -47,32 +49,7 @@ pub async fn handle(broker: &ShardBroker, request: FetchRequest, version: i16) -
     }
     let (topics, wanted) = resolve(broker, &targets, version);
     loop {
-        let mut budget = max_bytes;
-        let mut results = Vec::with_capacity(wanted.len());
-        let mut total = 0usize;
-        for want in &wanted {
-            let result = if topics[want.topic_index].2.is_none() {
-                Err(if version >= 13 { error_code::UNKNOWN_TOPIC_ID } else { error_code::UNKNOWN_TOPIC_OR_PARTITION })
-            } else if budget == 0 && total > 0 {
-                Ok(None)
-            } else {
-                let limit = want.max_bytes.min(budget).max(1);
-                let request =
-                    ShardRequest::Read { partition: want.partition.clone(), offset: want.offset, max_bytes: limit };
-                match broker.partition_call(&want.partition, request).await {
-                    Ok(ShardResponse::Read(Ok(reply))) => Ok(Some(reply)),
-                    Ok(ShardResponse::Read(Err(code))) => Err(code),
-                    Ok(_) => Err(error_code::KAFKA_STORAGE_ERROR),
-                    Err(code) => Err(code),
-                }
-            };
-            if let Ok(Some(reply)) = &result {
-                let len = reply.records_len();
-                total += len;
-                budget = budget.saturating_sub(len);
-            }
-            results.push(result);
-        }
+        let (results, total) = read_all(broker, version, &topics, &wanted, max_bytes).await;
         let errors = results.iter().any(Result::is_err);
         let remaining = max_wait.saturating_sub(started.elapsed());
         if total >= min_bytes.max(1)
@@ -82,6 +59,80 @@ pub async fn handle(broker: &ShardBroker, request: FetchRequest, version: i16) -
         {
             return respond(broker, version, &plan, &topics, &wanted, results);
         }
+    }
+}
+
+/// Reads every wanted partition within `max_bytes` in all, in request order: each partition
+/// gets its own limit or what is left of the budget, and none is read once the budget is
+/// spent. Runs of partitions whose full limits fit in what is left are read at once, so
+/// their owner shards' reads (and the device reads they start) overlap; a partition that
+/// might not fit waits for the run before it to know what is left. The outcome is that of
+/// reading one partition after the other: a read returns at least one whole batch even when
+/// larger than its limit, and should one do so, the partitions after it in its run are read
+/// again with what is really left. Returns the results and the record bytes read.
+async fn read_all(
+    broker: &ShardBroker,
+    version: i16,
+    topics: &[FetchedTopic],
+    wanted: &[Wanted],
+    max_bytes: usize,
+) -> (Vec<Result<Option<crate::broker::ReadReply>, i16>>, usize) {
+    let mut results = Vec::with_capacity(wanted.len());
+    let (mut budget, mut total) = (max_bytes, 0usize);
+    let mut next = 0;
+    while next < wanted.len() {
+        let mut run = Vec::new();
+        let mut reserved = 0usize;
+        for want in &wanted[next..] {
+            let fits = reserved.saturating_add(want.max_bytes) <= budget;
+            if !run.is_empty() && !fits {
+                break;
+            }
+            let limit = want.max_bytes.min(budget - reserved).max(1);
+            reserved = reserved.saturating_add(limit).min(budget);
+            let first_of_response = total == 0 && run.is_empty();
+            run.push(read_one(broker, version, topics, want, limit, budget == 0 && !first_of_response));
+        }
+        let run_wanted = &wanted[next..next + run.len()];
+        next += run.len();
+        for (i, (want, mut result)) in run_wanted.iter().zip(futures_util::future::join_all(run).await).enumerate() {
+            if i > 0 && budget < want.max_bytes {
+                // A read before this one in the run returned more than its limit.
+                let limit = want.max_bytes.min(budget).max(1);
+                result = read_one(broker, version, topics, want, limit, budget == 0).await;
+            }
+            if let Ok(Some(reply)) = &result {
+                let len = reply.records_len();
+                total += len;
+                budget = budget.saturating_sub(len);
+            }
+            results.push(result);
+        }
+    }
+    (results, total)
+}
+
+/// Reads one partition (Ok(None): skipped, the response is full).
+async fn read_one(
+    broker: &ShardBroker,
+    version: i16,
+    topics: &[FetchedTopic],
+    want: &Wanted,
+    limit: usize,
+    full: bool,
+) -> Result<Option<crate::broker::ReadReply>, i16> {
+    if topics[want.topic_index].2.is_none() {
+        return Err(if version >= 13 { error_code::UNKNOWN_TOPIC_ID } else { error_code::UNKNOWN_TOPIC_OR_PARTITION });
+    }
+    if full {
+        return Ok(None);
+    }
+    let request = ShardRequest::Read { partition: want.partition.clone(), offset: want.offset, max_bytes: limit };
+    match broker.partition_call(&want.partition, request).await {
+        Ok(ShardResponse::Read(Ok(reply))) => Ok(Some(reply)),
+        Ok(ShardResponse::Read(Err(code))) => Err(code),
+        Ok(_) => Err(error_code::KAFKA_STORAGE_ERROR),
+        Err(code) => Err(code),
     }
 }
 

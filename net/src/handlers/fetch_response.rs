@@ -1,9 +1,10 @@
 //! The Fetch response (v4–v16), encoded by hand so that record bytes never pass through an
-//! encoder: the response is a list of [`Bytes`] segments — the fields, written into small
-//! buffers, and the record batches, shared with the batch cache (or the buffer a file read
-//! filled) and written to the socket as they are. Only batches smaller than
-//! [`INLINE_RECORDS_MAX`] are copied into the field buffer: a separate write for each would
-//! cost more than the copy.
+//! encoder: the response is a list of [`Chunk`]s — the fields, written into small buffers;
+//! the record batches, shared with the batch cache (or the buffer a file read filled); and
+//! slices of segment files — which the connection writes to the socket as they are (one
+//! vectored send for a run of buffers, splice for a file slice). Only batches smaller than
+//! [`INLINE_RECORDS_MAX`] are copied into the field buffer: an iovec entry of their own
+//! would cost more than the copy.
 //!
 //! Layout (Kafka's `FetchResponse`; flexible versions, v12+, use compact lengths and carry an
 //! empty tagged-field section after every struct; tagged fields are never emitted):
@@ -21,7 +22,28 @@
 //! below).
 
 use bytes::{BufMut, Bytes, BytesMut};
+use corelog_engine::log::FileSlice;
 use kafka_protocol::messages::ApiKey;
+
+/// A piece of a response: bytes in memory, or a range of a segment file sent by splice.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Chunk {
+    Memory(Bytes),
+    File(FileSlice),
+}
+
+impl Chunk {
+    pub fn len(&self) -> usize {
+        match self {
+            Chunk::Memory(bytes) => bytes.len(),
+            Chunk::File(slice) => slice.len as usize,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 /// Record chunks below this size are copied into the field buffer.
 pub const INLINE_RECORDS_MAX: usize = 16 << 10;
@@ -58,8 +80,8 @@ pub struct PartitionOut {
     pub aborted_transactions: Option<Vec<(i64, i64)>>,
     /// v11+; -1 before.
     pub preferred_read_replica: i32,
-    /// Whole record batches, in order; None encodes null.
-    pub records: Option<Vec<Bytes>>,
+    /// Record batches, in order (the last may be cut short by a size limit); None encodes null.
+    pub records: Option<Vec<Chunk>>,
 }
 
 impl Default for PartitionOut {
@@ -80,7 +102,7 @@ impl Default for PartitionOut {
 
 impl PartitionOut {
     pub fn records_len(&self) -> usize {
-        self.records.iter().flatten().map(Bytes::len).sum()
+        self.records.iter().flatten().map(Chunk::len).sum()
     }
 }
 
@@ -92,7 +114,7 @@ pub struct EncodeError {
     pub field: &'static str,
 }
 
-/// The response frame being built: owned field buffers and shared record chunks.
+/// The response frame being built: owned field buffers, shared record buffers, file slices.
 struct Segments {
     done: Vec<Segment>,
     head: BytesMut,
@@ -100,7 +122,16 @@ struct Segments {
 
 enum Segment {
     Own(BytesMut),
-    Shared(Bytes),
+    Shared(Chunk),
+}
+
+impl Segment {
+    fn len(&self) -> usize {
+        match self {
+            Segment::Own(b) => b.len(),
+            Segment::Shared(chunk) => chunk.len(),
+        }
+    }
 }
 
 impl Segments {
@@ -108,39 +139,33 @@ impl Segments {
         Self { done: Vec::new(), head: BytesMut::with_capacity(256) }
     }
 
-    fn records(&mut self, chunk: &Bytes) {
-        if chunk.len() < INLINE_RECORDS_MAX {
-            self.head.extend_from_slice(chunk);
-        } else {
-            let head = std::mem::replace(&mut self.head, BytesMut::with_capacity(256));
-            self.done.push(Segment::Own(head));
-            self.done.push(Segment::Shared(chunk.clone()));
+    fn records(&mut self, chunk: &Chunk) {
+        match chunk {
+            Chunk::Memory(bytes) if bytes.len() < INLINE_RECORDS_MAX => self.head.extend_from_slice(bytes),
+            _ => {
+                let head = std::mem::replace(&mut self.head, BytesMut::with_capacity(256));
+                self.done.push(Segment::Own(head));
+                self.done.push(Segment::Shared(chunk.clone()));
+            }
         }
     }
 
-    /// The frame: its 4-byte size prefix patched in, every segment frozen.
-    fn finish(mut self) -> Vec<Bytes> {
+    /// The frame: its 4-byte size prefix patched in, every buffer frozen.
+    fn finish(mut self) -> Vec<Chunk> {
         self.done.push(Segment::Own(self.head));
-        let total: usize = self
-            .done
-            .iter()
-            .map(|s| match s {
-                Segment::Own(b) => b.len(),
-                Segment::Shared(b) => b.len(),
-            })
-            .sum();
+        let total: usize = self.done.iter().map(Segment::len).sum();
         let mut segments = self.done.into_iter();
         let mut out = Vec::with_capacity(segments.len());
         if let Some(Segment::Own(mut first)) = segments.next() {
             let size = (total - 4) as i32;
             first[0..4].copy_from_slice(&size.to_be_bytes());
-            out.push(first.freeze());
+            out.push(Chunk::Memory(first.freeze()));
         }
         for segment in segments {
             match segment {
                 Segment::Own(b) if b.is_empty() => {}
-                Segment::Own(b) => out.push(b.freeze()),
-                Segment::Shared(b) => out.push(b),
+                Segment::Own(b) => out.push(Chunk::Memory(b.freeze())),
+                Segment::Shared(chunk) => out.push(chunk),
             }
         }
         out
@@ -169,8 +194,8 @@ fn put_length(buf: &mut BytesMut, length: Option<usize>, flexible: bool, width_b
 }
 
 /// Encodes the whole response frame — size prefix, response header with `correlation_id`, body
-/// — as segments whose concatenation is the frame.
-pub fn encode(response: &FetchOut, version: i16, correlation_id: i32) -> Result<Vec<Bytes>, EncodeError> {
+/// — as chunks whose concatenation is the frame.
+pub fn encode(response: &FetchOut, version: i16, correlation_id: i32) -> Result<Vec<Chunk>, EncodeError> {
     assert!((4..=16).contains(&version), "Fetch v{version} is not served");
     let check = |ok: bool, field: &'static str| if ok { Ok(()) } else { Err(EncodeError { version, field }) };
     check(version >= 7 || (response.error_code == 0 && response.session_id == 0), "a top-level error or a session")?;
@@ -272,7 +297,7 @@ mod tests {
                             .with_log_start_offset(p.log_start_offset)
                             .with_aborted_transactions(aborted)
                             .with_preferred_read_replica(p.preferred_read_replica.into())
-                            .with_records(p.records.as_ref().map(|chunks| Bytes::from(chunks.concat())))
+                            .with_records(p.records.as_ref().map(|chunks| Bytes::from(concat(chunks))))
                     })
                     .collect();
                 FetchableTopicResponse::default()
@@ -288,6 +313,32 @@ mod tests {
             .with_responses(topics)
     }
 
+    /// The bytes of chunks, file slices read back.
+    fn concat(chunks: &[Chunk]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for chunk in chunks {
+            match chunk {
+                Chunk::Memory(bytes) => out.extend_from_slice(bytes),
+                Chunk::File(slice) => out.extend_from_slice(&slice.read_blocking().unwrap()),
+            }
+        }
+        out
+    }
+
+    /// One file shared by every test case, its bytes a known pattern.
+    fn pattern_file() -> std::sync::Arc<std::fs::File> {
+        static FILE: std::sync::OnceLock<std::sync::Arc<std::fs::File>> = std::sync::OnceLock::new();
+        FILE.get_or_init(|| {
+            let mut file = tempfile::tempfile().unwrap();
+            let pattern: Vec<u8> = (0..PATTERN_FILE_BYTES).map(|i| (i % 253) as u8).collect();
+            std::io::Write::write_all(&mut file, &pattern).unwrap();
+            std::sync::Arc::new(file)
+        })
+        .clone()
+    }
+
+    const PATTERN_FILE_BYTES: u64 = 64 << 10;
+
     fn reference_frame(response: &FetchOut, version: i16, correlation_id: i32) -> Vec<u8> {
         let mut body = BytesMut::new();
         ResponseHeader::default()
@@ -300,11 +351,14 @@ mod tests {
         frame
     }
 
-    fn chunk() -> impl Strategy<Value = Bytes> {
-        // Small batches (copied inline) and large ones (sent as they are).
+    fn chunk() -> impl Strategy<Value = Chunk> {
+        // Small batches (copied inline), large ones (sent as they are), and file slices.
         prop_oneof![
-            prop::collection::vec(any::<u8>(), 0..200).prop_map(Bytes::from),
-            (INLINE_RECORDS_MAX - 1..INLINE_RECORDS_MAX + 3000, any::<u8>()).prop_map(|(n, b)| Bytes::from(vec![b; n])),
+            prop::collection::vec(any::<u8>(), 0..200).prop_map(|v| Chunk::Memory(Bytes::from(v))),
+            (INLINE_RECORDS_MAX - 1..INLINE_RECORDS_MAX + 3000, any::<u8>())
+                .prop_map(|(n, b)| Chunk::Memory(Bytes::from(vec![b; n]))),
+            (0..PATTERN_FILE_BYTES / 2, 0..PATTERN_FILE_BYTES / 2)
+                .prop_map(|(position, len)| Chunk::File(FileSlice::new(pattern_file(), position, len))),
         ]
     }
 
@@ -355,13 +409,18 @@ mod tests {
             correlation_id in any::<i32>(),
         ) {
             let segments = encode(&response, version, correlation_id).unwrap();
-            let ours: Vec<u8> = segments.concat();
+            let ours: Vec<u8> = concat(&segments);
             prop_assert_eq!(&ours, &reference_frame(&response, version, correlation_id));
-            // Large batches are not copied: they are segments of their own, the same memory.
-            let large = response.topics.iter().flat_map(|t| &t.partitions).flat_map(|p| p.records.iter().flatten())
-                .filter(|c| c.len() >= INLINE_RECORDS_MAX);
-            for chunk in large {
-                prop_assert!(segments.iter().any(|s| s.as_ptr() == chunk.as_ptr() && s.len() == chunk.len()));
+            // Large batches are not copied: they are segments of their own, the same memory;
+            // file slices stay file slices.
+            let kept = response.topics.iter().flat_map(|t| &t.partitions).flat_map(|p| p.records.iter().flatten())
+                .filter(|c| c.len() >= INLINE_RECORDS_MAX || matches!(c, Chunk::File(_)));
+            for chunk in kept {
+                let found = segments.iter().any(|s| match (s, chunk) {
+                    (Chunk::Memory(s), Chunk::Memory(c)) => s.as_ptr() == c.as_ptr() && s.len() == c.len(),
+                    (s, c) => s == c,
+                });
+                prop_assert!(found);
             }
             // And it decodes as what was meant.
             let mut frame = Bytes::from(ours);

@@ -28,6 +28,7 @@ pub struct Options {
     pub fetch_max_bytes: usize,
     pub auto_create_topics: bool,
     pub group: corelog_net::group::classic::CoordinatorConfig,
+    pub cache_budget_bytes_per_shard: usize,
 }
 
 impl Default for Options {
@@ -45,6 +46,7 @@ impl Default for Options {
                 initial_rebalance_delay_ms: 0,
                 ..Default::default()
             },
+            cache_budget_bytes_per_shard: 16 << 20,
         }
     }
 }
@@ -60,7 +62,7 @@ impl Broker {
             data_dir: dir.path().to_path_buf(),
             listen: "127.0.0.1:0".parse().unwrap(),
             advertised: None,
-            cache_budget_bytes_per_shard: 16 << 20,
+            cache_budget_bytes_per_shard: options.cache_budget_bytes_per_shard,
             write_shape: Default::default(),
             limits: options.limits,
             max_connections_per_shard: options.max_connections_per_shard,
@@ -159,6 +161,13 @@ impl Client {
         let (correlation_id, response) = decode_response(read_frame(&mut self.stream), key, version);
         assert_eq!(correlation_id, id);
         response
+    }
+}
+
+impl From<TcpStream> for Client {
+    /// A client on an open connection whose earlier requests were all answered.
+    fn from(stream: TcpStream) -> Self {
+        Client { stream, next_correlation_id: 1_000 }
     }
 }
 
