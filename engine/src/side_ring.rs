@@ -3,10 +3,10 @@
 //! (SPLICE file → pipe → socket), so old log data goes out without entering user space.
 //!
 //! Owner: one shard (`!Send`). Bridge into glommio: the ring signals completions on an
-//! eventfd registered with it; while operations are in flight, one pump task waits for that
-//! eventfd on glommio's blocking-thread pool (a `read(2)` there, never on the reactor), then
-//! reaps the completion queue on the shard and wakes the waiting futures. With nothing in
-//! flight the pump is idle and no thread waits.
+//! eventfd registered with it; while operations are in flight, one pump task reads that
+//! eventfd through glommio's own ring (so no thread waits, and the shard's one blocking-pool
+//! thread stays free however long an operation takes), then reaps the completion queue on
+//! the shard and wakes the waiting futures. With nothing in flight the pump is idle.
 //!
 //! Contract for callers: the fds passed in must stay open until the future completes.
 //! Dropping a pending operation's future submits a cancel for it.
@@ -205,8 +205,12 @@ impl Drop for SideRing {
     }
 }
 
-/// Waits for completions while operations are in flight, on glommio's blocking pool.
+/// Waits for completions while operations are in flight: a read of the ring's eventfd on
+/// glommio's own ring (the kernel completes it when the eventfd is signalled, without a
+/// thread waiting), then reaps. Falls back to a `read(2)` on glommio's blocking pool should
+/// that read fail.
 async fn pump(ring: Weak<SideRing>) {
+    let waiter = ring.upgrade().and_then(|strong| eventfd_reader(strong.eventfd.as_raw_fd()));
     loop {
         let Some(strong) = ring.upgrade() else { return };
         strong.reap();
@@ -216,6 +220,14 @@ async fn pump(ring: Weak<SideRing>) {
         }
         let fd = strong.eventfd.as_raw_fd();
         drop(strong);
+        if let Some(waiter) = &waiter {
+            match waiter.read_at(0, 8).await {
+                Ok(_) => continue,
+                Err(error) => tracing::warn!(%error, "side ring eventfd read on glommio's ring failed"),
+            }
+        }
+        // The blocking pool has one thread per shard: a wait here holds up every other
+        // `spawn_blocking` of the shard until a completion arrives.
         let read = glommio::executor()
             .spawn_blocking(move || {
                 let mut counter = 0u64;
@@ -232,6 +244,18 @@ async fn pump(ring: Weak<SideRing>) {
             }
         }
     }
+}
+
+/// A descriptor of the ring's eventfd that glommio reads through its own ring.
+fn eventfd_reader(eventfd: RawFd) -> Option<glommio::io::BufferedFile> {
+    // SAFETY: dup of an fd the ring owns; the copy is owned by the returned file alone.
+    let copy = unsafe { libc::fcntl(eventfd, libc::F_DUPFD_CLOEXEC, 0) };
+    if copy < 0 {
+        tracing::warn!(error = %io::Error::last_os_error(), "cannot duplicate the side ring's eventfd");
+        return None;
+    }
+    // SAFETY: `copy` is a fresh fd owned by nothing else.
+    Some(unsafe { <glommio::io::BufferedFile as FromRawFd>::from_raw_fd(copy) })
 }
 
 /// One submitted operation; resolves to the kernel's result (≥ 0) or its error.
@@ -408,6 +432,26 @@ mod tests {
         });
         assert!(drained.get());
         drainer.join().unwrap();
+    }
+
+    #[test]
+    fn a_pending_operation_leaves_the_shards_blocking_pool_free() {
+        // A peer that never reads: the wait for room never ends by itself.
+        let (server, _client) = socket_pair();
+        set_nonblocking(server.as_raw_fd()).unwrap();
+        let chunk = vec![1u8; 64 << 10];
+        while (&server).write(&chunk).is_ok() {}
+        run(async {
+            let ring = SideRing::new(8).unwrap();
+            let mut waiting = std::pin::pin!(ring.writable(server.as_raw_fd()));
+            assert!(futures_lite::future::poll_once(&mut waiting).await.is_none());
+            glommio::timer::sleep(Duration::from_millis(20)).await; // the pump is waiting now
+            // The shard's one blocking-pool thread must not be the one waiting.
+            let blocking = glommio::executor().spawn_blocking(|| 7);
+            let answered = glommio::timer::timeout(Duration::from_secs(5), async { Ok(blocking.await) }).await;
+            assert_eq!(answered.ok(), Some(7), "spawn_blocking waited behind the side ring");
+            assert_eq!(ring.in_flight(), 1);
+        });
     }
 
     #[test]
