@@ -129,21 +129,30 @@ impl Connection {
         let version = self.version::<R>()?;
         let response = self.start(&request, version)?;
         let this = Rc::clone(self);
-        Ok(async move { this.finish::<R>(response, version).await })
+        Ok(async move { this.finish::<R>(response, version, this.timeout).await })
     }
 
     /// Sends `request` at `version` and waits for its response (bounded by the timeout).
     pub async fn send_at<R: Request>(&self, request: R, version: i16) -> Result<R::Response, Error> {
         let response = self.start(&request, version)?;
-        self.finish::<R>(response, version).await
+        self.finish::<R>(response, version, self.timeout).await
+    }
+
+    /// Like [`Connection::send`], for a request the broker may hold longer than the
+    /// connection's timeout (JoinGroup waits for a rebalance): waits up to `limit`.
+    pub async fn send_within<R: Request>(&self, request: R, limit: Duration) -> Result<R::Response, Error> {
+        let version = self.version::<R>()?;
+        let response = self.start(&request, version)?;
+        self.finish::<R>(response, version, limit).await
     }
 
     async fn finish<R: Request>(
         &self,
         response: oneshot::Receiver<Result<Bytes, Error>>,
         version: i16,
+        limit: Duration,
     ) -> Result<R::Response, Error> {
-        let mut body = with_timeout(self.timeout, async { response.await.unwrap_or(Err(Error::Closed)) })
+        let mut body = with_timeout(limit, async { response.await.unwrap_or(Err(Error::Closed)) })
             .await
             .map_err(|_| Error::Timeout { address: self.address.clone(), what: api_name(R::KEY).into() })??;
         let header_version = <R::Response as HeaderVersion>::header_version(version);

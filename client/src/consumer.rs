@@ -5,7 +5,7 @@
 //! earliest offset, as `auto.offset.reset=earliest` does.
 //!
 //! Sessionless fetches (KIP-227 session epoch -1): every request names every partition.
-//! Group membership is not here yet.
+//! Group membership is in [`crate::group_consumer`], which drives this consumer.
 //!
 //! Prefetch (on by default): as soon as a poll has moved the positions, the next round of
 //! fetches is sent, so the broker reads and sends while the caller handles the records. A
@@ -134,13 +134,42 @@ impl Consumer {
                 starts
             }
         };
+        self.place(topic, info, starts);
+        Ok(wanted)
+    }
+
+    /// Adds partitions of `topic`, each at its own offset (committed offsets of a group).
+    pub async fn assign_offsets(&self, topic: &str, offsets: &BTreeMap<i32, i64>) -> Result<(), Error> {
+        let info = self.client.topic(topic).await?;
+        if let Some(missing) = offsets.keys().find(|p| !info.partitions.iter().any(|i| i.partition == **p)) {
+            return Err(Error::Invalid(format!("{topic} has no partition {missing}")));
+        }
+        self.place(topic, info, offsets.clone());
+        Ok(())
+    }
+
+    fn place(&self, topic: &str, info: TopicInfo, starts: BTreeMap<i32, i64>) {
         let name: Rc<str> = Rc::from(topic);
         self.topics.borrow_mut().insert(Rc::clone(&name), info);
         let mut positions = self.positions.borrow_mut();
         for (partition, offset) in starts {
             positions.insert((Rc::clone(&name), partition), (offset, -1));
         }
-        Ok(wanted)
+    }
+
+    /// Gives up every assigned partition (a prefetched response is dropped with them).
+    pub fn unassign_all(&self) {
+        self.positions.borrow_mut().clear();
+        self.prefetched.borrow_mut().clear();
+    }
+
+    /// Every assigned partition and its next offset to read.
+    pub fn positions(&self) -> Vec<(String, i32, i64)> {
+        self.positions
+            .borrow()
+            .iter()
+            .map(|((topic, partition), (next, _))| (topic.to_string(), *partition, *next))
+            .collect()
     }
 
     async fn latest(&self, topic: &str, partition: i32) -> Result<i64, Error> {

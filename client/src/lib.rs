@@ -11,7 +11,9 @@
 pub mod admin;
 pub mod connection;
 pub mod consumer;
+pub mod group_consumer;
 pub mod groups;
+pub mod membership;
 pub mod producer;
 pub mod records;
 

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use corelog_client::consumer::{Consumer, ConsumerConfig, StartAt};
+use corelog_client::group_consumer::GroupConsumer;
+use corelog_client::membership::GroupConfig;
 use corelog_client::producer::{Delivery, Producer, ProducerConfig, now_ms};
 use corelog_client::{Client, Error};
 use futures_lite::StreamExt;
@@ -132,26 +134,116 @@ fn text(bytes: &Option<Bytes>) -> Value {
     bytes.as_ref().map_or(Value::Null, |b| Value::String(String::from_utf8_lossy(b).into_owned()))
 }
 
+/// What `topic consume` reads, and until when.
+pub struct ConsumeInput {
+    pub partitions: Vec<i32>,
+    pub offset: String,
+    pub num: Option<usize>,
+    pub end: bool,
+    pub group: Option<String>,
+}
+
+/// Assigned partitions, or a group member's.
+enum Reader {
+    Assigned(Consumer),
+    Member(GroupConsumer),
+}
+
+impl Reader {
+    async fn poll(&self) -> Result<Vec<corelog_client::consumer::Consumed>, Error> {
+        match self {
+            Reader::Assigned(consumer) => consumer.poll().await,
+            Reader::Member(member) => member.poll().await,
+        }
+    }
+
+    fn caught_up(&self) -> bool {
+        match self {
+            Reader::Assigned(consumer) => consumer.caught_up(),
+            Reader::Member(member) => member.caught_up(),
+        }
+    }
+
+    /// The group generation the partitions belong to (0 without a group).
+    fn generation(&self) -> i32 {
+        match self {
+            Reader::Assigned(_) => 0,
+            Reader::Member(member) => member.membership().generation(),
+        }
+    }
+
+    /// A member commits what has been printed: the offset after the last printed record of
+    /// each partition (a poll's records may be printed only in part, with --num).
+    async fn commit(&self, printed: &BTreeMap<(Rc<str>, i32), i64>) -> Result<(), Error> {
+        match self {
+            Reader::Assigned(_) => Ok(()),
+            Reader::Member(member) => {
+                let offsets: Vec<(String, i32, i64)> =
+                    printed.iter().map(|((topic, partition), next)| (topic.to_string(), *partition, *next)).collect();
+                member.membership().commit(&offsets).await
+            }
+        }
+    }
+}
+
 pub async fn consume(
     client: Rc<Client>,
     topic: &str,
-    partitions: &[i32],
-    offset: &str,
-    num: Option<usize>,
-    end: bool,
+    input: ConsumeInput,
     format: OutputFormat,
 ) -> Result<Outcome, Error> {
-    let start = start_at(offset)?;
+    let ConsumeInput { partitions, offset, num, end, group } = input;
+    let start = start_at(&offset)?;
     let config = ConsumerConfig { max_wait: Duration::from_millis(500), ..ConsumerConfig::default() };
-    let consumer = Consumer::new(client, config);
-    consumer.assign(topic, partitions, start).await?;
+    let reader = match group {
+        Some(group) => {
+            if !matches!(start, StartAt::Earliest | StartAt::Latest) {
+                return Err(Error::Invalid(
+                    "with --group, --offset is earliest or latest (where a partition with no committed offset starts)"
+                        .into(),
+                ));
+            }
+            let topics = [topic.to_string()];
+            Reader::Member(GroupConsumer::new(client, config, GroupConfig::new(&group), &topics, start))
+        }
+        None => {
+            let consumer = Consumer::new(client, config);
+            consumer.assign(topic, &partitions, start).await?;
+            Reader::Assigned(consumer)
+        }
+    };
+    let printed = print_records(&reader, num, end, format).await;
+    // A member leaves whatever happened (it committed what it printed), so its partitions
+    // move on at once.
+    let left = match &reader {
+        Reader::Member(member) => member.leave().await,
+        Reader::Assigned(_) => Ok(()),
+    };
+    printed?;
+    left?;
+    Ok(Outcome { table: String::new(), json: Value::Null, failures: Vec::new() })
+}
+
+async fn print_records(reader: &Reader, num: Option<usize>, end: bool, format: OutputFormat) -> Result<(), Error> {
     let mut count = 0usize;
     let stdout = std::io::stdout();
-    'polling: while num.is_none_or(|n| count < n) {
-        if end && consumer.caught_up() {
-            break;
+    let mut printed: BTreeMap<(Rc<str>, i32), i64> = BTreeMap::new();
+    let mut generation = reader.generation();
+    let result = 'polling: loop {
+        if num.is_some_and(|n| count >= n) || (end && reader.caught_up()) {
+            break Ok(());
         }
-        let records = consumer.poll().await?;
+        let records = match reader.poll().await {
+            Ok(records) => records,
+            Err(error) => break Err(error),
+        };
+        if reader.generation() != generation {
+            // A rebalance: the partitions may have moved (the member committed what it had
+            // read before giving them up); offsets printed before are not this member's to
+            // commit any more.
+            printed.clear();
+            generation = reader.generation();
+        }
         let mut out = stdout.lock();
         for consumed in records {
             let record = &consumed.record;
@@ -172,14 +264,21 @@ pub async fn consume(
                 }
             };
             if written.is_err() {
-                break 'polling; // the reader went away (a closed pipe)
+                break 'polling Ok(()); // the reader went away (a closed pipe)
             }
+            printed.insert((Rc::clone(&consumed.topic), consumed.partition), record.offset + 1);
             count += 1;
             if num.is_some_and(|n| count >= n) {
-                break 'polling;
+                break;
             }
         }
         let _ = out.flush();
-    }
-    Ok(Outcome { table: String::new(), json: Value::Null, failures: Vec::new() })
+        drop(out);
+        if let Err(error) = reader.commit(&printed).await {
+            break Err(error);
+        }
+    };
+    // What was printed before a failure or a closed pipe is committed too.
+    let committed = reader.commit(&printed).await;
+    result.and(committed)
 }

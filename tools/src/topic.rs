@@ -117,6 +117,12 @@ pub enum TopicCommand {
         /// Stop once every partition is read to its end.
         #[arg(short, long)]
         end: bool,
+        /// Consume as a member of this consumer group (classic protocol, range assignor): the
+        /// group decides the partitions, each starts at the group's committed offset (with
+        /// none, at --offset: earliest or latest), positions are committed as records are
+        /// printed, and the member leaves the group when done.
+        #[arg(short, long, conflicts_with = "partitions")]
+        group: Option<String>,
     },
     /// Delete the records before an offset (all partitions, or those given).
     Trim {
@@ -169,8 +175,9 @@ pub fn run(command: TopicCommand, connect: Connect) -> ExitCode {
                 let input = ProduceInput { file, key, key_separator, headers, partition, acks, compression };
                 crate::records_cli::produce(client, &topic, input).await
             }
-            TopicCommand::Consume { topic, partitions, offset, num, end } => {
-                crate::records_cli::consume(client, &topic, &partitions, &offset, num, end, format).await
+            TopicCommand::Consume { topic, partitions, offset, num, end, group } => {
+                let wanted = crate::records_cli::ConsumeInput { partitions, offset, num, end, group };
+                crate::records_cli::consume(client, &topic, wanted, format).await
             }
             command => execute(&client, command).await,
         }

@@ -191,6 +191,27 @@ fn lines_are_produced_and_consumed_back_with_keys_and_headers() {
     let (code, out, _) = topic(&address, &["consume", "logs", "-o", "latest", "--end"]);
     assert_eq!((code, out.as_str()), (0, ""), "nothing after the end");
 
+    // As a group member: a run stopped by --num commits exactly what it printed, the next
+    // run goes on from there, and together they print every record once.
+    let (code, first, err) = topic(&address, &["consume", "logs", "--group", "readers", "-n", "400"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, rest, err) = topic(&address, &["consume", "logs", "--group", "readers", "--end"]);
+    assert_eq!(code, 0, "{err}");
+    let mut values: Vec<usize> =
+        first.lines().chain(rest.lines()).map(|l| l.strip_prefix("event ").unwrap().parse().unwrap()).collect();
+    assert_eq!((first.lines().count(), rest.lines().count()), (400, 600));
+    values.sort();
+    assert_eq!(values, (0..1000).collect::<Vec<_>>());
+    let described = Command::new(env!("CARGO_BIN_EXE_corelog"))
+        .args(["group", "describe", "readers", "--brokers", address.as_str(), "--format", "json"])
+        .output()
+        .unwrap();
+    let described: Value = serde_json::from_slice(&described.stdout).unwrap();
+    assert_eq!(described["total_lag"], 0, "{described}");
+    assert_eq!(described["members"].as_array().map(Vec::len), Some(0), "the member left: {described}");
+    let (code, _, err) = topic(&address, &["consume", "logs", "--group", "readers", "-o", "5"]);
+    assert_eq!(code, 2, "an offset does not go with --group: {err}");
+
     // Producing to a topic that does not exist: one line naming the error, exit 1.
     let (code, _, err) = topic_with_input(&address, &["produce", "missing"], "x\n");
     assert_eq!(code, 1, "{err}");

@@ -6,6 +6,11 @@ use std::time::Duration;
 use corelog_net::server::{LocalBroker, ServerConfig};
 
 pub fn broker(dir: &std::path::Path) -> LocalBroker {
+    broker_with_groups(dir, Default::default())
+}
+
+/// A broker whose group coordinator runs with `group` (tests shorten its delays).
+pub fn broker_with_groups(dir: &std::path::Path, group: corelog_net::group::classic::CoordinatorConfig) -> LocalBroker {
     let config = ServerConfig {
         node_id: 0,
         data_dir: dir.to_path_buf(),
@@ -22,7 +27,7 @@ pub fn broker(dir: &std::path::Path) -> LocalBroker {
         num_partitions: 1,
         auto_create_topics: false,
         retention_check_interval: Duration::from_secs(300),
-        group: Default::default(),
+        group,
         offsets_topic_partitions: 4,
     };
     LocalBroker::start(config, 2).expect("start the broker")
