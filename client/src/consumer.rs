@@ -4,8 +4,10 @@
 //! (ListOffsets). A position out of range (records deleted under it) starts again from the
 //! earliest offset, as `auto.offset.reset=earliest` does.
 //!
-//! Sessionless fetches (KIP-227 session epoch -1): every request names every partition.
-//! Group membership is in [`crate::group_consumer`], which drives this consumer.
+//! Incremental fetch sessions (KIP-227, Fetch v7+; [`crate::fetch_session`]): one session
+//! per leader; after the first request, each names only the partitions whose offset moved,
+//! and the broker answers only for partitions with something new. Group membership is in
+//! [`crate::group_consumer`], which drives this consumer.
 //!
 //! Prefetch (on by default): as soon as a poll has moved the positions, the next round of
 //! fetches is sent, so the broker reads and sends while the caller handles the records. A
@@ -14,18 +16,21 @@
 //!
 //! Owner: one glommio executor thread.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
 use crate::admin::{EARLIEST, LATEST};
+use crate::fetch_session::{
+    FETCH_SESSION_ID_NOT_FOUND, FetchSession, INVALID_FETCH_SESSION_EPOCH, SessionRequest, Wanted,
+};
 use crate::records::{self, Record};
 use crate::{Client, Error, TopicInfo, check};
 
@@ -39,6 +44,8 @@ pub struct ConsumerConfig {
     pub isolation_level: i8,
     /// Send the next round of fetches at the end of each poll (see the module docs).
     pub prefetch: bool,
+    /// Incremental fetch sessions (KIP-227) with brokers that offer them.
+    pub sessions: bool,
 }
 
 impl Default for ConsumerConfig {
@@ -50,6 +57,7 @@ impl Default for ConsumerConfig {
             partition_max_bytes: 1_048_576,
             isolation_level: 0,
             prefetch: true,
+            sessions: true,
         }
     }
 }
@@ -67,10 +75,14 @@ pub enum StartAt {
 /// (next offset to fetch, high watermark last seen or -1)
 type Position = (i64, i64);
 
-/// The (topic, partition, offset) list of one leader's fetch.
-type Wanted = Vec<(Rc<str>, i32, i64)>;
+/// A leader's Fetch answer, with what its request said about the fetch session.
+struct Fetched {
+    leader: i32,
+    session: Option<SessionRequest>,
+    result: Result<FetchResponse, Error>,
+}
 
-type FetchFuture = Pin<Box<dyn Future<Output = Result<FetchResponse, Error>>>>;
+type FetchFuture = Pin<Box<dyn Future<Output = Fetched>>>;
 
 /// A fetch sent ahead of the poll that will want it.
 struct Prefetch {
@@ -94,6 +106,9 @@ pub struct Consumer {
     /// Next offset to fetch, and the high watermark last seen.
     positions: RefCell<BTreeMap<(Rc<str>, i32), Position>>,
     prefetched: RefCell<Vec<Prefetch>>,
+    /// One fetch session per leader.
+    sessions: RefCell<BTreeMap<i32, FetchSession>>,
+    incremental_fetches: Cell<u64>,
 }
 
 impl Consumer {
@@ -104,6 +119,8 @@ impl Consumer {
             topics: RefCell::new(BTreeMap::new()),
             positions: RefCell::new(BTreeMap::new()),
             prefetched: RefCell::default(),
+            sessions: RefCell::default(),
+            incremental_fetches: Cell::new(0),
         }
     }
 
@@ -203,8 +220,8 @@ impl Consumer {
         drop(prefetched); // fetches for other offsets: their responses are let go
         let mut consumed = Vec::new();
         let mut first_error = None;
-        for result in futures_util::future::join_all(fetches).await {
-            match result {
+        for fetched in futures_util::future::join_all(fetches).await {
+            match self.settle(fetched) {
                 Ok(response) => match self.apply(response).await {
                     Ok(records) => consumed.extend(records),
                     Err(error) => {
@@ -231,6 +248,31 @@ impl Consumer {
         }
     }
 
+    /// Fetches sent as incremental requests of a fetch session (tests, statistics).
+    pub fn incremental_fetches(&self) -> u64 {
+        self.incremental_fetches.get()
+    }
+
+    /// Takes a fetch's answer into its session; the response to apply, if any. An answer that
+    /// the session is unknown or out of step is no error for the caller: the session closes
+    /// and the next poll opens a new one with a full request.
+    fn settle(&self, fetched: Fetched) -> Result<FetchResponse, Error> {
+        let Fetched { leader, session, result } = fetched;
+        if let Some(request) = &session {
+            let mut sessions = self.sessions.borrow_mut();
+            let state = sessions.entry(leader).or_default();
+            match &result {
+                Ok(response) => state.on_response(request, response.error_code, response.session_id),
+                Err(_) => state.close(),
+            }
+        }
+        let response = result?;
+        if matches!(response.error_code, FETCH_SESSION_ID_NOT_FOUND | INVALID_FETCH_SESSION_EPOCH) {
+            return Ok(FetchResponse::default());
+        }
+        Ok(response)
+    }
+
     /// Every assigned partition's next offset, by leader (-1: leader unknown).
     fn wanted_by_leader(&self) -> BTreeMap<i32, Wanted> {
         let mut by_leader: BTreeMap<i32, Wanted> = BTreeMap::new();
@@ -249,8 +291,15 @@ impl Consumer {
 
     /// Sends one leader's Fetch now; the future is its response.
     async fn send_fetch(&self, leader: i32, wanted: &Wanted) -> Result<FetchFuture, Error> {
+        let connection = if leader < 0 { self.client.any_broker().await? } else { self.client.broker(leader).await? };
+        let sessions = self.config.sessions && leader >= 0 && connection.version::<FetchRequest>()? >= 7;
+        let session = sessions.then(|| self.sessions.borrow_mut().entry(leader).or_default().next_request(wanted));
+        let named = session.as_ref().map_or(wanted, |s| &s.partitions);
+        if session.as_ref().is_some_and(|s| !s.is_full()) {
+            self.incremental_fetches.set(self.incremental_fetches.get() + 1);
+        }
         let mut topics: BTreeMap<Rc<str>, Vec<FetchPartition>> = BTreeMap::new();
-        for (topic, partition, offset) in wanted {
+        for (topic, partition, offset) in named {
             topics.entry(Rc::clone(topic)).or_default().push(
                 FetchPartition::default()
                     .with_partition(*partition)
@@ -263,14 +312,29 @@ impl Consumer {
         }
         let ids: BTreeMap<Rc<str>, uuid::Uuid> =
             self.topics.borrow().iter().map(|(name, info)| (Rc::clone(name), info.uuid)).collect();
+        let mut forgotten: BTreeMap<Rc<str>, Vec<i32>> = BTreeMap::new();
+        for (topic, partition) in session.iter().flat_map(|s| &s.forgotten) {
+            forgotten.entry(Rc::clone(topic)).or_default().push(*partition);
+        }
+        let forgotten = forgotten
+            .into_iter()
+            .map(|(topic, partitions)| {
+                ForgottenTopic::default()
+                    .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+                    .with_topic_id(ids.get(&topic).copied().unwrap_or_default())
+                    .with_partitions(partitions)
+            })
+            .collect();
+        let (session_id, epoch) = session.as_ref().map_or((0, -1), |s| (s.session_id, s.epoch));
         let request = FetchRequest::default()
             .with_replica_id(BrokerId(-1))
             .with_max_wait_ms(i32::try_from(self.config.max_wait.as_millis()).unwrap_or(i32::MAX))
             .with_min_bytes(self.config.min_bytes)
             .with_max_bytes(self.config.max_bytes)
             .with_isolation_level(self.config.isolation_level)
-            .with_session_id(0)
-            .with_session_epoch(-1)
+            .with_session_id(session_id)
+            .with_session_epoch(epoch)
+            .with_forgotten_topics_data(forgotten)
             .with_topics(
                 topics
                     .into_iter()
@@ -282,8 +346,16 @@ impl Consumer {
                     })
                     .collect(),
             );
-        let connection = if leader < 0 { self.client.any_broker().await? } else { self.client.broker(leader).await? };
-        Ok(Box::pin(connection.send_now(request)?))
+        let response = match connection.send_now(request) {
+            Ok(response) => response,
+            Err(error) => {
+                if sessions {
+                    self.sessions.borrow_mut().entry(leader).or_default().close();
+                }
+                return Err(error);
+            }
+        };
+        Ok(Box::pin(async move { Fetched { leader, session, result: response.await } }))
     }
 
     /// Takes a Fetch response in: positions move past the records it returns.

@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod connection;
 pub mod consumer;
+pub mod fetch_session;
 pub mod group_consumer;
 pub mod groups;
 pub mod membership;

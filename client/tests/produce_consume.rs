@@ -183,3 +183,81 @@ fn a_prefetched_fetch_serves_the_next_poll_and_a_seek_drops_it() {
         assert_eq!(read_until(19).await, (3..20).collect::<Vec<_>>());
     });
 }
+
+/// With an incremental fetch session, each fetch after the first names only the partitions
+/// that moved, and the broker answers only for those with new records: every record still
+/// arrives once, in order, when new records reach only some partitions at a time, and after
+/// a seek and a dropped prefetch put the session out of step.
+#[test]
+fn incremental_fetch_sessions_deliver_every_record_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::broker(dir.path());
+    let address = broker.address.to_string();
+    common::run(async move {
+        let client = Rc::new(Client::connect(ClientConfig::new(&address)).await.unwrap());
+        let topic = NewTopic { name: "sessions".into(), partitions: 8, replication_factor: 1, configs: vec![] };
+        client.create_topics(&[topic], false).await.unwrap()[0].1.clone().unwrap();
+        let producer =
+            Producer::new(Rc::clone(&client), ProducerConfig::default(), Box::new(|_, d| assert!(d.error.is_none())))
+                .await
+                .unwrap();
+        let produce = |partitions: Vec<i32>, count: u64| {
+            let producer = &producer;
+            async move {
+                for partition in partitions {
+                    for _ in 0..count {
+                        producer.send("sessions", Some(partition), None, Some(b"v"), &[], 1_000, 0).await.unwrap();
+                    }
+                }
+                producer.flush().await;
+            }
+        };
+        let consumer = Consumer::new(
+            Rc::clone(&client),
+            ConsumerConfig { max_wait: Duration::from_millis(100), ..Default::default() },
+        );
+        let mut seen: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+        let read_until = async |seen: &mut BTreeMap<i32, Vec<i64>>, total: usize| {
+            for _ in 0..200 {
+                if seen.values().map(Vec::len).sum::<usize>() >= total {
+                    return;
+                }
+                for consumed in consumer.poll().await.unwrap() {
+                    seen.entry(consumed.partition).or_default().push(consumed.record.offset);
+                }
+            }
+            panic!("only {:?} of {total} records", seen.values().map(Vec::len).sum::<usize>());
+        };
+        produce((0..8).collect(), 10).await;
+        consumer.assign("sessions", &[], StartAt::Earliest).await.unwrap();
+        read_until(&mut seen, 80).await;
+        // New records in one partition, then in two others.
+        produce(vec![3], 5).await;
+        read_until(&mut seen, 85).await;
+        produce(vec![0, 7], 4).await;
+        read_until(&mut seen, 93).await;
+        let expected = |partition: i32| {
+            let count = 10
+                + if partition == 3 {
+                    5
+                } else if partition == 0 || partition == 7 {
+                    4
+                } else {
+                    0
+                };
+            (0..count).collect::<Vec<i64>>()
+        };
+        for partition in 0..8 {
+            assert_eq!(seen[&partition], expected(partition), "partition {partition}");
+        }
+        assert!(consumer.incremental_fetches() > 0, "the fetches went out as one session");
+        // A seek drops the prefetched fetch; the session goes on (or starts again) and the
+        // partition is read again from the sought offset.
+        consumer.assign("sessions", &[5], StartAt::Offset(2)).await.unwrap();
+        let mut again = BTreeMap::new();
+        read_until(&mut again, 8).await;
+        assert_eq!(again[&5], (2..10).collect::<Vec<i64>>());
+        assert_eq!(again.len(), 1, "only the sought partition: {again:?}");
+    });
+    broker.stop().unwrap();
+}
