@@ -2,9 +2,9 @@
 //! encoder: the response is a list of [`Chunk`]s — the fields, written into small buffers;
 //! the record batches, shared with the batch cache (or the buffer a file read filled); and
 //! slices of segment files — which the connection writes to the socket as they are (one
-//! vectored send for a run of buffers, splice for a file slice). Only batches smaller than
-//! [`INLINE_RECORDS_MAX`] are copied into the field buffer: an iovec entry of their own
-//! would cost more than the copy.
+//! vectored send for a run of buffers, splice for a file slice). No record byte is copied
+//! into a response buffer: the fields between record chunks are written into slices of one
+//! growing field buffer.
 //!
 //! Layout (Kafka's `FetchResponse`; flexible versions, v12+, use compact lengths and carry an
 //! empty tagged-field section after every struct; tagged fields are never emitted):
@@ -44,9 +44,6 @@ impl Chunk {
         self.len() == 0
     }
 }
-
-/// Record chunks below this size are copied into the field buffer.
-pub const INLINE_RECORDS_MAX: usize = 16 << 10;
 
 /// A Fetch response to encode.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -136,18 +133,18 @@ impl Segment {
 
 impl Segments {
     fn new() -> Self {
-        Self { done: Vec::new(), head: BytesMut::with_capacity(256) }
+        Self { done: Vec::new(), head: BytesMut::with_capacity(1024) }
     }
 
     fn records(&mut self, chunk: &Chunk) {
-        match chunk {
-            Chunk::Memory(bytes) if bytes.len() < INLINE_RECORDS_MAX => self.head.extend_from_slice(bytes),
-            _ => {
-                let head = std::mem::replace(&mut self.head, BytesMut::with_capacity(256));
-                self.done.push(Segment::Own(head));
-                self.done.push(Segment::Shared(chunk.clone()));
-            }
+        if chunk.is_empty() {
+            return;
         }
+        // The fields so far become a segment of their own; the buffer's spare capacity goes
+        // on holding the next fields (one allocation for many partitions' fields).
+        let fields = self.head.split();
+        self.done.push(Segment::Own(fields));
+        self.done.push(Segment::Shared(chunk.clone()));
     }
 
     /// The frame: its 4-byte size prefix patched in, every buffer frozen.
@@ -352,11 +349,10 @@ mod tests {
     }
 
     fn chunk() -> impl Strategy<Value = Chunk> {
-        // Small batches (copied inline), large ones (sent as they are), and file slices.
+        // Small and large batches in memory, and file slices.
         prop_oneof![
             prop::collection::vec(any::<u8>(), 0..200).prop_map(|v| Chunk::Memory(Bytes::from(v))),
-            (INLINE_RECORDS_MAX - 1..INLINE_RECORDS_MAX + 3000, any::<u8>())
-                .prop_map(|(n, b)| Chunk::Memory(Bytes::from(vec![b; n]))),
+            (16_000..20_000usize, any::<u8>()).prop_map(|(n, b)| Chunk::Memory(Bytes::from(vec![b; n]))),
             (0..PATTERN_FILE_BYTES / 2, 0..PATTERN_FILE_BYTES / 2)
                 .prop_map(|(position, len)| Chunk::File(FileSlice::new(pattern_file(), position, len))),
         ]
@@ -411,10 +407,10 @@ mod tests {
             let segments = encode(&response, version, correlation_id).unwrap();
             let ours: Vec<u8> = concat(&segments);
             prop_assert_eq!(&ours, &reference_frame(&response, version, correlation_id));
-            // Large batches are not copied: they are segments of their own, the same memory;
+            // No record chunk is copied: each is a segment of its own, the same memory;
             // file slices stay file slices.
             let kept = response.topics.iter().flat_map(|t| &t.partitions).flat_map(|p| p.records.iter().flatten())
-                .filter(|c| c.len() >= INLINE_RECORDS_MAX || matches!(c, Chunk::File(_)));
+                .filter(|c| !c.is_empty());
             for chunk in kept {
                 let found = segments.iter().any(|s| match (s, chunk) {
                     (Chunk::Memory(s), Chunk::Memory(c)) => s.as_ptr() == c.as_ptr() && s.len() == c.len(),
