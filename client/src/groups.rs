@@ -260,29 +260,7 @@ impl Client {
     /// REBALANCE_IN_PROGRESS, by the broker's rules).
     pub async fn seek_group(&self, group: &str, offsets: &[(String, i32, i64)]) -> Result<(), Error> {
         let coordinator = self.coordinator(group).await?;
-        let mut by_topic: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
-        for (topic, partition, offset) in offsets {
-            by_topic.entry(topic).or_default().push(
-                OffsetCommitRequestPartition::default()
-                    .with_partition_index(*partition)
-                    .with_committed_offset(*offset)
-                    .with_committed_leader_epoch(-1),
-            );
-        }
-        let request = OffsetCommitRequest::default()
-            .with_group_id(group_id(group))
-            .with_generation_id_or_member_epoch(-1)
-            .with_retention_time_ms(-1)
-            .with_topics(
-                by_topic
-                    .into_iter()
-                    .map(|(topic, partitions)| {
-                        OffsetCommitRequestTopic::default()
-                            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-                            .with_partitions(partitions)
-                    })
-                    .collect(),
-            );
+        let request = commit_request(group, -1, "", offsets);
         let response = coordinator.send(request).await?;
         for topic in &response.topics {
             for partition in &topic.partitions {
@@ -302,6 +280,40 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// An OffsetCommit of `offsets` (topic, partition, next offset) for `group`, as member
+/// `member_id` of `generation` (-1 and "" for a group without members).
+pub(crate) fn commit_request(
+    group: &str,
+    generation: i32,
+    member_id: &str,
+    offsets: &[(String, i32, i64)],
+) -> OffsetCommitRequest {
+    let mut by_topic: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
+    for (topic, partition, offset) in offsets {
+        by_topic.entry(topic).or_default().push(
+            OffsetCommitRequestPartition::default()
+                .with_partition_index(*partition)
+                .with_committed_offset(*offset)
+                .with_committed_leader_epoch(-1),
+        );
+    }
+    OffsetCommitRequest::default()
+        .with_group_id(group_id(group))
+        .with_generation_id_or_member_epoch(generation)
+        .with_member_id(StrBytes::from_string(member_id.to_string()))
+        .with_retention_time_ms(-1)
+        .with_topics(
+            by_topic
+                .into_iter()
+                .map(|(topic, partitions)| {
+                    OffsetCommitRequestTopic::default()
+                        .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                        .with_partitions(partitions)
+                })
+                .collect(),
+        )
 }
 
 /// A classic consumer's assignment (ConsumerProtocolAssignment: i16 version, then the body).

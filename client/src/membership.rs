@@ -24,16 +24,16 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition as AssignedTopic;
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
-use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
 use kafka_protocol::messages::offset_fetch_request::{OffsetFetchRequestGroup, OffsetFetchRequestTopics};
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
     ConsumerProtocolAssignment, ConsumerProtocolSubscription, FindCoordinatorRequest, GroupId, HeartbeatRequest,
-    JoinGroupRequest, LeaveGroupRequest, OffsetCommitRequest, OffsetFetchRequest, SyncGroupRequest, TopicName,
+    JoinGroupRequest, LeaveGroupRequest, OffsetFetchRequest, SyncGroupRequest, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 use crate::connection::Connection;
+use crate::groups::commit_request;
 use crate::{Client, Error, check};
 
 /// The assignor this member offers (Kafka's `RangeAssignor`).
@@ -327,31 +327,7 @@ impl Membership {
             return Ok(());
         }
         let coordinator = self.coordinator().await?;
-        let mut by_topic: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
-        for (topic, partition, offset) in offsets {
-            by_topic.entry(topic).or_default().push(
-                OffsetCommitRequestPartition::default()
-                    .with_partition_index(*partition)
-                    .with_committed_offset(*offset)
-                    .with_committed_leader_epoch(-1),
-            );
-        }
-        let (member_id, generation) = (self.member_id(), self.generation());
-        let request = OffsetCommitRequest::default()
-            .with_group_id(GroupId(StrBytes::from_string(self.config.group_id.clone())))
-            .with_generation_id_or_member_epoch(generation)
-            .with_member_id(StrBytes::from_string(member_id))
-            .with_retention_time_ms(-1)
-            .with_topics(
-                by_topic
-                    .into_iter()
-                    .map(|(topic, partitions)| {
-                        OffsetCommitRequestTopic::default()
-                            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-                            .with_partitions(partitions)
-                    })
-                    .collect(),
-            );
+        let request = commit_request(&self.config.group_id, self.generation(), &self.member_id(), offsets);
         let response = coordinator.send(request).await?;
         for topic in &response.topics {
             for partition in &topic.partitions {
