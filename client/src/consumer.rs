@@ -166,6 +166,8 @@ impl Consumer {
     }
 
     fn place(&self, topic: &str, info: TopicInfo, starts: BTreeMap<i32, i64>) {
+        // The sessions' view of these partitions may be older than the new positions.
+        self.sessions.borrow_mut().clear();
         let name: Rc<str> = Rc::from(topic);
         self.topics.borrow_mut().insert(Rc::clone(&name), info);
         let mut positions = self.positions.borrow_mut();
@@ -178,6 +180,7 @@ impl Consumer {
     pub fn unassign_all(&self) {
         self.positions.borrow_mut().clear();
         self.prefetched.borrow_mut().clear();
+        self.sessions.borrow_mut().clear();
     }
 
     /// Every assigned partition and its next offset to read.
@@ -208,16 +211,32 @@ impl Consumer {
     /// One round of fetches (a request per leader, concurrently): the records that came.
     pub async fn poll(&self) -> Result<Vec<Consumed>, Error> {
         let mut prefetched = std::mem::take(&mut *self.prefetched.borrow_mut());
+        let wanted_now = self.wanted_by_leader();
+        if wanted_now.is_empty() {
+            // Nothing assigned (a group member without partitions): wait as a long poll would,
+            // so that a caller polling in a loop leaves the executor to its other tasks.
+            glommio::timer::sleep(self.config.max_wait).await;
+            return Ok(Vec::new());
+        }
+        // A prefetch for other offsets is let go unread. Its answer may have carried what the
+        // leader's session now holds (a partition error, say) and will not repeat, so that
+        // session starts again with a full request.
+        prefetched.retain(|p| {
+            let used = wanted_now.get(&p.leader) == Some(&p.wanted);
+            if !used {
+                self.sessions.borrow_mut().remove(&p.leader);
+            }
+            used
+        });
         let mut fetches = Vec::new();
-        for (leader, wanted) in self.wanted_by_leader() {
-            let ready = prefetched.iter().position(|p| p.leader == leader && p.wanted == wanted);
+        for (leader, wanted) in wanted_now {
+            let ready = prefetched.iter().position(|p| p.leader == leader);
             let response = match ready {
                 Some(index) => prefetched.swap_remove(index).response,
                 None => self.send_fetch(leader, &wanted).await?,
             };
             fetches.push(response);
         }
-        drop(prefetched); // fetches for other offsets: their responses are let go
         let mut consumed = Vec::new();
         let mut first_error = None;
         for fetched in futures_util::future::join_all(fetches).await {

@@ -87,8 +87,26 @@ impl GroupConsumer {
         }
         self.consumer.unassign_all();
         let assignment = self.membership.join().await?;
-        let committed = self.membership.committed(&assignment).await?;
-        for (topic, partitions) in &assignment {
+        if let Err(error) = self.start(&assignment).await {
+            // Joined, but not reading: join again at the next poll rather than own
+            // partitions nobody reads.
+            self.consumer.unassign_all();
+            self.membership.mark_for_rejoin();
+            return Err(error);
+        }
+        tracing::debug!(
+            group = self.membership.group_id(),
+            generation = self.membership.generation(),
+            ?assignment,
+            "joined"
+        );
+        Ok(())
+    }
+
+    /// Starts each assigned partition at its committed offset, or at the reset point.
+    async fn start(&self, assignment: &crate::membership::Assignment) -> Result<(), Error> {
+        let committed = self.membership.committed(assignment).await?;
+        for (topic, partitions) in assignment {
             let mut known = BTreeMap::new();
             let mut unknown = Vec::new();
             for partition in partitions {
@@ -106,12 +124,6 @@ impl GroupConsumer {
                 self.consumer.assign(topic, &unknown, self.reset).await?;
             }
         }
-        tracing::debug!(
-            group = self.membership.group_id(),
-            generation = self.membership.generation(),
-            ?assignment,
-            "joined"
-        );
         Ok(())
     }
 }

@@ -132,6 +132,11 @@ impl Membership {
         self.shared.rejoin.get()
     }
 
+    /// Makes the next poll join again (the member could not start on its assignment).
+    pub fn mark_for_rejoin(&self) {
+        self.shared.rejoin.set(true);
+    }
+
     /// Joins the group (again) and returns this member's partitions. Heartbeats run from
     /// here on until the next rejoin or [`Membership::leave`].
     pub async fn join(&self) -> Result<Assignment, Error> {
@@ -404,7 +409,8 @@ async fn heartbeat_loop(
     }
 }
 
-fn group_moved_on(code: i16) -> bool {
+/// The answer of a group that rebalanced or no longer knows the member: join again.
+pub fn group_moved_on(code: i16) -> bool {
     matches!(code, code::REBALANCE_IN_PROGRESS | code::ILLEGAL_GENERATION | code::UNKNOWN_MEMBER_ID)
 }
 

@@ -133,3 +133,61 @@ fn a_group_splits_partitions_resumes_from_commits_and_takes_over_on_leave() {
     });
     broker.stop().unwrap();
 }
+
+#[test]
+fn a_member_rejoining_reads_its_partitions_to_the_end_and_one_without_any_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator =
+        corelog_net::group::classic::CoordinatorConfig { initial_rebalance_delay_ms: 0, ..Default::default() };
+    let broker = common::broker_with_groups(dir.path(), coordinator);
+    let address = broker.address.to_string();
+    common::run(async move {
+        let client = Rc::new(Client::connect(ClientConfig::new(&address)).await.unwrap());
+        let topic = NewTopic { name: TOPIC.into(), partitions: 2, replication_factor: 1, configs: vec![] };
+        client.create_topics(&[topic], false).await.unwrap()[0].1.clone().unwrap();
+        let producer =
+            Producer::new(Rc::clone(&client), ProducerConfig::default(), Box::new(|_, d| assert!(d.error.is_none())))
+                .await
+                .unwrap();
+        for partition in 0..2 {
+            for _ in 0..5 {
+                producer.send(TOPIC, Some(partition), None, Some(b"v"), &[], 0, 0).await.unwrap();
+            }
+        }
+        producer.flush().await;
+        let a = member(&client);
+        let mut read = Vec::new();
+        poll_until(&a, &mut read, |c, _| c.caught_up()).await;
+        assert_eq!(read.len(), 10);
+        // b joins: a keeps one partition at its committed offset, the fetch session it had
+        // must not hide that partition's high watermark, so a sees it is at the end.
+        let b = member(&client);
+        let settled = |c: &GroupConsumer, _: &[(i32, i64)]| owned(c).len() == 1 && !c.membership().needs_rejoin();
+        let mut read_b = Vec::new();
+        futures_lite::future::zip(poll_until(&a, &mut read, settled), poll_until(&b, &mut read_b, settled)).await;
+        poll_until(&a, &mut read, |c, _| c.caught_up()).await;
+        poll_until(&b, &mut read_b, |c, _| c.caught_up()).await;
+        assert_eq!((read.len(), read_b.len()), (10, 0), "nothing read twice");
+        // A third member gets no partition: its poll waits instead of spinning, and the
+        // group goes on (heartbeats run meanwhile).
+        let c = member(&client);
+        let mut read_c = Vec::new();
+        let joined =
+            |m: &GroupConsumer, _: &[(i32, i64)]| !m.membership().needs_rejoin() && m.membership().generation() > 2;
+        futures_lite::future::zip(
+            futures_lite::future::zip(poll_until(&a, &mut read, joined), poll_until(&b, &mut read_b, joined)),
+            poll_until(&c, &mut read_c, joined),
+        )
+        .await;
+        let counts = [owned(&a).len(), owned(&b).len(), owned(&c).len()];
+        assert_eq!(counts.iter().sum::<usize>(), 2, "{counts:?}");
+        let idle = [&a, &b, &c].into_iter().find(|m| owned(m).is_empty()).expect("one member without partitions");
+        let started = Instant::now();
+        assert!(idle.poll().await.unwrap().is_empty());
+        assert!(started.elapsed() >= Duration::from_millis(40), "an idle poll returned at once");
+        for m in [&a, &b, &c] {
+            m.close().await.unwrap();
+        }
+    });
+    broker.stop().unwrap();
+}

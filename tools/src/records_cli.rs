@@ -274,11 +274,26 @@ async fn print_records(reader: &Reader, num: Option<usize>, end: bool, format: O
         }
         let _ = out.flush();
         drop(out);
-        if let Err(error) = reader.commit(&printed).await {
+        if let Err(error) = commit_printed(reader, &mut printed).await {
             break Err(error);
         }
     };
     // What was printed before a failure or a closed pipe is committed too.
-    let committed = reader.commit(&printed).await;
+    let committed = commit_printed(reader, &mut printed).await;
     result.and(committed)
+}
+
+/// Commits the offsets printed since the last commit, if any. A group that moved on (a
+/// rebalance this member has not followed yet) refuses them: no error, the member rejoins
+/// at its next poll, and those records go to the partitions' next owner again.
+async fn commit_printed(reader: &Reader, printed: &mut BTreeMap<(Rc<str>, i32), i64>) -> Result<(), Error> {
+    if printed.is_empty() {
+        return Ok(());
+    }
+    match reader.commit(printed).await {
+        Err(error) if !error.code().is_some_and(corelog_client::membership::group_moved_on) => return Err(error),
+        _ => {}
+    }
+    printed.clear();
+    Ok(())
 }
