@@ -9,7 +9,9 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
-use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
+use kafka_protocol::messages::offset_fetch_request::{
+    OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
+};
 use kafka_protocol::messages::{
     ConsumerGroupDescribeRequest, ConsumerProtocolAssignment, DeleteGroupsRequest, DescribeGroupsRequest,
     FindCoordinatorRequest, GroupId, ListGroupsRequest, OffsetCommitRequest, OffsetFetchRequest, TopicName,
@@ -70,6 +72,12 @@ fn group_id(id: &str) -> GroupId {
 impl Client {
     /// The group's coordinator.
     pub async fn coordinator(&self, group: &str) -> Result<Rc<Connection>, Error> {
+        let (node, _) = self.find_coordinator(group).await?;
+        self.broker(node).await
+    }
+
+    /// FindCoordinator: the coordinator's node id and HOST:PORT.
+    pub(crate) async fn find_coordinator(&self, group: &str) -> Result<(i32, String), Error> {
         let any = self.any_broker().await?;
         let version = any.version::<FindCoordinatorRequest>()?;
         let mut request = FindCoordinatorRequest::default().with_key_type(0);
@@ -79,18 +87,17 @@ impl Client {
             request = request.with_key(StrBytes::from_string(group.to_string()));
         }
         let response = any.send_at(request, version).await?;
-        let node = if version >= 4 {
+        if version >= 4 {
             let coordinator = response
                 .coordinators
                 .first()
                 .ok_or_else(|| Error::Invalid("FindCoordinator: no coordinator in the answer".into()))?;
             check("FindCoordinator", coordinator.error_code, coordinator.error_message.as_ref())?;
-            coordinator.node_id.0
+            Ok((coordinator.node_id.0, format!("{}:{}", coordinator.host, coordinator.port)))
         } else {
             check("FindCoordinator", response.error_code, response.error_message.as_ref())?;
-            response.node_id.0
-        };
-        self.broker(node).await
+            Ok((response.node_id.0, format!("{}:{}", response.host, response.port)))
+        }
     }
 
     /// Every group of every broker.
@@ -175,7 +182,7 @@ impl Client {
                 })
                 .collect();
         }
-        let committed = self.committed_offsets(&coordinator, group).await?;
+        let committed = self.committed_offsets(&coordinator, group, None).await?;
         let owners: BTreeMap<(String, i32), String> = description
             .members
             .iter()
@@ -220,35 +227,59 @@ impl Client {
         Ok(description)
     }
 
-    /// Every committed offset of a group.
-    async fn committed_offsets(
+    /// The committed offsets of a group: of `wanted` partitions, or of every partition.
+    pub(crate) async fn committed_offsets(
         &self,
         coordinator: &Connection,
         group: &str,
+        wanted: Option<&BTreeMap<String, Vec<i32>>>,
     ) -> Result<BTreeMap<(String, i32), i64>, Error> {
         let version = coordinator.version::<OffsetFetchRequest>()?;
+        let name = |topic: &String| TopicName(StrBytes::from_string(topic.clone()));
         let request = if version >= 8 {
-            OffsetFetchRequest::default()
-                .with_groups(vec![OffsetFetchRequestGroup::default().with_group_id(group_id(group)).with_topics(None)])
+            let topics = wanted.map(|w| {
+                w.iter()
+                    .map(|(t, p)| {
+                        OffsetFetchRequestTopics::default().with_name(name(t)).with_partition_indexes(p.clone())
+                    })
+                    .collect()
+            });
+            OffsetFetchRequest::default().with_groups(vec![
+                OffsetFetchRequestGroup::default().with_group_id(group_id(group)).with_topics(topics),
+            ])
         } else {
-            OffsetFetchRequest::default().with_group_id(group_id(group)).with_topics(None)
+            let topics = wanted.map(|w| {
+                w.iter()
+                    .map(|(t, p)| {
+                        OffsetFetchRequestTopic::default().with_name(name(t)).with_partition_indexes(p.clone())
+                    })
+                    .collect()
+            });
+            OffsetFetchRequest::default().with_group_id(group_id(group)).with_topics(topics)
         };
         let response = coordinator.send_at(request, version).await?;
         let mut committed = BTreeMap::new();
+        let mut take = |topic: &TopicName, partition: i32, offset: i64, error_code: i16| {
+            check("OffsetFetch", error_code, None)?;
+            if offset >= 0 {
+                committed.insert((topic.0.to_string(), partition), offset);
+            }
+            Ok::<(), Error>(())
+        };
         if version >= 8 {
             for g in &response.groups {
                 check("OffsetFetch", g.error_code, None)?;
                 for t in &g.topics {
-                    for p in t.partitions.iter().filter(|p| p.committed_offset >= 0) {
-                        committed.insert((t.name.0.to_string(), p.partition_index), p.committed_offset);
+                    for p in &t.partitions {
+                        take(&t.name, p.partition_index, p.committed_offset, p.error_code)?;
                     }
                 }
             }
         } else {
             check("OffsetFetch", response.error_code, None)?;
             for t in &response.topics {
-                for p in t.partitions.iter().filter(|p| p.committed_offset >= 0) {
-                    committed.insert((t.name.0.to_string(), p.partition_index), p.committed_offset);
+                for p in &t.partitions {
+                    take(&t.name, p.partition_index, p.committed_offset, p.error_code)?;
                 }
             }
         }

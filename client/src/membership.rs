@@ -24,11 +24,10 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition as AssignedTopic;
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
-use kafka_protocol::messages::offset_fetch_request::{OffsetFetchRequestGroup, OffsetFetchRequestTopics};
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    ConsumerProtocolAssignment, ConsumerProtocolSubscription, FindCoordinatorRequest, GroupId, HeartbeatRequest,
-    JoinGroupRequest, LeaveGroupRequest, OffsetFetchRequest, SyncGroupRequest, TopicName,
+    ConsumerProtocolAssignment, ConsumerProtocolSubscription, GroupId, HeartbeatRequest, JoinGroupRequest,
+    LeaveGroupRequest, SyncGroupRequest, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -238,29 +237,9 @@ impl Membership {
         if let Some(connection) = self.state.borrow().coordinator.clone() {
             return Ok(connection);
         }
-        let any = self.client.any_broker().await?;
-        let version = any.version::<FindCoordinatorRequest>()?;
-        let key = StrBytes::from_string(self.config.group_id.clone());
-        let request = if version >= 4 {
-            FindCoordinatorRequest::default().with_key_type(0).with_coordinator_keys(vec![key])
-        } else {
-            FindCoordinatorRequest::default().with_key_type(0).with_key(key)
-        };
-        let response = any.send_at(request, version).await?;
-        let (host, port) = if version >= 4 {
-            let found = response
-                .coordinators
-                .first()
-                .ok_or_else(|| Error::Invalid("FindCoordinator: no coordinator in the answer".into()))?;
-            check("FindCoordinator", found.error_code, found.error_message.as_ref())?;
-            (found.host.to_string(), found.port)
-        } else {
-            check("FindCoordinator", response.error_code, response.error_message.as_ref())?;
-            (response.host.to_string(), response.port)
-        };
+        let (_, address) = self.client.find_coordinator(&self.config.group_id).await?;
         let config = self.client.config();
-        let connection =
-            Connection::connect(&format!("{host}:{port}"), &config.client_id, config.request_timeout).await?;
+        let connection = Connection::connect(&address, &config.client_id, config.request_timeout).await?;
         self.state.borrow_mut().coordinator = Some(Rc::clone(&connection));
         Ok(connection)
     }
@@ -279,49 +258,7 @@ impl Membership {
     /// The group's committed offsets of `partitions` (absent: none committed).
     pub async fn committed(&self, partitions: &Assignment) -> Result<BTreeMap<(String, i32), i64>, Error> {
         let coordinator = self.coordinator().await?;
-        let version = coordinator.version::<OffsetFetchRequest>()?;
-        let group_id = GroupId(StrBytes::from_string(self.config.group_id.clone()));
-        let topics: Vec<OffsetFetchRequestTopics> = partitions
-            .iter()
-            .map(|(topic, partitions)| {
-                OffsetFetchRequestTopics::default()
-                    .with_name(TopicName(StrBytes::from_string(topic.clone())))
-                    .with_partition_indexes(partitions.clone())
-            })
-            .collect();
-        let mut committed = BTreeMap::new();
-        if version >= 8 {
-            let group = OffsetFetchRequestGroup::default().with_group_id(group_id).with_topics(Some(topics));
-            let response = coordinator.send_at(OffsetFetchRequest::default().with_groups(vec![group]), version).await?;
-            for group in &response.groups {
-                check("OffsetFetch", group.error_code, None)?;
-                for topic in &group.topics {
-                    for p in topic.partitions.iter().filter(|p| p.committed_offset >= 0) {
-                        check("OffsetFetch", p.error_code, None)?;
-                        committed.insert((topic.name.0.to_string(), p.partition_index), p.committed_offset);
-                    }
-                }
-            }
-        } else {
-            let topics = topics
-                .into_iter()
-                .map(|t| {
-                    kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic::default()
-                        .with_name(t.name)
-                        .with_partition_indexes(t.partition_indexes)
-                })
-                .collect();
-            let request = OffsetFetchRequest::default().with_group_id(group_id).with_topics(Some(topics));
-            let response = coordinator.send_at(request, version).await?;
-            check("OffsetFetch", response.error_code, None)?;
-            for topic in &response.topics {
-                for p in topic.partitions.iter().filter(|p| p.committed_offset >= 0) {
-                    check("OffsetFetch", p.error_code, None)?;
-                    committed.insert((topic.name.0.to_string(), p.partition_index), p.committed_offset);
-                }
-            }
-        }
-        Ok(committed)
+        self.client.committed_offsets(&coordinator, &self.config.group_id, Some(partitions)).await
     }
 
     /// Commits `offsets` (topic, partition, next offset to read) under this generation. An
@@ -391,11 +328,7 @@ async fn heartbeat_loop(
         let answer = coordinator.send(request.clone()).await;
         let Some(shared) = current(&shared) else { return };
         match answer {
-            Ok(response) if group_moved_on(response.error_code) => {
-                shared.rejoin.set(true);
-                return;
-            }
-            Ok(response) if coordinator_moved(response.error_code) => {
+            Ok(response) if group_moved_on(response.error_code) || coordinator_moved(response.error_code) => {
                 shared.rejoin.set(true);
                 return;
             }

@@ -64,12 +64,9 @@ async fn poll_until(
     }
 }
 
-fn owned(consumer: &GroupConsumer) -> Vec<i32> {
-    consumer.positions().iter().map(|(_, partition, _)| *partition).collect()
-}
-
-#[test]
-fn a_group_splits_partitions_resumes_from_commits_and_takes_over_on_leave() {
+/// A broker whose groups form at once (no initial rebalance delay), and a client with
+/// TOPIC created with `partitions` partitions; stops the broker after `work`.
+fn with_topic(partitions: i32, work: impl AsyncFnOnce(Rc<Client>)) {
     let dir = tempfile::tempdir().unwrap();
     let coordinator =
         corelog_net::group::classic::CoordinatorConfig { initial_rebalance_delay_ms: 0, ..Default::default() };
@@ -77,8 +74,20 @@ fn a_group_splits_partitions_resumes_from_commits_and_takes_over_on_leave() {
     let address = broker.address.to_string();
     common::run(async move {
         let client = Rc::new(Client::connect(ClientConfig::new(&address)).await.unwrap());
-        let topic = NewTopic { name: TOPIC.into(), partitions: 4, replication_factor: 1, configs: vec![] };
+        let topic = NewTopic { name: TOPIC.into(), partitions, replication_factor: 1, configs: vec![] };
         client.create_topics(&[topic], false).await.unwrap()[0].1.clone().unwrap();
+        work(client).await;
+    });
+    broker.stop().unwrap();
+}
+
+fn owned(consumer: &GroupConsumer) -> Vec<i32> {
+    consumer.positions().iter().map(|(_, partition, _)| *partition).collect()
+}
+
+#[test]
+fn a_group_splits_partitions_resumes_from_commits_and_takes_over_on_leave() {
+    with_topic(4, async |client: Rc<Client>| {
         produce(&client, 10, "first").await;
 
         // One member owns every partition and reads all 40 records, then commits.
@@ -131,20 +140,11 @@ fn a_group_splits_partitions_resumes_from_commits_and_takes_over_on_leave() {
         assert_eq!(described.members.len(), 1, "{described:?}");
         b.close().await.unwrap();
     });
-    broker.stop().unwrap();
 }
 
 #[test]
 fn a_member_rejoining_reads_its_partitions_to_the_end_and_one_without_any_waits() {
-    let dir = tempfile::tempdir().unwrap();
-    let coordinator =
-        corelog_net::group::classic::CoordinatorConfig { initial_rebalance_delay_ms: 0, ..Default::default() };
-    let broker = common::broker_with_groups(dir.path(), coordinator);
-    let address = broker.address.to_string();
-    common::run(async move {
-        let client = Rc::new(Client::connect(ClientConfig::new(&address)).await.unwrap());
-        let topic = NewTopic { name: TOPIC.into(), partitions: 2, replication_factor: 1, configs: vec![] };
-        client.create_topics(&[topic], false).await.unwrap()[0].1.clone().unwrap();
+    with_topic(2, async |client: Rc<Client>| {
         let producer =
             Producer::new(Rc::clone(&client), ProducerConfig::default(), Box::new(|_, d| assert!(d.error.is_none())))
                 .await
@@ -189,5 +189,4 @@ fn a_member_rejoining_reads_its_partitions_to_the_end_and_one_without_any_waits(
             m.close().await.unwrap();
         }
     });
-    broker.stop().unwrap();
 }

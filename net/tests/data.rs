@@ -475,6 +475,23 @@ fn an_incremental_fetch_session_answers_only_what_changed() {
     assert_eq!(response.error_code, 70, "the ended session is gone");
 }
 
+/// A Fetch (answered within 100 ms, up to 50 MiB) of `partitions` of `topic` from offset 0.
+fn fetch_partitions(topic: &str, partitions: std::ops::Range<i32>, partition_max_bytes: i32) -> FetchRequest {
+    let wanted = partitions
+        .map(|p| {
+            FetchPartition::default()
+                .with_partition(p)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(partition_max_bytes)
+        })
+        .collect();
+    FetchRequest::default()
+        .with_max_wait_ms(100)
+        .with_min_bytes(1)
+        .with_max_bytes(50 << 20)
+        .with_topics(vec![FetchTopic::default().with_topic(name(topic)).with_partitions(wanted)])
+}
+
 /// The sum over shards of a counter in the broker's metrics.
 fn counter_total(broker: &Broker, name: &str) -> f64 {
     let hub = broker.admin();
@@ -523,19 +540,7 @@ fn batches_read_from_segment_files_go_out_by_splice_byte_for_byte() {
         }
     }
     // Both partitions in one response: two file slices behind the fields.
-    let both =
-        FetchRequest::default().with_max_wait_ms(100).with_min_bytes(1).with_max_bytes(50 << 20).with_topics(vec![
-            FetchTopic::default().with_topic(name("files")).with_partitions(
-                (0..2)
-                    .map(|p| {
-                        FetchPartition::default()
-                            .with_partition(p)
-                            .with_fetch_offset(0)
-                            .with_partition_max_bytes(1 << 20)
-                    })
-                    .collect(),
-            ),
-        ]);
+    let both = fetch_partitions("files", 0..2, 1 << 20);
     let response: FetchResponse = client.call(ApiKey::Fetch, 12, &both);
     for (partition, data) in response.responses[0].partitions.iter().enumerate() {
         let got = batches(data.records.as_ref().unwrap());
@@ -566,19 +571,7 @@ fn a_large_response_reaches_a_slow_reader_whole_from_files_and_cache() {
             expected[partition as usize].push((n, records[batch::BATCH_HEADER_BYTES..].to_vec()));
         }
     }
-    let request =
-        FetchRequest::default().with_max_wait_ms(100).with_min_bytes(1).with_max_bytes(50 << 20).with_topics(vec![
-            FetchTopic::default().with_topic(name("slow")).with_partitions(
-                (0..2)
-                    .map(|p| {
-                        FetchPartition::default()
-                            .with_partition(p)
-                            .with_fetch_offset(0)
-                            .with_partition_max_bytes(32 << 20)
-                    })
-                    .collect(),
-            ),
-        ]);
+    let request = fetch_partitions("slow", 0..2, 32 << 20);
     let mut stream = broker.connect();
     stream.write_all(&request_frame(ApiKey::Fetch, 12, 7, &request)).unwrap();
     std::thread::sleep(Duration::from_millis(300));
