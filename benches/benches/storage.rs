@@ -55,6 +55,7 @@ fn append(c: &mut Criterion) {
                             total_bytes: total,
                             in_flight_per_partition: 8,
                             rate_bytes_per_sec: None,
+                            journal_bytes: corelog_engine::log::shard_log::JOURNAL_BYTES_DEFAULT,
                         },
                     ));
                     elapsed += started.elapsed();

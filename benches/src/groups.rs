@@ -109,6 +109,7 @@ pub fn server_config(dir: &Path, group: CoordinatorConfig) -> corelog_net::serve
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         advertised: None,
         cache_budget_bytes_per_shard: 64 << 20,
+        journal_bytes_per_shard: corelog_engine::log::shard_log::JOURNAL_BYTES_DEFAULT,
         write_shape: Default::default(),
         limits: Default::default(),
         max_connections_per_shard: 1000,

@@ -148,12 +148,16 @@ pub struct AppendScenario {
     pub in_flight_per_partition: usize,
     /// None = as fast as possible; Some(rate) = paced sends at this many bytes/s in total.
     pub rate_bytes_per_sec: Option<f64>,
+    /// Ring size of the shard journal; 0 = none (a sync per segment file per wave).
+    pub journal_bytes: u64,
 }
 
 /// Appends `total_bytes` across partitions on one shard; every append is awaited to
 /// durability (whatever the policy promises). Runs inside a shard.
 pub async fn append_scenario(dir: &Path, scenario: &AppendScenario) -> AppendReport {
-    let log = ShardLog::open(ShardLogConfig::new(dir.to_path_buf(), 64 << 20)).await.expect("open shard log");
+    let log_config =
+        ShardLogConfig { journal_bytes: scenario.journal_bytes, ..ShardLogConfig::new(dir.to_path_buf(), 64 << 20) };
+    let log = ShardLog::open(log_config).await.expect("open shard log");
     let config = LogConfig { flush: scenario.policy, retention_ms: None, ..LogConfig::default() };
     let names: Vec<TopicPartition> = (0..scenario.partitions).map(|p| TopicPartition::new("bench", p as i32)).collect();
     for name in &names {

@@ -13,11 +13,14 @@ fn device_bandwidth_is_measured() {
 
 #[test]
 fn append_scenarios_run_under_every_policy() {
-    for (partitions, batch_bytes, policy, rate) in [
-        (1, 1 << 20, FlushPolicy::Always, None),
-        (1, 16 << 10, FlushPolicy::None, None),
-        (10, 16 << 10, FlushPolicy::Always, None),
-        (10, 16 << 10, FlushPolicy::Always, Some(20e6)),
+    let journal = corelog_engine::log::shard_log::JOURNAL_BYTES_DEFAULT;
+    for (partitions, batch_bytes, policy, rate, journal_bytes) in [
+        (1, 1 << 20, FlushPolicy::Always, None, journal),
+        (1, 1 << 20, FlushPolicy::Always, None, 0),
+        (1, 16 << 10, FlushPolicy::None, None, journal),
+        (10, 16 << 10, FlushPolicy::Always, None, journal),
+        (10, 16 << 10, FlushPolicy::Always, None, 0),
+        (10, 16 << 10, FlushPolicy::Always, Some(20e6), journal),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let scenario = AppendScenario {
@@ -27,6 +30,7 @@ fn append_scenarios_run_under_every_policy() {
             total_bytes: 4 << 20,
             in_flight_per_partition: 4,
             rate_bytes_per_sec: rate,
+            journal_bytes,
         };
         let report = on_shard(append_scenario(dir.path(), &scenario));
         assert!(report.appends >= partitions as u64);

@@ -1,6 +1,6 @@
 //! Fault injection at the storage I/O edge, for tests: a [`FaultPlan`] given to a shard log
 //! (`ShardLogConfig::faults`) is asked before every segment file creation, preallocation,
-//! data write and fdatasync, and may answer with an OS error (EIO, ENOSPC, …) or a short
+//! data write, fdatasync and journal record write, and may answer with an OS error (EIO, ENOSPC, …) or a short
 //! write instead of (or, for a short write, in part instead of) the real operation. Without a
 //! plan (production) the check is one `None` test.
 //!
@@ -21,10 +21,13 @@ pub enum IoOperation {
     Write,
     /// fdatasync of a segment file.
     Sync,
+    /// The write of a shard journal record (with its fdatasync).
+    Journal,
 }
 
 impl IoOperation {
-    const ALL: [IoOperation; 4] = [IoOperation::Create, IoOperation::Allocate, IoOperation::Write, IoOperation::Sync];
+    const ALL: [IoOperation; 5] =
+        [IoOperation::Create, IoOperation::Allocate, IoOperation::Write, IoOperation::Sync, IoOperation::Journal];
 
     fn index(self) -> usize {
         match self {
@@ -32,6 +35,7 @@ impl IoOperation {
             IoOperation::Allocate => 1,
             IoOperation::Write => 2,
             IoOperation::Sync => 3,
+            IoOperation::Journal => 4,
         }
     }
 }
@@ -57,8 +61,8 @@ struct Armed {
 #[derive(Debug, Default)]
 pub struct FaultPlan {
     armed: Mutex<Vec<Armed>>,
-    attempts: [AtomicU64; 4],
-    injected: [AtomicU64; 4],
+    attempts: [AtomicU64; 5],
+    injected: [AtomicU64; 5],
 }
 
 impl FaultPlan {

@@ -4,6 +4,10 @@
 //!
 //! A "crash" ends the executor without closing the log (no final flush, no index files for
 //! the active segment); the test then damages the files the way a power loss could.
+//!
+//! These tests hold the segment files' own recovery to account, so the shard journal is off
+//! (with it, replay would repair a damaged batch from its journal copy; `journal.rs` tests
+//! that).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
 mod common;
@@ -21,7 +25,7 @@ type Batches = Vec<(i64, Vec<u8>)>;
 /// batches as stored (offsets stamped).
 fn write_and_crash(dir: &Path, config: &LogConfig, count: u64, unacked_extra: u64) -> Batches {
     run(async {
-        let log = open_log(dir, 1 << 20).await;
+        let log = open_log_with_journal(dir, 1 << 20, 0).await;
         log.open_partition(&tp(), config.clone()).await.unwrap();
         let mut acked = Vec::new();
         for seed in 0..count {
@@ -43,7 +47,7 @@ fn write_and_crash(dir: &Path, config: &LogConfig, count: u64, unacked_extra: u6
 /// Recovers and returns everything visible plus the recovery report.
 fn recover(dir: &Path, config: &LogConfig) -> (Batches, corelog_engine::log::RecoveryReport, i64) {
     run(async {
-        let log = open_log(dir, 1 << 20).await;
+        let log = open_log_with_journal(dir, 1 << 20, 0).await;
         let report = log.open_partition(&tp(), config.clone()).await.unwrap();
         let all = read_all(&log, &tp(), 0).await;
         // the log keeps working after recovery
@@ -146,7 +150,7 @@ fn missing_or_corrupt_indexes_are_rebuilt_by_scanning() {
     let dir = tempfile::tempdir().unwrap();
     let config = small_segments();
     let acked = run(async {
-        let log = open_log(dir.path(), 1 << 20).await;
+        let log = open_log_with_journal(dir.path(), 1 << 20, 0).await;
         log.open_partition(&tp(), config.clone()).await.unwrap();
         let mut last = None;
         for seed in 0..60 {

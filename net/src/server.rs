@@ -31,6 +31,8 @@ pub struct ServerConfig {
     /// Address given to clients; None = the bound listener address.
     pub advertised: Option<SocketAddr>,
     pub cache_budget_bytes_per_shard: usize,
+    /// Ring size of each shard's journal; 0 runs without (a sync per segment file per wave).
+    pub journal_bytes_per_shard: u64,
     /// How flush waves cut their writes (from the device's I/O profile when there is one).
     pub write_shape: WriteShape,
     pub limits: ConnectionLimits,
@@ -66,6 +68,17 @@ pub enum ShardEvent {
 pub fn prepare(data_dir: &Path, placement: &PlacementTable) -> Result<Arc<Registry>, String> {
     let registry = Registry::open(data_dir)?;
     registry.ensure_space_reserve();
+    // Every shard journal (also those of shards a restart with fewer cores no longer has)
+    // goes into the segment files before any shard opens a partition.
+    let replayed = corelog_engine::log::journal::replay_all(data_dir)
+        .map_err(|e| format!("cannot replay the shard journals in {}: {e}", data_dir.display()))?;
+    if replayed.batches_restored > 0 {
+        tracing::info!(
+            batches_restored = replayed.batches_restored,
+            bytes_restored = replayed.bytes_restored,
+            "shard journals replayed into segment files"
+        );
+    }
     let topics = registry.snapshot();
     let entries =
         std::fs::read_dir(data_dir).map_err(|e| format!("cannot list data dir {}: {e}", data_dir.display()))?;
@@ -105,6 +118,8 @@ pub async fn run_shard(
     };
     let log = match ShardLog::open(ShardLogConfig {
         write_shape: config.write_shape,
+        shard,
+        journal_bytes: config.journal_bytes_per_shard,
         ..ShardLogConfig::new(config.data_dir.clone(), config.cache_budget_bytes_per_shard)
     })
     .await

@@ -39,6 +39,8 @@ pub struct FileConfig {
     /// `auto.create.topics.enable`.
     pub auto_create_topics_enable: Option<bool>,
     pub cache_budget_bytes_per_shard: Option<usize>,
+    /// Ring size of each shard's journal of `flush = always` appends; 0 turns it off.
+    pub journal_bytes_per_shard: Option<u64>,
     pub channel_capacity: Option<usize>,
     /// `socket.request.max.bytes`: largest request frame.
     pub socket_request_max_bytes: Option<usize>,
@@ -114,6 +116,7 @@ pub struct BrokerConfig {
     /// None = every CPU this process may run on.
     pub cores: Option<usize>,
     pub cache_budget_bytes_per_shard: usize,
+    pub journal_bytes_per_shard: u64,
     pub channel_capacity: usize,
     pub socket_request_max_bytes: usize,
     pub connections_max_idle_ms: u64,
@@ -295,6 +298,9 @@ impl BrokerConfig {
             auto_create_topics_enable: file.auto_create_topics_enable.unwrap_or(true),
             cores,
             cache_budget_bytes_per_shard: cache,
+            journal_bytes_per_shard: file
+                .journal_bytes_per_shard
+                .unwrap_or(corelog_engine::log::shard_log::JOURNAL_BYTES_DEFAULT),
             channel_capacity,
             socket_request_max_bytes,
             connections_max_idle_ms,

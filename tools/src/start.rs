@@ -241,6 +241,7 @@ fn start(config: BrokerConfig, log: Option<Arc<LogControl>>) -> Result<(), Strin
         listen: config.listen,
         advertised: config.advertised_listen,
         cache_budget_bytes_per_shard: config.cache_budget_bytes_per_shard,
+        journal_bytes_per_shard: config.journal_bytes_per_shard,
         write_shape: write_shape(&config),
         limits: ConnectionLimits {
             max_frame_bytes: config.socket_request_max_bytes,

@@ -11,6 +11,7 @@ use corelog_benches::{
     read_scenario,
 };
 use corelog_engine::log::FlushPolicy;
+use corelog_engine::log::shard_log::JOURNAL_BYTES_DEFAULT;
 
 fn main() {
     let BenchArgs { quick, repeat, base } = BenchArgs::parse();
@@ -33,6 +34,7 @@ fn main() {
                 total_bytes: gib(128 * scale),
                 in_flight_per_partition: 16,
                 rate_bytes_per_sec: None,
+                journal_bytes: JOURNAL_BYTES_DEFAULT,
             },
         ),
         (
@@ -44,6 +46,7 @@ fn main() {
                 total_bytes: gib(64 * scale),
                 in_flight_per_partition: 16,
                 rate_bytes_per_sec: None,
+                journal_bytes: JOURNAL_BYTES_DEFAULT,
             },
         ),
         (
@@ -55,6 +58,7 @@ fn main() {
                 total_bytes: gib(32 * scale),
                 in_flight_per_partition: 64,
                 rate_bytes_per_sec: None,
+                journal_bytes: JOURNAL_BYTES_DEFAULT,
             },
         ),
         (
@@ -66,6 +70,7 @@ fn main() {
                 total_bytes: gib(128 * scale),
                 in_flight_per_partition: 16,
                 rate_bytes_per_sec: None,
+                journal_bytes: JOURNAL_BYTES_DEFAULT,
             },
         ),
         (
@@ -77,6 +82,7 @@ fn main() {
                 total_bytes: gib(32 * scale),
                 in_flight_per_partition: 64,
                 rate_bytes_per_sec: None,
+                journal_bytes: JOURNAL_BYTES_DEFAULT,
             },
         ),
         (
@@ -88,6 +94,31 @@ fn main() {
                 total_bytes: gib(64 * scale),
                 in_flight_per_partition: 5,
                 rate_bytes_per_sec: None,
+                journal_bytes: JOURNAL_BYTES_DEFAULT,
+            },
+        ),
+        (
+            "1 partition, 1 MiB batches, always, no journal",
+            AppendScenario {
+                partitions: 1,
+                batch_bytes: 1 << 20,
+                policy: FlushPolicy::Always,
+                total_bytes: gib(128 * scale),
+                in_flight_per_partition: 16,
+                rate_bytes_per_sec: None,
+                journal_bytes: 0,
+            },
+        ),
+        (
+            "100 partitions, 16 KiB batches, always, no journal",
+            AppendScenario {
+                partitions: 100,
+                batch_bytes: 16 << 10,
+                policy: FlushPolicy::Always,
+                total_bytes: gib(64 * scale),
+                in_flight_per_partition: 5,
+                rate_bytes_per_sec: None,
+                journal_bytes: 0,
             },
         ),
     ];
@@ -107,7 +138,7 @@ fn main() {
         runs.sort_by(|a, b| a.bytes_per_sec().total_cmp(&b.bytes_per_sec()));
         let mid = &runs[runs.len() / 2];
         let device = median(device);
-        if scenario.partitions == 100 {
+        if scenario.partitions == 100 && scenario.journal_bytes > 0 {
             max_rate_100 = mid.bytes_per_sec();
         }
         println!(
@@ -122,32 +153,36 @@ fn main() {
             mid.appends
         );
     }
-    // Latency at half the measured 100-partition max rate, paced (no coordinated omission).
-    let mut paced = Vec::new();
-    for _ in 0..repeat {
-        let dir = tempfile::tempdir_in(&base).expect("temp dir");
-        let scenario = AppendScenario {
-            partitions: 100,
-            batch_bytes: 16 << 10,
-            policy: FlushPolicy::Always,
-            total_bytes: ((max_rate_100 / 2.0) * if quick { 2.0 } else { 5.0 }) as u64,
-            in_flight_per_partition: 64,
-            rate_bytes_per_sec: Some(max_rate_100 / 2.0),
-        };
-        paced.push(on_shard(append_scenario(dir.path(), &scenario)));
+    // Latency at half the measured 100-partition max rate (with the journal), paced (no
+    // coordinated omission), with and without the journal.
+    for (suffix, journal_bytes) in [("", JOURNAL_BYTES_DEFAULT), (", no journal", 0)] {
+        let mut paced = Vec::new();
+        for _ in 0..repeat {
+            let dir = tempfile::tempdir_in(&base).expect("temp dir");
+            let scenario = AppendScenario {
+                partitions: 100,
+                batch_bytes: 16 << 10,
+                policy: FlushPolicy::Always,
+                total_bytes: ((max_rate_100 / 2.0) * if quick { 2.0 } else { 5.0 }) as u64,
+                in_flight_per_partition: 64,
+                rate_bytes_per_sec: Some(max_rate_100 / 2.0),
+                journal_bytes,
+            };
+            paced.push(on_shard(append_scenario(dir.path(), &scenario)));
+        }
+        paced.sort_by_key(|r| r.latency_us_p99);
+        let mid = &paced[paced.len() / 2];
+        println!(
+            "| 100 partitions, 16 KiB, always, paced at {:.0} MB/s (half of max){suffix} | {:.0} | – | – | {} / {} / {} | {} | {} |",
+            max_rate_100 / 2e6,
+            mid.bytes_per_sec() / 1e6,
+            mid.latency_us_p50,
+            mid.latency_us_p99,
+            mid.latency_us_max,
+            mid.syncs,
+            mid.appends
+        );
     }
-    paced.sort_by_key(|r| r.latency_us_p99);
-    let mid = &paced[paced.len() / 2];
-    println!(
-        "| 100 partitions, 16 KiB, always, paced at {:.0} MB/s (half of max) | {:.0} | – | – | {} / {} / {} | {} | {} |",
-        max_rate_100 / 2e6,
-        mid.bytes_per_sec() / 1e6,
-        mid.latency_us_p50,
-        mid.latency_us_p99,
-        mid.latency_us_max,
-        mid.syncs,
-        mid.appends
-    );
     for (label, from_cache) in
         [("read 1 MiB batches from the batch cache", true), ("read 1 MiB batches from segment files (O_DIRECT)", false)]
     {

@@ -17,6 +17,7 @@ pub fn broker_with_groups(dir: &std::path::Path, group: corelog_net::group::clas
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         advertised: None,
         cache_budget_bytes_per_shard: 16 << 20,
+        journal_bytes_per_shard: 16 << 20,
         write_shape: Default::default(),
         limits: Default::default(),
         max_connections_per_shard: 100,

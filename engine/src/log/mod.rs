@@ -3,6 +3,7 @@
 pub mod cache;
 pub mod config;
 pub mod index;
+pub mod journal;
 pub mod partition;
 pub mod producer;
 pub mod segment;

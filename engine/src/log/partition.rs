@@ -109,6 +109,42 @@ pub(crate) struct Partition {
     /// records, for the per-topic throughput metrics.
     pub appended_bytes: u64,
     pub appended_records: u64,
+    /// The partition's part in the shard journal (`flush = always` with a journal only).
+    pub journal: JournalRun,
+}
+
+/// Which offsets of a partition the shard journal covers. Batches join `queue` as they are
+/// appended; a wave moves them into a journal record (`claimed_end`), and the record's sync
+/// makes them durable (`durable_end`). The run covers `[start, durable_end)` and counts only
+/// once everything before `start` is durable in the segment files: a run restarts (after a
+/// policy change, or when the journal has no room) at the log end, leaving what came before
+/// to the segment files' own syncs.
+#[derive(Debug, Default)]
+pub(crate) struct JournalRun {
+    pub enabled: bool,
+    pub queue: VecDeque<(Bytes, i64)>,
+    pub queue_bytes: usize,
+    pub start: i64,
+    pub claimed_end: i64,
+    pub durable_end: i64,
+    /// Bumped at every restart, so that a record synced after one does not count.
+    pub generation: u64,
+    /// The durable end before the last restart (durability never goes back).
+    pub floor: i64,
+}
+
+impl JournalRun {
+    /// A fresh run from `log_end` (nothing queued).
+    pub fn restart(&mut self, log_end: i64, durable_end: i64, enabled: bool) {
+        self.enabled = enabled;
+        self.queue.clear();
+        self.queue_bytes = 0;
+        self.start = log_end;
+        self.claimed_end = log_end;
+        self.durable_end = log_end;
+        self.generation += 1;
+        self.floor = self.floor.max(durable_end);
+    }
 }
 
 /// Why and since when a partition's writes are held back, and when the flusher retries them.
@@ -139,12 +175,33 @@ impl Partition {
         }
     }
 
-    /// One past the last offset covered by a completed `fdatasync`.
+    /// One past the last offset covered by a completed `fdatasync`: of the segment files, or
+    /// of the shard journal where its run is anchored on durable segment bytes.
     pub fn durable_end_offset(&self) -> i64 {
+        let segments = self.segment_durable_end_offset();
+        let journal = if self.journal.start <= segments { self.journal.durable_end } else { i64::MIN };
+        segments.max(journal).max(self.journal.floor)
+    }
+
+    /// One past the last offset covered by a completed `fdatasync` of a segment file.
+    pub fn segment_durable_end_offset(&self) -> i64 {
         self.segments
             .values()
             .find(|s| s.durable_next_offset < s.next_offset())
             .map_or_else(|| self.log_end_offset(), |s| s.durable_next_offset)
+    }
+
+    /// How far the journal covers this partition's batches (claimed by a record written or
+    /// being written), when its run is anchored on durable segment bytes; None otherwise.
+    /// A segment whose written bytes go past it needs its own fdatasync.
+    pub fn journal_cover(&self) -> Option<i64> {
+        (self.journal.enabled && self.journal.start <= self.segment_durable_end_offset())
+            .then_some(self.journal.claimed_end)
+    }
+
+    /// Whether the segment's written bytes are left to its own fdatasync (see `journal_cover`).
+    pub fn segment_needs_own_sync(&self, segment: &Segment) -> bool {
+        self.journal_cover().is_none_or(|end| segment.written_next_offset > end)
     }
 
     /// One past the last offset whose bytes reached the segment file.
@@ -155,9 +212,12 @@ impl Partition {
             .map_or_else(|| self.log_end_offset(), |s| s.written_next_offset)
     }
 
+    /// Under `flush = always`: durable, and written to its segment file (a journaled batch
+    /// may be durable before its segment write completes; reads come from the segments or
+    /// the cache, which may not hold it).
     pub fn high_watermark(&self) -> i64 {
         match self.config.flush {
-            FlushPolicy::Always => self.durable_end_offset(),
+            FlushPolicy::Always => self.durable_end_offset().min(self.written_end_offset()),
             FlushPolicy::IntervalMs(_) | FlushPolicy::None => self.log_end_offset(),
         }
     }
@@ -205,6 +265,10 @@ impl Partition {
     ) -> oneshot::Receiver<Result<(), StorageError>> {
         assert_eq!(header.base_offset, self.log_end_offset(), "batch not stamped at the log end");
         self.roll_if_needed(header, now_ms);
+        if self.journal.enabled {
+            self.journal.queue_bytes += bytes.len();
+            self.journal.queue.push_back((bytes.clone(), self.active().base_offset));
+        }
         self.active_mut().append(header, bytes, now_ms);
         let (tx, rx) = oneshot::channel();
         self.waiters.push_back((header.next_offset(), tx));
@@ -255,7 +319,11 @@ impl Partition {
 
     /// One past the last offset the policy acknowledges (synced, or written).
     fn acknowledged_end_offset(&self) -> i64 {
-        if self.config.flush.acknowledges_after_sync() { self.durable_end_offset() } else { self.written_end_offset() }
+        if self.config.flush.acknowledges_after_sync() {
+            self.durable_end_offset().min(self.written_end_offset())
+        } else {
+            self.written_end_offset()
+        }
     }
 
     /// Writes the producer-state snapshot of everything durable now. Called before a segment
@@ -569,7 +637,11 @@ impl Partition {
             checkpoint_generation: 0,
             appended_bytes: 0,
             appended_records: 0,
+            journal: JournalRun::default(),
         };
+        let mut partition = partition;
+        let log_end = partition.log_end_offset();
+        partition.journal.restart(log_end, log_end, false);
         Ok((partition, report))
     }
 }
@@ -743,6 +815,7 @@ mod tests {
             let mut first = partition.wait_for(5);
             assert!(matches!(first.try_recv(), Ok(None)));
             // The first batch becomes durable, the second not yet.
+            partition.active_mut().written_next_offset = 5;
             partition.active_mut().durable_next_offset = 5;
             partition.complete_waiters();
             assert!(matches!(first.try_recv(), Ok(Some(Ok(())))), "answered without waiting for the later batch");

@@ -4,10 +4,12 @@
 //! Owner: exactly one shard (glommio executor); `ShardLog` is `!Send` and lives in an `Rc`.
 //!
 //! Durability contract: under `flush = always` an append's `durable` future resolves only
-//! after an `fdatasync` that covers its bytes completed (and, for a new segment, after its
-//! directory entry was synced). Group commit: appends from all partitions accumulate while a
-//! wave is in flight; the next wave writes each touched segment once and syncs each once,
-//! then completes every waiter it covered.
+//! after an `fdatasync` that covers its bytes completed: of the shard journal, or of its
+//! segment file (and, for a new segment, after its directory entry was synced). Group
+//! commit: appends from all partitions accumulate while a wave is in flight; the next wave
+//! puts every `always` partition's new batches into one journal record (one write, one
+//! fdatasync) and writes each touched segment once; segment files are synced at journal
+//! checkpoints (see `journal`), or per wave when there is no journal or it has no room.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap};
@@ -28,6 +30,7 @@ use crate::error::{AppendError, IoFailure, StorageError};
 use crate::faults::{Fault, FaultPlan, IoOperation, errno_error};
 use crate::log::cache::{BatchCache, CacheStats, PartitionId};
 use crate::log::config::{FlushPolicy, LogConfig};
+use crate::log::journal::{self, JournalEntry, JournalRing};
 use crate::log::partition::{
     self, FileReadPlan, MaxTimestampPlan, Partition, PartitionOffsets, RecoveryReport, TopicPartition,
 };
@@ -45,6 +48,16 @@ const SYNC_WORKERS_MAX: u32 = 32;
 /// How often a partition whose writes are held back for lack of space retries them.
 const STALL_RETRY_MS: i64 = 500;
 
+/// Size of a shard journal's ring unless configured (a checkpoint starts at half of it).
+pub const JOURNAL_BYTES_DEFAULT: u64 = 128 << 20;
+
+/// Largest journal record one wave writes (a larger backlog goes out over several waves).
+const JOURNAL_RECORD_BYTES_MAX: u64 = 32 << 20;
+
+/// Room at the end of the ring that only tombstones may use: a partition can always be
+/// deleted (to free disk space, say) even while a stalled partition holds checkpoints back.
+const JOURNAL_TOMBSTONE_ROOM_BYTES: u64 = 64 << 10;
+
 /// Settings of a shard's storage.
 #[derive(Debug, Clone)]
 pub struct ShardLogConfig {
@@ -55,11 +68,22 @@ pub struct ShardLogConfig {
     pub write_shape: WriteShape,
     /// Faults to inject at the storage I/O edge (tests only; None in production).
     pub faults: Option<Arc<FaultPlan>>,
+    /// The shard this log belongs to (names its journal file).
+    pub shard: usize,
+    /// Ring size of the shard journal; 0 runs without one (a sync per segment file per wave).
+    pub journal_bytes: u64,
 }
 
 impl ShardLogConfig {
     pub fn new(data_dir: impl Into<PathBuf>, cache_budget_bytes: usize) -> Self {
-        Self { data_dir: data_dir.into(), cache_budget_bytes, write_shape: WriteShape::default(), faults: None }
+        Self {
+            data_dir: data_dir.into(),
+            cache_budget_bytes,
+            write_shape: WriteShape::default(),
+            faults: None,
+            shard: 0,
+            journal_bytes: JOURNAL_BYTES_DEFAULT,
+        }
     }
 }
 
@@ -76,6 +100,10 @@ pub struct ShardLogStats {
     pub wave_appends_max: u64,
     /// fdatasyncs that failed (each takes its partition offline).
     pub sync_errors: u64,
+    /// Journal records written and synced, their bytes (padding included), and checkpoints.
+    pub journal_records: u64,
+    pub journal_bytes: u64,
+    pub journal_checkpoints: u64,
     pub cache: CacheStats,
 }
 
@@ -322,6 +350,35 @@ struct Inner {
     histograms: ShardLogHistograms,
     appends_since_wave: u64,
     syncs_in_flight: usize,
+    journal_writes_in_flight: usize,
+    /// Deleted partitions whose tombstone waits for the next journal record.
+    journal_tombstones: Vec<(TopicPartition, oneshot::Sender<Result<(), StorageError>>)>,
+}
+
+/// The shard journal as a shard log uses it (see `journal`).
+struct ShardJournal {
+    file: Rc<DmaFile>,
+    path: PathBuf,
+    ring: RefCell<JournalRing>,
+    checkpointing: Cell<bool>,
+    /// When the last checkpoint could not complete (a stalled or offline partition), so the
+    /// next is not tried at every wave; None after one completed.
+    checkpoint_failed_ms: Cell<Option<i64>>,
+    /// A write or sync of the journal failed: it is not used again until restart (every
+    /// partition falls back to syncing its own segment files).
+    broken: Cell<bool>,
+}
+
+/// A journal record taken by a wave: where it goes and which partitions' offsets it claims.
+struct JournalRecord {
+    start: u64,
+    padded: u64,
+    sequence: u64,
+    entries: Vec<JournalEntry>,
+    /// (partition, journal run generation, next offset after its last batch in the record)
+    claims: Vec<(TopicPartition, u64, i64)>,
+    /// Deletions waiting for their tombstone in this record to be durable.
+    tombstones: Vec<oneshot::Sender<Result<(), StorageError>>>,
 }
 
 pub struct ShardLog {
@@ -330,6 +387,7 @@ pub struct ShardLog {
     /// glommio's ring (bounded to 4 workers per CPU).
     side_ring: Rc<SideRing>,
     chunk_pool: ChunkPool,
+    journal: Option<ShardJournal>,
     inner: RefCell<Inner>,
     flusher_wake: Notify,
     flusher: RefCell<Option<glommio::task::JoinHandle<()>>>,
@@ -341,9 +399,14 @@ impl ShardLog {
         crate::device::prepare_data_dir(&config.data_dir).await?;
         let side_ring = SideRing::with_sync_workers(256, SYNC_WORKERS_MAX)
             .map_err(|e| StorageError::Io(IoFailure::new("create io_uring side ring", &config.data_dir, e)))?;
+        let journal = match config.journal_bytes {
+            0 => None,
+            ring_bytes => Some(open_journal(&config.data_dir, config.shard, ring_bytes).await?),
+        };
         let log = Rc::new(Self {
             side_ring,
             chunk_pool: ChunkPool::new(&config.write_shape),
+            journal,
             inner: RefCell::new(Inner {
                 partitions: HashMap::new(),
                 ids: HashMap::new(),
@@ -355,6 +418,8 @@ impl ShardLog {
                 histograms: ShardLogHistograms::default(),
                 appends_since_wave: 0,
                 syncs_in_flight: 0,
+                journal_writes_in_flight: 0,
+                journal_tombstones: Vec::new(),
             }),
             config,
             flusher_wake: Notify::default(),
@@ -385,7 +450,9 @@ impl ShardLog {
             return Ok(RecoveryReport::default());
         }
         let dir = self.config.data_dir.join(name.to_string());
-        let (partition, report) = Partition::open(name.clone(), dir, config, now_ms()).await?;
+        let (mut partition, report) = Partition::open(name.clone(), dir, config, now_ms()).await?;
+        let log_end = partition.log_end_offset();
+        partition.journal.restart(log_end, log_end, self.journals(&partition.config));
         let mut inner = self.inner.borrow_mut();
         if inner.partitions.contains_key(name) {
             return Ok(RecoveryReport::default());
@@ -407,7 +474,13 @@ impl ShardLog {
         let (_, partition) =
             inner.partitions.get_mut(name).ok_or_else(|| StorageError::UnknownPartition(name.to_string()))?;
         let now_syncs = config.flush == FlushPolicy::Always && partition.config.flush != FlushPolicy::Always;
+        let journals = self.journals(&config);
         partition.config = config;
+        if journals != partition.journal.enabled {
+            // The new run starts at the log end; what came before is synced in its segments.
+            let (log_end, durable_end) = (partition.log_end_offset(), partition.durable_end_offset());
+            partition.journal.restart(log_end, durable_end, journals);
+        }
         // Under a policy that acknowledges on write, what is written is acknowledged (and
         // visible) now.
         partition.complete_waiters();
@@ -431,6 +504,18 @@ impl ShardLog {
                 inner.dirty.remove(name);
                 partition.abandon(&StorageError::UnknownPartition(name.to_string()));
             }
+        }
+        // Journal records of the partition must never be replayed into a partition created
+        // later under the same name: a durable tombstone tells replay to skip them.
+        if let Some(journal) = self.journal.as_ref() {
+            if journal.broken.get() {
+                let cause = "the shard journal failed; restart the broker to delete partitions".to_string();
+                return Err(StorageError::Offline { partition: name.to_string(), cause });
+            }
+            let (tx, rx) = oneshot::channel();
+            self.inner.borrow_mut().journal_tombstones.push((name.clone(), tx));
+            self.flusher_wake.notify();
+            rx.await.unwrap_or(Err(StorageError::Stopping))?;
         }
         let dir = self.config.data_dir.join(name.to_string());
         let owned = dir.clone();
@@ -705,13 +790,16 @@ impl ShardLog {
                 let inner = self.inner.borrow();
                 !inner.dirty.is_empty()
                     || inner.syncs_in_flight > 0
+                    || inner.journal_writes_in_flight > 0
                     || inner.partitions.values().any(|(_, p)| {
                         p.failed.is_none()
                             && p.stalled.is_none()
                             && p.segments.values().any(|s| {
                                 s.has_pending()
                                     || s.ready_to_finalize()
-                                    || (s.needs_sync() && p.config.flush == FlushPolicy::Always)
+                                    || (s.needs_sync()
+                                        && p.config.flush == FlushPolicy::Always
+                                        && p.segment_needs_own_sync(s))
                             })
                     })
             };
@@ -796,6 +884,13 @@ impl ShardLog {
         for (dir, file, path, index) in active {
             segment::finalize(&dir, &file, &path, &index).await?;
         }
+        // Everything is in the segment files and synced: the journal starts empty next time,
+        // unless a partition could not get there (its records are replayed at the next start).
+        let all_synced =
+            self.inner.borrow().partitions.values().all(|(_, p)| p.failed.is_none() && p.stalled.is_none());
+        if all_synced {
+            self.write_checkpoint_at_head().await?;
+        }
         Ok(())
     }
 
@@ -829,11 +924,19 @@ impl ShardLog {
                 inner.stats.wave_appends_max = inner.stats.wave_appends_max.max(appends);
                 (wave, inner.stopping, appends)
             };
-            if !wave.is_empty() {
+            let tombstones = !self.inner.borrow().journal_tombstones.is_empty();
+            if !wave.is_empty() || tombstones {
                 let written_before = self.inner.borrow().stats.written_bytes;
+                let record = self.take_journal_record(&wave);
                 let this = &self;
                 let flushes = wave.iter().map(|name| this.flush_partition(name, stopping));
-                futures_util::future::join_all(flushes).await;
+                let journal_write = async {
+                    if let Some(record) = record {
+                        this.write_journal_record(record).await;
+                    }
+                };
+                futures_util::future::join(journal_write, futures_util::future::join_all(flushes)).await;
+                self.start_checkpoint_if_due();
                 let mut inner = self.inner.borrow_mut();
                 inner.stats.waves += 1;
                 let wave_bytes = inner.stats.written_bytes - written_before;
@@ -848,6 +951,9 @@ impl ShardLog {
             }
             let idle = self.inner.borrow().dirty.is_empty();
             if stopping && idle && self.inner.borrow().syncs_in_flight == 0 {
+                for (_, tx) in self.inner.borrow_mut().journal_tombstones.drain(..) {
+                    let _ = tx.send(Err(StorageError::Stopping));
+                }
                 return;
             }
             if !idle {
@@ -969,10 +1075,11 @@ impl ShardLog {
             // 3. One fdatasync per file, when the policy (or a seal, or the stop) asks for it.
             // It runs beside the next waves' writes: a sync covers what was written before it
             // started, and rewriting the tail block during it leaves the synced prefix intact.
+            let cover = self.inner.borrow().partitions.get(name).and_then(|(_, p)| p.journal_cover());
             let start_sync = self
                 .with_segment(name, base, |p, s| {
                     let due = match policy {
-                        FlushPolicy::Always => true,
+                        FlushPolicy::Always => cover.is_none_or(|end| s.written_next_offset > end),
                         FlushPolicy::IntervalMs(ms) => now - p.last_sync_ms >= ms as i64,
                         FlushPolicy::None => false,
                     };
@@ -1002,6 +1109,363 @@ impl ShardLog {
         }
         Ok(())
     }
+}
+
+/// The shard journal: records of `flush = always` batches, checkpoints.
+impl ShardLog {
+    /// Whether a partition with this config puts its batches in the journal.
+    fn journals(&self, config: &LogConfig) -> bool {
+        config.flush == FlushPolicy::Always && self.journal.as_ref().is_some_and(|j| !j.broken.get())
+    }
+
+    /// Moves the queued batches of the wave's journaled partitions into one record (up to
+    /// `JOURNAL_RECORD_BYTES_MAX`), after the tombstones of partitions deleted since the last
+    /// one, and reserves its place in the ring. With no room until a checkpoint, those
+    /// partitions restart their journal runs: their batches are synced in their own segment
+    /// files meanwhile (tombstones have a reserved room of their own).
+    fn take_journal_record(&self, wave: &[TopicPartition]) -> Option<JournalRecord> {
+        let journal = self.journal.as_ref().filter(|j| !j.broken.get())?;
+        let mut inner = self.inner.borrow_mut();
+        let mut ring = journal.ring.borrow_mut();
+        let budget = (ring.ring_bytes / 4).min(JOURNAL_RECORD_BYTES_MAX);
+        let tombstones = std::mem::take(&mut inner.journal_tombstones);
+        let mut entries: Vec<JournalEntry> =
+            tombstones.iter().map(|(name, _)| JournalEntry::tombstone(name.clone())).collect();
+        let tombstones_len: u64 = entries.iter().map(|e| e.encoded_len() as u64).sum();
+        let mut taken: Vec<(TopicPartition, usize)> = Vec::new();
+        let mut len = journal::RECORD_HEADER_BYTES as u64 + tombstones_len;
+        'partitions: for name in wave {
+            let Some((_, p)) = inner.partitions.get(name) else { continue };
+            if !p.journal.enabled || p.failed.is_some() || p.journal.queue.is_empty() {
+                continue;
+            }
+            let mut count = 0;
+            for (batch, segment_base) in &p.journal.queue {
+                let entry = JournalEntry { partition: name.clone(), segment_base: *segment_base, batch: batch.clone() };
+                let entry_len = entry.encoded_len() as u64;
+                if !entries.is_empty() && len + entry_len > budget {
+                    if count > 0 {
+                        taken.push((name.clone(), count));
+                    }
+                    break 'partitions;
+                }
+                len += entry_len;
+                entries.push(entry);
+                count += 1;
+            }
+            taken.push((name.clone(), count));
+        }
+        let data_room = |ring: &JournalRing, padded: u64| {
+            ring.reserve(padded + JOURNAL_TOMBSTONE_ROOM_BYTES).map(|_| ()).and(ring.reserve(padded))
+        };
+        let mut padded = journal::padded_len(len as usize);
+        if !taken.is_empty() && data_room(&ring, padded).is_none() {
+            for (name, _) in taken.drain(..) {
+                if let Some((_, p)) = inner.partitions.get_mut(&name) {
+                    let (log_end, durable_end) = (p.log_end_offset(), p.durable_end_offset());
+                    p.journal.restart(log_end, durable_end, true);
+                }
+            }
+            entries.truncate(tombstones.len());
+            len = journal::RECORD_HEADER_BYTES as u64 + tombstones_len;
+            padded = journal::padded_len(len as usize);
+        }
+        if entries.is_empty() {
+            return None;
+        }
+        let Some(start) = ring.reserve(padded) else {
+            for (name, tx) in tombstones {
+                let cause = "the shard journal is full (a stalled or offline partition holds its checkpoints back)";
+                let _ = tx.send(Err(StorageError::Offline { partition: name.to_string(), cause: cause.to_string() }));
+            }
+            return None;
+        };
+        let mut claims = Vec::with_capacity(taken.len());
+        for (name, count) in taken {
+            let Some((_, p)) = inner.partitions.get_mut(&name) else { continue };
+            let mut next_offset = p.journal.claimed_end;
+            for (batch, _) in p.journal.queue.drain(..count) {
+                let header = batch::parse_stored_header(&batch);
+                let header = header.unwrap_or_else(|| panic!("journal queue of {name} holds a batch without a header"));
+                assert_eq!(header.base_offset, next_offset, "journal queue of {name} out of step");
+                next_offset = header.next_offset();
+                p.journal.queue_bytes -= batch.len();
+            }
+            p.journal.claimed_end = next_offset;
+            claims.push((name, p.journal.generation, next_offset));
+        }
+        let sequence = ring.next_sequence;
+        ring.advance(start, padded);
+        inner.journal_writes_in_flight += 1;
+        let tombstones = tombstones.into_iter().map(|(_, tx)| tx).collect();
+        Some(JournalRecord { start, padded, sequence, entries, claims, tombstones })
+    }
+
+    /// Writes and syncs a journal record, then completes the appends it made durable. A
+    /// failure retires the journal until restart: every partition syncs its own segments.
+    async fn write_journal_record(&self, record: JournalRecord) {
+        let Some(journal) = self.journal.as_ref() else { return };
+        let started = std::time::Instant::now();
+        let offset = journal.ring.borrow().file_offset(record.start);
+        let result = async {
+            let mut buffer = journal.file.alloc_dma_buffer(record.padded as usize);
+            journal::encode_record(record.sequence, &record.entries, buffer.as_bytes_mut());
+            if let Some(Fault::Errno(errno)) = self.faults().and_then(|f| f.next(IoOperation::Journal)) {
+                return Err(IoFailure::new("write", &journal.path, errno_error(errno)));
+            }
+            let written =
+                journal.file.write_at(buffer, offset).await.map_err(|e| IoFailure::new("write", &journal.path, e))?;
+            if written as u64 != record.padded {
+                let message = format!("short write at {offset}: {written} of {} bytes", record.padded);
+                return Err(IoFailure::incomplete("write", &journal.path, message));
+            }
+            use std::os::fd::AsRawFd;
+            let fd = journal.file.as_raw_fd();
+            self.side_ring.fdatasync(fd).await.map_err(|e| IoFailure::new("fdatasync", &journal.path, e))
+        }
+        .await;
+        let mut inner = self.inner.borrow_mut();
+        inner.journal_writes_in_flight -= 1;
+        match result {
+            Ok(()) => {
+                inner.stats.journal_records += 1;
+                inner.stats.journal_bytes += record.padded;
+                inner.stats.syncs += 1;
+                inner.histograms.sync_seconds.observe_duration(started.elapsed());
+                for tx in record.tombstones {
+                    let _ = tx.send(Ok(()));
+                }
+                for (name, generation, next_offset) in record.claims {
+                    if let Some((_, p)) = inner.partitions.get_mut(&name)
+                        && p.journal.generation == generation
+                    {
+                        p.journal.durable_end = p.journal.durable_end.max(next_offset);
+                        p.complete_waiters();
+                    }
+                }
+            }
+            Err(failure) => {
+                tracing::error!(error = %failure, "shard journal failed: partitions sync their own segment files until restart");
+                journal.broken.set(true);
+                for tx in record.tombstones {
+                    let _ = tx.send(Err(StorageError::Io(failure.clone())));
+                }
+                inner.stats.sync_errors += 1;
+                let Inner { partitions, dirty, .. } = &mut *inner;
+                for (name, (_, p)) in partitions.iter_mut() {
+                    if p.journal.enabled {
+                        let (log_end, durable_end) = (p.log_end_offset(), p.durable_end_offset());
+                        p.journal.restart(log_end, durable_end, false);
+                        dirty.insert(name.clone());
+                    }
+                }
+                drop(inner);
+                self.flusher_wake.notify();
+            }
+        }
+    }
+
+    /// Starts a checkpoint in the background once half of the ring is in use.
+    fn start_checkpoint_if_due(self: &Rc<Self>) {
+        let Some(journal) = self.journal.as_ref() else { return };
+        let due = {
+            let ring = journal.ring.borrow();
+            ring.used_bytes() > ring.ring_bytes / 2
+        };
+        let now = now_ms();
+        let backing_off = journal.checkpoint_failed_ms.get().is_some_and(|at| now - at < STALL_RETRY_MS);
+        if due && !backing_off && !journal.checkpointing.get() && !journal.broken.get() {
+            let this = Rc::clone(self);
+            glommio::spawn_local(async move {
+                let result = this.checkpoint().await;
+                let Some(journal) = this.journal.as_ref() else { return };
+                match result {
+                    Ok(()) => journal.checkpoint_failed_ms.set(None),
+                    Err(error) => {
+                        if journal.checkpoint_failed_ms.get().is_none() {
+                            tracing::warn!(%error, "journal checkpoint held back; partitions sync their own segments when the journal is full");
+                        }
+                        journal.checkpoint_failed_ms.set(Some(now_ms()));
+                    }
+                }
+            })
+            .detach();
+        }
+    }
+
+    /// Puts every journal record so far behind the journal's start: waits until each batch
+    /// they hold is written to its segment file, syncs every segment file with unsynced
+    /// bytes, then writes and syncs the header. One checkpoint runs at a time; a call while
+    /// one runs waits for it, then runs its own (its caller needs the records up to now).
+    async fn checkpoint(&self) -> Result<(), StorageError> {
+        let Some(journal) = self.journal.as_ref() else { return Ok(()) };
+        while journal.checkpointing.replace(true) {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        let result = self.checkpoint_inner(journal).await;
+        journal.checkpointing.set(false);
+        self.flusher_wake.notify();
+        result
+    }
+
+    async fn checkpoint_inner(&self, journal: &ShardJournal) -> Result<(), StorageError> {
+        if journal.broken.get() {
+            return Ok(());
+        }
+        let target = journal.ring.borrow().checkpoint_at_head();
+        let needs: Vec<(TopicPartition, i64)> = {
+            let inner = self.inner.borrow();
+            inner.partitions.iter().map(|(name, (_, p))| (name.clone(), p.journal.claimed_end)).collect()
+        };
+        // 1. Every batch claimed by a record so far is written to its segment file.
+        loop {
+            let behind: Vec<TopicPartition> = {
+                let inner = self.inner.borrow();
+                let mut behind = Vec::new();
+                for (name, need) in &needs {
+                    let Some((_, p)) = inner.partitions.get(name) else { continue };
+                    if let Some(error) = p.offline_error().or_else(|| p.stalled_error()) {
+                        return Err(error);
+                    }
+                    if p.written_end_offset() < *need {
+                        behind.push(name.clone());
+                    }
+                }
+                behind
+            };
+            if behind.is_empty() {
+                break;
+            }
+            self.inner.borrow_mut().dirty.extend(behind);
+            self.flusher_wake.notify();
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        // 2. Every segment file with unsynced bytes is synced.
+        let targets: Vec<(TopicPartition, i64, Rc<DmaFile>, PathBuf, u64, i64)> = {
+            let inner = self.inner.borrow();
+            inner
+                .partitions
+                .iter()
+                .flat_map(|(name, (_, p))| {
+                    p.segments.values().filter(|s| s.needs_sync()).filter_map(|s| {
+                        let file = s.file.clone()?;
+                        Some((
+                            name.clone(),
+                            s.base_offset,
+                            file,
+                            s.path.clone(),
+                            s.written_bytes,
+                            s.written_next_offset,
+                        ))
+                    })
+                })
+                .collect()
+        };
+        let syncs = targets.iter().map(|(_, _, file, path, _, _)| async move {
+            use std::os::fd::AsRawFd;
+            if let Some(Fault::Errno(errno)) = self.faults().and_then(|f| f.next(IoOperation::Sync)) {
+                return Err(IoFailure::new("fdatasync", path, errno_error(errno)));
+            }
+            self.side_ring.fdatasync(file.as_raw_fd()).await.map_err(|e| IoFailure::new("fdatasync", path, e))
+        });
+        let results = futures_util::future::join_all(syncs).await;
+        let mut failed = None;
+        for ((name, base, _, _, bytes, next), result) in targets.into_iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    self.with_segment(&name, base, |_, s| s.complete_sync(bytes, next));
+                    self.inner.borrow_mut().stats.syncs += 1;
+                }
+                Err(failure) => {
+                    if let Some((_, p)) = self.inner.borrow_mut().partitions.get_mut(&name) {
+                        p.fail(&failure);
+                    }
+                    failed = Some(failure);
+                }
+            }
+        }
+        {
+            let mut inner = self.inner.borrow_mut();
+            for (_, partition) in inner.partitions.values_mut() {
+                partition.complete_waiters();
+            }
+        }
+        if let Some(failure) = failed {
+            return Err(failure.into());
+        }
+        // 3. The header: records before the head are no longer needed.
+        self.write_checkpoint(journal, target).await
+    }
+
+    /// Writes and syncs a journal header, making `target` the journal's start.
+    async fn write_checkpoint(&self, journal: &ShardJournal, target: journal::Checkpoint) -> Result<(), StorageError> {
+        let mut slot = journal.file.alloc_dma_buffer(journal::HEADER_SLOT_BYTES as usize);
+        slot.as_bytes_mut().fill(0);
+        let encoded = target.encode();
+        slot.as_bytes_mut()[..encoded.len()].copy_from_slice(&encoded);
+        let failed = |e| IoFailure::new("write header", &journal.path, e);
+        let written = journal.file.write_at(slot, target.slot_offset()).await.map_err(failed)?;
+        if written as u64 != journal::HEADER_SLOT_BYTES {
+            let message = format!("short header write: {written} bytes");
+            return Err(IoFailure::incomplete("write header", &journal.path, message).into());
+        }
+        use std::os::fd::AsRawFd;
+        let fd = journal.file.as_raw_fd();
+        self.side_ring.fdatasync(fd).await.map_err(|e| IoFailure::new("fdatasync", &journal.path, e))?;
+        journal.ring.borrow_mut().checkpoint = target;
+        self.inner.borrow_mut().stats.journal_checkpoints += 1;
+        Ok(())
+    }
+
+    /// At a clean stop, with every segment synced: the journal starts empty next time.
+    async fn write_checkpoint_at_head(&self) -> Result<(), StorageError> {
+        let Some(journal) = self.journal.as_ref().filter(|j| !j.broken.get()) else { return Ok(()) };
+        while journal.checkpointing.replace(true) {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        let target = journal.ring.borrow().checkpoint_at_head();
+        let result = self.write_checkpoint(journal, target).await;
+        journal.checkpointing.set(false);
+        result
+    }
+}
+
+/// Replays the shard's journal into the segment files (what a crash left unsynced there),
+/// then opens it for writing, creating it on first start.
+async fn open_journal(data_dir: &Path, shard: usize, ring_bytes: u64) -> Result<ShardJournal, StorageError> {
+    let path = journal::journal_path(data_dir, shard);
+    let (dir, owned) = (data_dir.to_path_buf(), path.clone());
+    let opened = glommio::executor()
+        .spawn_blocking(move || {
+            let report = journal::replay(&dir, &owned)?;
+            let (_, checkpoint) = journal::open_or_create(&owned, ring_bytes)?;
+            Ok::<_, std::io::Error>((report, checkpoint))
+        })
+        .await;
+    let (report, checkpoint) = opened.map_err(|e| IoFailure::new("replay journal", &path, e))?;
+    if report.batches_restored > 0 {
+        tracing::info!(
+            journal = %path.display(),
+            records = report.records,
+            batches_restored = report.batches_restored,
+            bytes_restored = report.bytes_restored,
+            "journal replayed into segment files"
+        );
+    }
+    let file = glommio::io::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .dma_open(&path)
+        .await
+        .map_err(|e| IoFailure::new("open", &path, e))?;
+    Ok(ShardJournal {
+        file: Rc::new(file),
+        path,
+        ring: RefCell::new(JournalRing::empty(checkpoint)),
+        checkpointing: Cell::new(false),
+        checkpoint_failed_ms: Cell::new(None),
+        broken: Cell::new(false),
+    })
 }
 
 impl ShardLog {

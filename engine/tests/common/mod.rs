@@ -21,6 +21,13 @@ pub async fn open_log(dir: &Path, cache_budget_bytes: usize) -> Rc<ShardLog> {
     ShardLog::open(ShardLogConfig::new(dir.to_path_buf(), cache_budget_bytes)).await.expect("open shard log")
 }
 
+/// A shard log with a journal ring of `journal_bytes` (0: none, every segment file synced
+/// by itself).
+pub async fn open_log_with_journal(dir: &Path, cache_budget_bytes: usize, journal_bytes: u64) -> Rc<ShardLog> {
+    let config = ShardLogConfig { journal_bytes, ..ShardLogConfig::new(dir.to_path_buf(), cache_budget_bytes) };
+    ShardLog::open(config).await.expect("open shard log")
+}
+
 pub fn small_segments() -> LogConfig {
     // Test timestamps are from 1970: time retention is off unless a test sets it.
     LogConfig { segment_bytes: 8 << 10, index_interval_bytes: 1024, retention_ms: None, ..LogConfig::default() }

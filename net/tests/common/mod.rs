@@ -63,6 +63,7 @@ impl Broker {
             listen: "127.0.0.1:0".parse().unwrap(),
             advertised: None,
             cache_budget_bytes_per_shard: options.cache_budget_bytes_per_shard,
+            journal_bytes_per_shard: 16 << 20,
             write_shape: Default::default(),
             limits: options.limits,
             max_connections_per_shard: options.max_connections_per_shard,
