@@ -34,6 +34,8 @@ pub struct BenchArgs {
     pub repeat: usize,
     /// Where the scratch data dirs go (default: the temp dir).
     pub base: std::path::PathBuf,
+    /// `--only TEXT`: run only the scenarios whose label contains it.
+    pub only: Option<String>,
 }
 
 impl BenchArgs {
@@ -56,7 +58,8 @@ impl BenchArgs {
             })
             .map(|(_, a)| std::path::PathBuf::from(a))
             .unwrap_or_else(std::env::temp_dir);
-        Self { quick: args.iter().any(|a| a == "--quick"), repeat, base }
+        let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
+        Self { quick: args.iter().any(|a| a == "--quick"), repeat, base, only }
     }
 }
 

@@ -216,3 +216,37 @@ fn a_clean_stop_leaves_the_journal_empty() {
     let report = journal::replay(dir.path(), &journal::journal_path(dir.path(), 0)).unwrap();
     assert_eq!(report, journal::ReplayReport::default());
 }
+
+#[test]
+fn batches_behind_the_journal_are_served_before_their_segment_write() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        // No cache budget: the cache still keeps every batch not yet written to its segment.
+        let log = open_log(dir.path(), 0).await;
+        log.open_partition(&partition(0), small_segments()).await.unwrap();
+        let starts = [0, 10_000, 50_000, 20_000];
+        let mut expected = Vec::new();
+        for (k, start) in starts.iter().enumerate() {
+            let stored = batch::build_spread_test_batch(10, &[k as u8; 50], *start, 100);
+            let appended = log.append(&partition(0), bytes::BytesMut::from(&stored[..]), 0).unwrap();
+            appended.durable.await.unwrap();
+            let mut stamped = stored.clone();
+            batch::stamp(&mut stamped, appended.base_offset, 0);
+            expected.push((appended.base_offset, stamped));
+        }
+        assert_eq!(log.stats().writes, 0, "small segment writes wait behind the journal: {:?}", log.stats());
+        assert_eq!(log.offsets(&partition(0)).unwrap().high_watermark, 40);
+        assert_eq!(read_all(&log, &partition(0), 0).await, expected);
+        let found = |stamp: Option<corelog_engine::records::RecordStamp>| stamp.map(|s| (s.offset, s.timestamp));
+        assert_eq!(found(log.offset_for_timestamp(&partition(0), 10_250).await.unwrap()), Some((13, 10_300)));
+        assert_eq!(found(log.max_timestamp_record(&partition(0)).await.unwrap()), Some((29, 50_900)));
+        // Once written, the same batches come from the segment file.
+        log.settle().await;
+        assert!(log.stats().writes > 0);
+        let from_file = log.read(&partition(0), 0, 1 << 20).await.unwrap();
+        assert!(matches!(from_file.data, corelog_engine::log::ReadData::File(_)));
+        assert_eq!(read_all(&log, &partition(0), 0).await, expected);
+        assert_eq!(found(log.offset_for_timestamp(&partition(0), 10_250).await.unwrap()), Some((13, 10_300)));
+        log.close().await.unwrap();
+    });
+}

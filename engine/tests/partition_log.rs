@@ -117,6 +117,8 @@ fn reads_come_from_files_when_the_cache_holds_nothing() {
             last = Some(log.append(&tp(), batch_for(seed, 3, 200), 0).unwrap().durable);
         }
         last.unwrap().await.unwrap();
+        // Written to the segment files (the journal lets segment writes wait for more).
+        log.settle().await;
         let result = log.read(&tp(), 100, 4096).await.unwrap();
         assert!(matches!(result.data, ReadData::File(_)), "expected a file range");
         let batches = read_all(&log, &tp(), 0).await;
@@ -367,6 +369,7 @@ fn the_partial_last_page_of_an_active_segment_is_never_spliced() {
         log.open_partition(&tp(), default_config()).await.unwrap();
         // ~1.3 KiB: the whole segment is inside its first, partial page.
         log.append(&tp(), batch_for(0, 4, 300), 0).unwrap().durable.await.unwrap();
+        log.settle().await;
         let result = log.read(&tp(), 0, 1 << 20).await.unwrap();
         let ReadData::File(range) = &result.data else { panic!("expected a file range") };
         let (slice, rest) = range.split_for_splice();
@@ -381,6 +384,7 @@ fn the_partial_last_page_of_an_active_segment_is_never_spliced() {
             last = Some(log.append(&tp(), batch_for(seed, 4, 300), 0).unwrap().durable);
         }
         last.unwrap().await.unwrap();
+        log.settle().await;
         let whole = log.read(&tp(), 0, 1 << 20).await.unwrap();
         let ReadData::File(range) = &whole.data else { panic!("expected a file range") };
         assert!(range.len > 4096 && range.len < 8192, "four batches span two pages: {}", range.len);
@@ -439,6 +443,7 @@ fn a_backlog_larger_than_one_write_is_written_in_several() {
         for wait in waits {
             wait.await.unwrap();
         }
+        log.settle().await;
         assert!(log.stats().writes >= 2, "{:?}", log.stats());
         assert_eq!(read_all(&log, &tp(), 0).await.len(), 3);
         log.close().await.unwrap();

@@ -505,8 +505,11 @@ fn counter_total(broker: &Broker, name: &str) -> f64 {
 
 #[test]
 fn batches_read_from_segment_files_go_out_by_splice_byte_for_byte() {
-    // No batch cache: every fetch reads the segment files, from the other shard too.
-    let broker = Broker::start(Options { shards: 2, cache_budget_bytes_per_shard: 0, ..Options::default() });
+    // No batch cache and no journal (segment writes never wait behind it): every fetch reads
+    // the segment files, from the other shard too.
+    let options =
+        Options { shards: 2, cache_budget_bytes_per_shard: 0, journal_bytes_per_shard: 0, ..Options::default() };
+    let broker = Broker::start(options);
     let mut client = broker.client();
     let id = create_topic(&mut client, "files", 2);
     let mut expected: Vec<Vec<(i64, Vec<u8>)>> = vec![Vec::new(); 2];

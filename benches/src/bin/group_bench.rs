@@ -7,7 +7,7 @@ use corelog_benches::groups::{commit_scenario, device_sync_rate, local_broker, r
 use corelog_benches::{BenchArgs, hardware_report, median, on_shard};
 
 fn main() {
-    let BenchArgs { quick, repeat, base } = BenchArgs::parse();
+    let BenchArgs { quick, repeat, base, .. } = BenchArgs::parse();
     let commits_each: u64 = if quick { 200 } else { 2_000 };
     println!("## Offset commits (one shard)\n");
     println!("{}\n", hardware_report(&base));

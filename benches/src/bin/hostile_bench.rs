@@ -15,7 +15,7 @@ use corelog_benches::hostile::{Attack, CalmFigures, calm_client, start_attack};
 use corelog_benches::{BenchArgs, hardware_report, median};
 
 fn main() {
-    let BenchArgs { quick, repeat, base } = BenchArgs::parse();
+    let BenchArgs { quick, repeat, base, .. } = BenchArgs::parse();
     raise_open_files_limit();
     CPUS.set(allowed_cpus()).expect("set once");
     let args: Vec<String> = std::env::args().collect();

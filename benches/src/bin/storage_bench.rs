@@ -2,7 +2,7 @@
 //! Markdown report (the source of docs/benchmarks.md), with the device's sequential write
 //! bandwidth measured in the same run and each result's ratio to it.
 //!
-//! Usage: storage-bench [DATA_DIR] [--repeat N] [--quick]
+//! Usage: storage-bench [DATA_DIR] [--repeat N] [--quick] [--only TEXT]
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark harness: failures abort the run
 
@@ -14,7 +14,8 @@ use corelog_engine::log::FlushPolicy;
 use corelog_engine::log::shard_log::JOURNAL_BYTES_DEFAULT;
 
 fn main() {
-    let BenchArgs { quick, repeat, base } = BenchArgs::parse();
+    let BenchArgs { quick, repeat, base, only } = BenchArgs::parse();
+    let wanted = |label: &str| only.as_deref().is_none_or(|only| label.contains(only));
     let scale: u64 = if quick { 1 } else { 8 };
     let gib = |mib: u64| mib << 20;
     println!("## Storage engine (one shard)\n");
@@ -123,7 +124,7 @@ fn main() {
         ),
     ];
     let mut max_rate_100 = 0.0;
-    for (label, scenario) in &scenarios {
+    for (label, scenario) in scenarios.iter().filter(|(label, _)| wanted(label)) {
         let mut device = Vec::new();
         let mut runs = Vec::new();
         for _ in 0..repeat {
@@ -155,7 +156,10 @@ fn main() {
     }
     // Latency at half the measured 100-partition max rate (with the journal), paced (no
     // coordinated omission), with and without the journal.
-    for (suffix, journal_bytes) in [("", JOURNAL_BYTES_DEFAULT), (", no journal", 0)] {
+    let paced_runs = [("", JOURNAL_BYTES_DEFAULT), (", no journal", 0)];
+    for (suffix, journal_bytes) in
+        paced_runs.into_iter().filter(|_| max_rate_100 > 0.0 && wanted("100 partitions, 16 KiB, always, paced"))
+    {
         let mut paced = Vec::new();
         for _ in 0..repeat {
             let dir = tempfile::tempdir_in(&base).expect("temp dir");
@@ -185,6 +189,8 @@ fn main() {
     }
     for (label, from_cache) in
         [("read 1 MiB batches from the batch cache", true), ("read 1 MiB batches from segment files (O_DIRECT)", false)]
+            .into_iter()
+            .filter(|(label, _)| wanted(label))
     {
         let mut rates = Vec::new();
         for _ in 0..repeat {

@@ -61,10 +61,9 @@ impl BatchCache {
         }
     }
 
+    /// Caches a batch just appended. Every batch enters, whatever the budget: until its bytes
+    /// are written to the segment file the cache is the only place a read can find them.
     pub fn insert(&mut self, partition: PartitionId, base_offset: i64, last_offset: i64, bytes: Bytes) {
-        if self.budget_bytes == 0 {
-            return;
-        }
         self.used_bytes += bytes.len();
         self.live_entries += 1;
         self.order.push_back((partition, base_offset));
@@ -132,6 +131,13 @@ impl BatchCache {
                 self.evictions += 1;
             }
         }
+    }
+
+    /// Every cached batch of `partition` from the one holding `offset` on, in offset order.
+    pub fn batches_from(&self, partition: PartitionId, offset: i64) -> Vec<Bytes> {
+        let Some(map) = self.entries.get(&partition) else { return Vec::new() };
+        let first = map.range(..=offset).next_back().filter(|(_, (last, _))| *last >= offset).map(|(&b, _)| b);
+        map.range(first.unwrap_or(offset)..).map(|(_, (_, bytes))| bytes.clone()).collect()
     }
 
     fn remove(&mut self, partition: PartitionId, base_offset: i64) {

@@ -199,6 +199,13 @@ impl Partition {
             .then_some(self.journal.claimed_end)
     }
 
+    /// Whether a segment write can wait: the journal covers the partition, and what is
+    /// pending is less than `write_behind_bytes` (a deferred write goes out once it fills a
+    /// chunk of the device's preferred size, at a roll, a checkpoint, a settle or the stop).
+    pub fn segment_write_deferrable(&self, segment: &Segment, write_behind_bytes: usize) -> bool {
+        self.journal_cover().is_some() && !segment.sealed && segment.pending_bytes() < write_behind_bytes
+    }
+
     /// Whether the segment's written bytes are left to its own fdatasync (see `journal_cover`).
     pub fn segment_needs_own_sync(&self, segment: &Segment) -> bool {
         self.journal_cover().is_none_or(|end| segment.written_next_offset > end)
@@ -212,12 +219,12 @@ impl Partition {
             .map_or_else(|| self.log_end_offset(), |s| s.written_next_offset)
     }
 
-    /// Under `flush = always`: durable, and written to its segment file (a journaled batch
-    /// may be durable before its segment write completes; reads come from the segments or
-    /// the cache, which may not hold it).
+    /// Under `flush = always` the durable end: a batch the journal made durable may not be
+    /// written to its segment yet (writes behind the journal), and is read from the cache,
+    /// which keeps every unwritten batch.
     pub fn high_watermark(&self) -> i64 {
         match self.config.flush {
-            FlushPolicy::Always => self.durable_end_offset().min(self.written_end_offset()),
+            FlushPolicy::Always => self.durable_end_offset(),
             FlushPolicy::IntervalMs(_) | FlushPolicy::None => self.log_end_offset(),
         }
     }
@@ -319,11 +326,7 @@ impl Partition {
 
     /// One past the last offset the policy acknowledges (synced, or written).
     fn acknowledged_end_offset(&self) -> i64 {
-        if self.config.flush.acknowledges_after_sync() {
-            self.durable_end_offset().min(self.written_end_offset())
-        } else {
-            self.written_end_offset()
-        }
+        if self.config.flush.acknowledges_after_sync() { self.durable_end_offset() } else { self.written_end_offset() }
     }
 
     /// Writes the producer-state snapshot of everything durable now. Called before a segment
@@ -445,11 +448,7 @@ impl Partition {
         let (_, segment) = self.segments.range(..=offset).next_back()?;
         let file = segment.file.clone()?;
         let splice_reader = segment.splice_reader.clone()?;
-        let bound_bytes = if high_watermark >= segment.next_offset() {
-            segment.written_bytes
-        } else {
-            segment.durable_bytes.min(segment.written_bytes)
-        };
+        let bound_bytes = segment.readable_bytes(high_watermark);
         // The next write of an active segment rewrites its partial last block; the page cache
         // pages over that block must never reach a pipe (see `FileReadPlan::splice_bytes`).
         let splice_bytes = if segment.finalized {

@@ -108,6 +108,9 @@ pub(crate) struct WritePlan {
     pub batches: usize,
 }
 
+/// Most write marks a segment keeps (see `Segment::write_marks`).
+const WRITE_MARKS_MAX: usize = 1024;
+
 pub(crate) struct Segment {
     pub base_offset: i64,
     pub path: PathBuf,
@@ -122,10 +125,15 @@ pub(crate) struct Segment {
     pub index: SegmentIndex,
     /// Batches appended but not yet handed to a write, with their next offsets.
     pending: VecDeque<(Bytes, i64)>,
+    pending_bytes: usize,
     pub written_bytes: u64,
     pub written_next_offset: i64,
     pub durable_bytes: u64,
     pub durable_next_offset: i64,
+    /// Batch boundaries the writes since the last sync reached: (next offset, bytes). A read
+    /// may go up to the last one below the high watermark, which under the shard journal can
+    /// be ahead of what the segment's own syncs covered.
+    write_marks: VecDeque<(i64, u64)>,
     tail: Vec<u8>,
     allocated_bytes: u64,
     pub sealed: bool,
@@ -146,10 +154,12 @@ impl Segment {
             splice_reader: None,
             index: SegmentIndex::new(base_offset, index_interval_bytes),
             pending: VecDeque::new(),
+            pending_bytes: 0,
             written_bytes: 0,
             written_next_offset: base_offset,
             durable_bytes: 0,
             durable_next_offset: base_offset,
+            write_marks: VecDeque::new(),
             tail: Vec::new(),
             allocated_bytes: 0,
             sealed: false,
@@ -176,10 +186,12 @@ impl Segment {
             file: Some(file),
             splice_reader: Some(splice_reader),
             pending: VecDeque::new(),
+            pending_bytes: 0,
             written_bytes: summary.size_bytes,
             written_next_offset: summary.next_offset,
             durable_bytes: summary.size_bytes,
             durable_next_offset: summary.next_offset,
+            write_marks: VecDeque::new(),
             tail,
             allocated_bytes: summary.size_bytes,
             sealed: false,
@@ -206,11 +218,17 @@ impl Segment {
         !self.pending.is_empty()
     }
 
+    /// Bytes of the batches appended and not yet written.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
     /// Records an appended batch (already stamped) in memory.
     pub fn append(&mut self, header: &BatchHeader, bytes: Bytes, now_ms: i64) {
         assert!(!self.sealed, "append to a sealed segment");
         let position = self.size_bytes();
         self.index.on_batch(header, position);
+        self.pending_bytes += bytes.len();
         self.pending.push_back((bytes, header.next_offset()));
         self.first_append_ms.get_or_insert(now_ms);
     }
@@ -300,14 +318,34 @@ impl Segment {
         let WritePlan { written_bytes_after, next_offset_after, tail_after, preallocate_to, batches, .. } = plan;
         assert!(written_bytes_after >= self.written_bytes && written_bytes_after <= self.size_bytes());
         assert!(batches >= 1 && batches <= self.pending.len(), "completing a write of batches no longer pending");
-        let (_, last_next_offset) = self.pending.drain(..batches).next_back().unwrap_or((Bytes::new(), i64::MIN));
+        let mut last_next_offset = i64::MIN;
+        for (bytes, next_offset) in self.pending.drain(..batches) {
+            self.pending_bytes -= bytes.len();
+            last_next_offset = next_offset;
+        }
         assert_eq!(last_next_offset, next_offset_after, "the write covered other batches than planned");
         if let Some(allocated) = preallocate_to {
             self.allocated_bytes = self.allocated_bytes.max(allocated);
         }
         self.written_bytes = written_bytes_after;
         self.written_next_offset = next_offset_after;
+        self.write_marks.push_back((next_offset_after, written_bytes_after));
+        // Bounded (a segment never synced, under `flush = none`, needs none of them): losing
+        // the oldest only makes a read stop earlier, never read past what is visible.
+        if self.write_marks.len() > WRITE_MARKS_MAX {
+            self.write_marks.pop_front();
+        }
         self.tail = tail_after;
+    }
+
+    /// Bytes from the start of the file that hold only batches below `high_watermark` and
+    /// are written: the end of the last written batch boundary below it.
+    pub fn readable_bytes(&self, high_watermark: i64) -> u64 {
+        if high_watermark >= self.written_next_offset {
+            return self.written_bytes;
+        }
+        let mark = self.write_marks.iter().rev().find(|(next, _)| *next <= high_watermark);
+        mark.map_or(self.durable_bytes, |(_, bytes)| (*bytes).max(self.durable_bytes)).min(self.written_bytes)
     }
 
     pub fn complete_sync(&mut self, durable_bytes: u64, durable_next_offset: i64) {
@@ -315,6 +353,9 @@ impl Segment {
         if durable_bytes > self.durable_bytes {
             self.durable_bytes = durable_bytes;
             self.durable_next_offset = durable_next_offset;
+        }
+        while self.write_marks.front().is_some_and(|(_, bytes)| *bytes <= self.durable_bytes) {
+            self.write_marks.pop_front();
         }
     }
 

@@ -351,6 +351,12 @@ struct Inner {
     appends_since_wave: u64,
     syncs_in_flight: usize,
     journal_writes_in_flight: usize,
+    /// Callers waiting for every pending batch to be written (settle, checkpoints): segment
+    /// writes are not deferred behind the journal while it is above zero.
+    write_through: usize,
+    /// Partitions whose deferred segment writes go out in this wave (the shard's deferred
+    /// bytes passed their bound).
+    forced_writes: BTreeSet<TopicPartition>,
     /// Deleted partitions whose tombstone waits for the next journal record.
     journal_tombstones: Vec<(TopicPartition, oneshot::Sender<Result<(), StorageError>>)>,
 }
@@ -419,6 +425,8 @@ impl ShardLog {
                 appends_since_wave: 0,
                 syncs_in_flight: 0,
                 journal_writes_in_flight: 0,
+                write_through: 0,
+                forced_writes: BTreeSet::new(),
                 journal_tombstones: Vec::new(),
             }),
             config,
@@ -679,13 +687,17 @@ impl ShardLog {
                 inner.partitions.get(name).ok_or_else(|| StorageError::UnknownPartition(name.to_string()))?;
             (partition.plan_timestamp_lookup(timestamp), partition.log_start_offset)
         };
-        let Some(mut plan) = plan else { return Ok(None) };
+        let Some(mut plan) = plan else {
+            return Ok(self.unwritten_record_for_timestamp(name, log_start_offset, timestamp, log_start_offset));
+        };
         let start = plan.offset;
         // A candidate batch may hold no qualifying record (all below the log start, or a
         // producer's max timestamp that its records do not reach): go on to the next one.
         loop {
             let found = locate_batch(&plan, |h| h.last_offset() >= start && h.max_timestamp >= timestamp).await?;
-            let Some((position, size)) = found else { return Ok(None) };
+            let Some((position, size)) = found else {
+                return Ok(self.unwritten_record_for_timestamp(name, start, timestamp, log_start_offset));
+            };
             let bytes = segment::read_range(&plan.file, &plan.path, position, size as usize).await?;
             let wanted = |r: &RecordStamp| r.offset >= log_start_offset && r.timestamp >= timestamp;
             if let Some(record) = pick_record(name, &bytes, wanted) {
@@ -693,6 +705,39 @@ impl ShardLog {
             }
             plan.scan_from = position + size;
         }
+    }
+
+    /// Like the file search of `offset_for_timestamp`, over the visible batches not yet written
+    /// to their segment file (writes behind the journal), which only the cache holds.
+    fn unwritten_record_for_timestamp(
+        &self,
+        name: &TopicPartition,
+        start: i64,
+        timestamp: i64,
+        log_start_offset: i64,
+    ) -> Option<RecordStamp> {
+        let inner = self.inner.borrow();
+        let (id, partition) = inner.partitions.get(name)?;
+        let high_watermark = partition.high_watermark();
+        let from = start.max(partition.written_end_offset());
+        if from >= high_watermark {
+            return None;
+        }
+        for bytes in inner.cache.batches_from(*id, from) {
+            let header = batch::parse_stored_header(&bytes)?;
+            if header.base_offset >= high_watermark {
+                break;
+            }
+            if header.last_offset() < start || header.max_timestamp < timestamp {
+                continue;
+            }
+            let wanted =
+                |r: &RecordStamp| r.offset >= log_start_offset && r.offset >= start && r.timestamp >= timestamp;
+            if let Some(record) = pick_record(name, &bytes, wanted) {
+                return Some(record);
+            }
+        }
+        None
     }
 
     /// The first visible record with the largest timestamp in the log (ListOffsets
@@ -704,7 +749,14 @@ impl ShardLog {
                 inner.partitions.get(name).ok_or_else(|| StorageError::UnknownPartition(name.to_string()))?;
             match partition.plan_max_timestamp_lookup() {
                 Some(MaxTimestampPlan::Read(plan)) => plan,
-                Some(MaxTimestampPlan::Batch(stamp)) => return Ok(Some(stamp)),
+                // Not written to its segment yet: the cache has it.
+                Some(MaxTimestampPlan::Batch(stamp)) => {
+                    let (id, _) =
+                        inner.partitions.get(name).ok_or_else(|| StorageError::UnknownPartition(name.to_string()))?;
+                    let cached = inner.cache.batches_from(*id, stamp.offset).into_iter().next();
+                    let exact = cached.and_then(|bytes| pick_record(name, &bytes, |r| r.timestamp == stamp.timestamp));
+                    return Ok(Some(exact.unwrap_or(stamp)));
+                }
                 None => return Ok(None),
             }
         };
@@ -785,6 +837,22 @@ impl ShardLog {
     /// policy syncs, and every rolled segment finalized (retention only deletes those).
     /// Partitions offline, or held back for lack of space, are not waited for.
     pub async fn settle(&self) {
+        self.inner.borrow_mut().write_through += 1;
+        self.settle_inner().await;
+        self.inner.borrow_mut().write_through -= 1;
+    }
+
+    async fn settle_inner(&self) {
+        {
+            let mut inner = self.inner.borrow_mut();
+            let Inner { partitions, dirty, .. } = &mut *inner;
+            for (name, (_, p)) in partitions.iter() {
+                if p.segments.values().any(Segment::has_pending) {
+                    dirty.insert(name.clone());
+                }
+            }
+        }
+        self.flusher_wake.notify();
         loop {
             let busy = {
                 let inner = self.inner.borrow();
@@ -920,6 +988,13 @@ impl ShardLog {
                     .map(|(name, _)| name.clone())
                     .collect();
                 wave.extend(due);
+                let forced = deferred_over_bound(&inner, self.config.write_shape.chunk_bytes);
+                for name in &forced {
+                    if !wave.contains(name) {
+                        wave.push(name.clone());
+                    }
+                }
+                inner.forced_writes = forced;
                 let appends = std::mem::take(&mut inner.appends_since_wave);
                 inner.stats.wave_appends_max = inner.stats.wave_appends_max.max(appends);
                 (wave, inner.stopping, appends)
@@ -995,8 +1070,15 @@ impl ShardLog {
             Ok(()) => {
                 partition.resume(now_ms());
                 partition.complete_waiters();
-                // A wave writes at most `write_bytes_max` per segment: the rest goes in the next.
-                if partition.segments.values().any(Segment::has_pending) {
+                // A wave writes at most `write_bytes_max` per segment: the rest goes in the next
+                // (unless it may wait behind the journal).
+                let write_behind_bytes = self.config.write_shape.chunk_bytes;
+                let write_through = inner.write_through > 0 || stopping || inner.forced_writes.contains(name);
+                let Some((_, partition)) = inner.partitions.get(name) else { return };
+                let more = partition.segments.values().any(|s| {
+                    s.has_pending() && (write_through || !partition.segment_write_deferrable(s, write_behind_bytes))
+                });
+                if more {
                     inner.dirty.insert(name.clone());
                 }
             }
@@ -1057,13 +1139,26 @@ impl ShardLog {
                     s.splice_reader = Some(reader);
                 });
             }
-            // 2. One aligned write of everything pending (tail block rewritten).
-            let plan = self
-                .with_segment(name, base, |_, s| {
+            // 2. One aligned write of everything pending (tail block rewritten), unless it may
+            //    wait behind the journal for more.
+            let deferred = {
+                let inner = self.inner.borrow();
+                let write_through = inner.write_through > 0 || stopping || inner.forced_writes.contains(name);
+                let write_behind_bytes = shape.chunk_bytes;
+                inner.partitions.get(name).is_some_and(|(_, p)| {
+                    !write_through
+                        && p.segments.get(&base).is_some_and(|s| p.segment_write_deferrable(s, write_behind_bytes))
+                })
+            };
+            let plan = if deferred {
+                None
+            } else {
+                self.with_segment(name, base, |_, s| {
                     let alignment = s.file.as_ref().map(|f| f.alignment())?;
                     s.take_write_plan(alignment, preallocate_bytes, &shape, &self.chunk_pool)
                 })
-                .flatten();
+                .flatten()
+            };
             if let Some(mut plan) = plan {
                 segment::execute_write(&mut plan, shape.queue_depth, self.faults(), &self.chunk_pool).await?;
                 let buffer_len = plan.buffer_len as u64;
@@ -1133,10 +1228,18 @@ impl ShardLog {
             tombstones.iter().map(|(name, _)| JournalEntry::tombstone(name.clone())).collect();
         let tombstones_len: u64 = entries.iter().map(|e| e.encoded_len() as u64).sum();
         let mut taken: Vec<(TopicPartition, usize)> = Vec::new();
+        let mut bypass: Vec<TopicPartition> = Vec::new();
+        let bypass_bytes = self.config.write_shape.chunk_bytes / 2;
         let mut len = journal::RECORD_HEADER_BYTES as u64 + tombstones_len;
         'partitions: for name in wave {
             let Some((_, p)) = inner.partitions.get(name) else { continue };
             if !p.journal.enabled || p.failed.is_some() || p.journal.queue.is_empty() {
+                continue;
+            }
+            // A partition bringing this much to one wave syncs its own segment file: one sync
+            // amortised over that many bytes costs less than writing them twice.
+            if p.journal.queue_bytes >= bypass_bytes {
+                bypass.push(name.clone());
                 continue;
             }
             let mut count = 0;
@@ -1154,6 +1257,12 @@ impl ShardLog {
                 count += 1;
             }
             taken.push((name.clone(), count));
+        }
+        for name in bypass {
+            if let Some((_, p)) = inner.partitions.get_mut(&name) {
+                let (log_end, durable_end) = (p.log_end_offset(), p.durable_end_offset());
+                p.journal.restart(log_end, durable_end, true);
+            }
         }
         let data_room = |ring: &JournalRing, padded: u64| {
             ring.reserve(padded + JOURNAL_TOMBSTONE_ROOM_BYTES).map(|_| ()).and(ring.reserve(padded))
@@ -1317,12 +1426,21 @@ impl ShardLog {
             let inner = self.inner.borrow();
             inner.partitions.iter().map(|(name, (_, p))| (name.clone(), p.journal.claimed_end)).collect()
         };
-        // 1. Every batch claimed by a record so far is written to its segment file.
+        // 1. Every batch claimed by a record so far is written to its segment file (writes
+        //    deferred behind the journal go out now).
+        self.inner.borrow_mut().write_through += 1;
+        let written = self.wait_written(&needs).await;
+        self.inner.borrow_mut().write_through -= 1;
+        written?;
+        self.sync_segments_for_checkpoint(journal, target).await
+    }
+
+    async fn wait_written(&self, needs: &[(TopicPartition, i64)]) -> Result<(), StorageError> {
         loop {
             let behind: Vec<TopicPartition> = {
                 let inner = self.inner.borrow();
                 let mut behind = Vec::new();
-                for (name, need) in &needs {
+                for (name, need) in needs {
                     let Some((_, p)) = inner.partitions.get(name) else { continue };
                     if let Some(error) = p.offline_error().or_else(|| p.stalled_error()) {
                         return Err(error);
@@ -1334,12 +1452,19 @@ impl ShardLog {
                 behind
             };
             if behind.is_empty() {
-                break;
+                return Ok(());
             }
             self.inner.borrow_mut().dirty.extend(behind);
             self.flusher_wake.notify();
             glommio::timer::sleep(Duration::from_millis(1)).await;
         }
+    }
+
+    async fn sync_segments_for_checkpoint(
+        &self,
+        journal: &ShardJournal,
+        target: journal::Checkpoint,
+    ) -> Result<(), StorageError> {
         // 2. Every segment file with unsynced bytes is synced.
         let targets: Vec<(TopicPartition, i64, Rc<DmaFile>, PathBuf, u64, i64)> = {
             let inner = self.inner.borrow();
@@ -1522,6 +1647,38 @@ impl ShardLog {
         drop(inner);
         self.flusher_wake.notify();
     }
+}
+
+/// The shard's segment writes deferred behind the journal are bounded in total (by this many
+/// write chunks): past it, the partitions with the most pending go out in the next wave, until
+/// half the bound is left. It bounds the memory they hold and the burst a checkpoint writes.
+const WRITE_BEHIND_CHUNKS_MAX: usize = 8;
+
+/// The partitions whose deferred segment writes must go out now (see
+/// `WRITE_BEHIND_CHUNKS_MAX`), largest first.
+fn deferred_over_bound(inner: &Inner, chunk_bytes: usize) -> BTreeSet<TopicPartition> {
+    let mut deferred: Vec<(usize, &TopicPartition)> = inner
+        .partitions
+        .iter()
+        .filter(|(_, (_, p))| p.journal_cover().is_some() && p.failed.is_none())
+        .map(|(name, (_, p))| (p.segments.values().map(Segment::pending_bytes).sum::<usize>(), name))
+        .filter(|(bytes, _)| *bytes > 0)
+        .collect();
+    let mut total: usize = deferred.iter().map(|(bytes, _)| bytes).sum();
+    let bound = chunk_bytes * WRITE_BEHIND_CHUNKS_MAX;
+    let mut forced = BTreeSet::new();
+    if total <= bound {
+        return forced;
+    }
+    deferred.sort_unstable_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
+    for (bytes, name) in deferred {
+        if total <= bound / 2 {
+            break;
+        }
+        total -= bytes;
+        forced.insert(name.clone());
+    }
+    forced
 }
 
 fn validate_config(config: &LogConfig) -> Result<(), StorageError> {

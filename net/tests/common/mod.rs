@@ -29,6 +29,8 @@ pub struct Options {
     pub auto_create_topics: bool,
     pub group: corelog_net::group::classic::CoordinatorConfig,
     pub cache_budget_bytes_per_shard: usize,
+    /// 0: no shard journal (every segment write goes out in its wave).
+    pub journal_bytes_per_shard: u64,
 }
 
 impl Default for Options {
@@ -47,6 +49,7 @@ impl Default for Options {
                 ..Default::default()
             },
             cache_budget_bytes_per_shard: 16 << 20,
+            journal_bytes_per_shard: 16 << 20,
         }
     }
 }
@@ -63,7 +66,7 @@ impl Broker {
             listen: "127.0.0.1:0".parse().unwrap(),
             advertised: None,
             cache_budget_bytes_per_shard: options.cache_budget_bytes_per_shard,
-            journal_bytes_per_shard: 16 << 20,
+            journal_bytes_per_shard: options.journal_bytes_per_shard,
             write_shape: Default::default(),
             limits: options.limits,
             max_connections_per_shard: options.max_connections_per_shard,
