@@ -369,8 +369,20 @@ const SHARD_SERIES: &[ShardSeries] = &[
     ("corelog_storage_written_bytes", "Bytes written to segment files.", MetricType::Counter, |s| {
         s.storage.written_bytes as f64
     }),
-    ("corelog_storage_fsyncs", "Completed fdatasyncs of segment files.", MetricType::Counter, |s| {
-        s.storage.syncs as f64
+    (
+        "corelog_storage_fsyncs",
+        "Completed fdatasyncs of segment files and of the shard journal.",
+        MetricType::Counter,
+        |s| s.storage.syncs as f64,
+    ),
+    ("corelog_storage_journal_records", "Shard journal records written and synced.", MetricType::Counter, |s| {
+        s.storage.journal_records as f64
+    }),
+    ("corelog_storage_journal_written_bytes", "Bytes written to the shard journal.", MetricType::Counter, |s| {
+        s.storage.journal_bytes as f64
+    }),
+    ("corelog_storage_journal_checkpoints", "Shard journal checkpoints completed.", MetricType::Counter, |s| {
+        s.storage.journal_checkpoints as f64
     }),
     (
         "corelog_storage_fsync_errors",

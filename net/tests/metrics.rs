@@ -164,6 +164,10 @@ fn counters_move_by_what_clients_did() {
             value(&after, &of("corelog_storage_fsync_duration_seconds_count"))
         );
         assert!(value(&after, &of("corelog_storage_fsyncs_total")) >= 1.0);
+        assert!(
+            value(&after, &of("corelog_storage_journal_records_total")) >= 1.0,
+            "acks=all goes through the journal"
+        );
         assert!(value(&after, &of("corelog_reactor_cpu_seconds_total")) > 0.0);
         assert!(value(&after, &of("corelog_batch_cache_budget_bytes")) > 0.0);
         assert_eq!(value(&after, &format!("corelog_partitions{{shard=\"{shard}\",state=\"offline\"}}")), 0.0);

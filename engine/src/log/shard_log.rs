@@ -1229,7 +1229,7 @@ impl ShardLog {
         let tombstones_len: u64 = entries.iter().map(|e| e.encoded_len() as u64).sum();
         let mut taken: Vec<(TopicPartition, usize)> = Vec::new();
         let mut bypass: Vec<TopicPartition> = Vec::new();
-        let bypass_bytes = self.config.write_shape.chunk_bytes / 2;
+        let bypass_bytes = self.config.write_shape.chunk_bytes / 8;
         let mut len = journal::RECORD_HEADER_BYTES as u64 + tombstones_len;
         'partitions: for name in wave {
             let Some((_, p)) = inner.partitions.get(name) else { continue };
@@ -1488,18 +1488,22 @@ impl ShardLog {
         };
         let syncs = targets.iter().map(|(_, _, file, path, _, _)| async move {
             use std::os::fd::AsRawFd;
+            let started = std::time::Instant::now();
             if let Some(Fault::Errno(errno)) = self.faults().and_then(|f| f.next(IoOperation::Sync)) {
                 return Err(IoFailure::new("fdatasync", path, errno_error(errno)));
             }
-            self.side_ring.fdatasync(file.as_raw_fd()).await.map_err(|e| IoFailure::new("fdatasync", path, e))
+            let result = self.side_ring.fdatasync(file.as_raw_fd()).await;
+            result.map(|()| started.elapsed()).map_err(|e| IoFailure::new("fdatasync", path, e))
         });
         let results = futures_util::future::join_all(syncs).await;
         let mut failed = None;
         for ((name, base, _, _, bytes, next), result) in targets.into_iter().zip(results) {
             match result {
-                Ok(()) => {
+                Ok(elapsed) => {
                     self.with_segment(&name, base, |_, s| s.complete_sync(bytes, next));
-                    self.inner.borrow_mut().stats.syncs += 1;
+                    let mut inner = self.inner.borrow_mut();
+                    inner.stats.syncs += 1;
+                    inner.histograms.sync_seconds.observe_duration(elapsed);
                 }
                 Err(failure) => {
                     if let Some((_, p)) = self.inner.borrow_mut().partitions.get_mut(&name) {
