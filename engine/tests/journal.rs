@@ -250,3 +250,35 @@ fn batches_behind_the_journal_are_served_before_their_segment_write() {
         log.close().await.unwrap();
     });
 }
+
+#[test]
+fn a_wave_larger_than_one_journal_record_acknowledges_every_partition() {
+    // A 1 MiB ring takes records of at most 256 KiB: 40 partitions with a 10 KiB batch each,
+    // appended at once, need two records; the partitions left out of the first go in the next.
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let log = open_log_with_journal(dir.path(), 64 << 20, 1 << 20).await;
+        let names: Vec<TopicPartition> = (0..40).map(partition).collect();
+        for name in &names {
+            log.open_partition(name, small_segments()).await.unwrap();
+        }
+        for round in 0..3u64 {
+            let waits: Vec<_> = names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| log.append(name, batch_for(round * 100 + i as u64, 10, 1000), 0).unwrap().durable)
+                .collect();
+            let all = async {
+                for wait in waits {
+                    wait.await.unwrap();
+                }
+                Ok(())
+            };
+            glommio::timer::timeout(std::time::Duration::from_secs(10), all)
+                .await
+                .expect("every partition's append is acknowledged");
+        }
+        assert!(log.stats().journal_records >= 3, "the journal took the waves: {:?}", log.stats());
+        log.close().await.unwrap();
+    });
+}

@@ -23,6 +23,9 @@ pub struct CacheStats {
     pub evictions: u64,
 }
 
+/// Most unevictable entries one eviction pass steps over (bounds its cost per wave).
+const EVICTION_SKIPS_MAX: usize = 4096;
+
 pub struct BatchCache {
     budget_bytes: usize,
     used_bytes: usize,
@@ -116,20 +119,27 @@ impl BatchCache {
 
     /// Evicts oldest entries while over budget; `evictable(partition, base_offset)` says
     /// whether an entry's bytes can be read from its file.
+    /// Entries that cannot be evicted are stepped over (at most `EVICTION_SKIPS_MAX` per
+    /// call), so that one partition's unwritten batches do not pin everything cached after
+    /// them; they keep their place at the front.
     pub fn evict(&mut self, mut evictable: impl FnMut(PartitionId, i64) -> bool) {
-        while self.used_bytes > self.budget_bytes {
-            let Some(&(partition, base)) = self.order.front() else {
+        let mut skipped = VecDeque::new();
+        while self.used_bytes > self.budget_bytes && skipped.len() < EVICTION_SKIPS_MAX {
+            let Some((partition, base)) = self.order.pop_front() else {
                 break;
             };
-            let live = self.entries.get(&partition).is_some_and(|m| m.contains_key(&base));
-            if live && !evictable(partition, base) {
-                break;
+            if !self.entries.get(&partition).is_some_and(|m| m.contains_key(&base)) {
+                continue;
             }
-            self.order.pop_front();
-            if live {
-                self.remove(partition, base);
-                self.evictions += 1;
+            if !evictable(partition, base) {
+                skipped.push_back((partition, base));
+                continue;
             }
+            self.remove(partition, base);
+            self.evictions += 1;
+        }
+        while let Some(entry) = skipped.pop_back() {
+            self.order.push_front(entry);
         }
     }
 
@@ -210,17 +220,22 @@ mod tests {
         cache.insert(1, 0, 0, batch(100));
         cache.insert(2, 0, 0, batch(100));
         cache.insert(1, 1, 1, batch(100));
-        // partition 2's entry is not written yet: eviction stops in front of it
+        // partition 2's entry is not written yet: eviction steps over it
         cache.evict(|p, _| p != 2);
         assert_eq!(cache.stats().used_bytes, 200);
         assert!(cache.read(1, 0, 10, 1000).is_none());
+        assert!(cache.read(2, 0, 10, 1000).is_some(), "the unwritten entry stays");
+        cache.insert(1, 2, 2, batch(100));
+        cache.evict(|p, _| p != 2);
+        assert_eq!(cache.stats().used_bytes, 200, "later entries go past the pinned one");
+        assert!(cache.read(2, 0, 10, 1000).is_some());
+        // once written it is the oldest, and goes first
         cache.evict(|_, _| true);
-        assert_eq!(cache.stats().used_bytes, 200);
         cache.insert(2, 1, 1, batch(100));
         cache.evict(|_, _| true);
         assert_eq!(cache.stats().used_bytes, 200);
         assert!(cache.read(2, 0, 10, 1000).is_none());
-        assert!(cache.read(1, 1, 10, 1000).is_some());
+        assert!(cache.read(1, 2, 10, 1000).is_some());
     }
 
     #[test]

@@ -512,6 +512,17 @@ pub fn replay(data_dir: &Path, path: &Path) -> io::Result<ReplayReport> {
     }
     let mut dirs = Vec::new();
     for (segment_path, target) in &targets {
+        // Every segment the journal's entries point at is synced before the journal forgets
+        // them, also those that already held their batches: after a process crash those
+        // bytes may be in the page cache or the device's cache only.
+        if let Some(file) = &target.file
+            && !target.dirty
+        {
+            file.sync_all()?;
+            if let Some(dir) = segment_path.parent() {
+                dirs.push(dir.to_path_buf());
+            }
+        }
         if let Some(file) = &target.file
             && target.dirty
         {

@@ -131,6 +131,8 @@ pub(crate) struct JournalRun {
     pub generation: u64,
     /// The durable end before the last restart (durability never goes back).
     pub floor: i64,
+    /// Some record claimed batches of this partition (so checkpoints must cover it).
+    pub claimed_any: bool,
 }
 
 impl JournalRun {
@@ -209,6 +211,17 @@ impl Partition {
     /// Whether the segment's written bytes are left to its own fdatasync (see `journal_cover`).
     pub fn segment_needs_own_sync(&self, segment: &Segment) -> bool {
         self.journal_cover().is_none_or(|end| segment.written_next_offset > end)
+    }
+
+    /// One past the last offset a read can take from the segment files now (written, and at a
+    /// write boundary below the high watermark); the cache must keep the batches after it.
+    pub fn readable_end_offset(&self) -> i64 {
+        let high_watermark = self.high_watermark();
+        self.segments
+            .values()
+            .map(|s| (s.readable_next_offset(high_watermark), s.next_offset()))
+            .find(|(readable, next)| readable < next)
+            .map_or_else(|| self.log_end_offset(), |(readable, _)| readable)
     }
 
     /// One past the last offset whose bytes reached the segment file.

@@ -338,6 +338,16 @@ impl Segment {
         self.tail = tail_after;
     }
 
+    /// The next offset at `readable_bytes(high_watermark)`: batches below it can be read
+    /// from the file.
+    pub fn readable_next_offset(&self, high_watermark: i64) -> i64 {
+        if high_watermark >= self.written_next_offset {
+            return self.written_next_offset;
+        }
+        let mark = self.write_marks.iter().rev().find(|(next, _)| *next <= high_watermark);
+        mark.map_or(self.durable_next_offset, |(next, _)| (*next).max(self.durable_next_offset))
+    }
+
     /// Bytes from the start of the file that hold only batches below `high_watermark` and
     /// are written: the end of the last written batch boundary below it.
     pub fn readable_bytes(&self, high_watermark: i64) -> u64 {

@@ -484,15 +484,18 @@ impl ShardLog {
         let now_syncs = config.flush == FlushPolicy::Always && partition.config.flush != FlushPolicy::Always;
         let journals = self.journals(&config);
         partition.config = config;
+        let mut flush_now = false;
         if journals != partition.journal.enabled {
             // The new run starts at the log end; what came before is synced in its segments.
             let (log_end, durable_end) = (partition.log_end_offset(), partition.durable_end_offset());
             partition.journal.restart(log_end, durable_end, journals);
+            // Segment writes that waited behind the journal go out under the new policy.
+            flush_now = partition.segments.values().any(Segment::has_pending);
         }
         // Under a policy that acknowledges on write, what is written is acknowledged (and
         // visible) now.
         partition.complete_waiters();
-        if now_syncs && partition.has_unsynced() {
+        if flush_now || (now_syncs && partition.has_unsynced()) {
             inner.dirty.insert(name.clone());
             drop(inner);
             self.flusher_wake.notify();
@@ -521,7 +524,13 @@ impl ShardLog {
                 return Err(StorageError::Offline { partition: name.to_string(), cause });
             }
             let (tx, rx) = oneshot::channel();
-            self.inner.borrow_mut().journal_tombstones.push((name.clone(), tx));
+            {
+                let mut inner = self.inner.borrow_mut();
+                if inner.stopping {
+                    return Err(StorageError::Stopping);
+                }
+                inner.journal_tombstones.push((name.clone(), tx));
+            }
             self.flusher_wake.notify();
             rx.await.unwrap_or(Err(StorageError::Stopping))?;
         }
@@ -719,7 +728,7 @@ impl ShardLog {
         let inner = self.inner.borrow();
         let (id, partition) = inner.partitions.get(name)?;
         let high_watermark = partition.high_watermark();
-        let from = start.max(partition.written_end_offset());
+        let from = start.max(partition.readable_end_offset());
         if from >= high_watermark {
             return None;
         }
@@ -754,7 +763,9 @@ impl ShardLog {
                     let (id, _) =
                         inner.partitions.get(name).ok_or_else(|| StorageError::UnknownPartition(name.to_string()))?;
                     let cached = inner.cache.batches_from(*id, stamp.offset).into_iter().next();
-                    let exact = cached.and_then(|bytes| pick_record(name, &bytes, |r| r.timestamp == stamp.timestamp));
+                    let log_start_offset = inner.partitions.get(name).map_or(0, |(_, p)| p.log_start_offset);
+                    let wanted = |r: &RecordStamp| r.timestamp == stamp.timestamp && r.offset >= log_start_offset;
+                    let exact = cached.and_then(|bytes| pick_record(name, &bytes, wanted));
                     return Ok(Some(exact.unwrap_or(stamp)));
                 }
                 None => return Ok(None),
@@ -1017,12 +1028,7 @@ impl ShardLog {
                 let wave_bytes = inner.stats.written_bytes - written_before;
                 inner.histograms.wave_appends.observe(appends as f64);
                 inner.histograms.wave_bytes.observe(wave_bytes as f64);
-                let Inner { partitions, ids, cache, .. } = &mut *inner;
-                cache.evict(|id, base| {
-                    ids.get(&id)
-                        .and_then(|name| partitions.get(name))
-                        .is_none_or(|(_, p)| base < p.written_end_offset())
-                });
+                evict_cache(&mut inner);
             }
             let idle = self.inner.borrow().dirty.is_empty();
             if stopping && idle && self.inner.borrow().syncs_in_flight == 0 {
@@ -1075,9 +1081,11 @@ impl ShardLog {
                 let write_behind_bytes = self.config.write_shape.chunk_bytes;
                 let write_through = inner.write_through > 0 || stopping || inner.forced_writes.contains(name);
                 let Some((_, partition)) = inner.partitions.get(name) else { return };
-                let more = partition.segments.values().any(|s| {
-                    s.has_pending() && (write_through || !partition.segment_write_deferrable(s, write_behind_bytes))
-                });
+                // Batches a full record left in the journal queue go in the next one.
+                let more = (partition.journal.enabled && !partition.journal.queue.is_empty())
+                    || partition.segments.values().any(|s| {
+                        s.has_pending() && (write_through || !partition.segment_write_deferrable(s, write_behind_bytes))
+                    });
                 if more {
                     inner.dirty.insert(name.clone());
                 }
@@ -1301,6 +1309,7 @@ impl ShardLog {
                 p.journal.queue_bytes -= batch.len();
             }
             p.journal.claimed_end = next_offset;
+            p.journal.claimed_any = true;
             claims.push((name, p.journal.generation, next_offset));
         }
         let sequence = ring.next_sequence;
@@ -1352,6 +1361,7 @@ impl ShardLog {
                         p.complete_waiters();
                     }
                 }
+                evict_cache(&mut inner);
             }
             Err(failure) => {
                 tracing::error!(error = %failure, "shard journal failed: partitions sync their own segment files until restart");
@@ -1422,9 +1432,16 @@ impl ShardLog {
             return Ok(());
         }
         let target = journal.ring.borrow().checkpoint_at_head();
-        let needs: Vec<(TopicPartition, i64)> = {
+        // Only partitions with batches in records (a partition recreated under the same name
+        // since is another partition: the id tells them apart).
+        let needs: Vec<(TopicPartition, PartitionId, i64)> = {
             let inner = self.inner.borrow();
-            inner.partitions.iter().map(|(name, (_, p))| (name.clone(), p.journal.claimed_end)).collect()
+            inner
+                .partitions
+                .iter()
+                .filter(|(_, (_, p))| p.journal.claimed_any)
+                .map(|(name, (id, p))| (name.clone(), *id, p.journal.claimed_end))
+                .collect()
         };
         // 1. Every batch claimed by a record so far is written to its segment file (writes
         //    deferred behind the journal go out now).
@@ -1432,16 +1449,18 @@ impl ShardLog {
         let written = self.wait_written(&needs).await;
         self.inner.borrow_mut().write_through -= 1;
         written?;
-        self.sync_segments_for_checkpoint(journal, target).await
+        self.sync_segments_for_checkpoint(journal, target, &needs).await
     }
 
-    async fn wait_written(&self, needs: &[(TopicPartition, i64)]) -> Result<(), StorageError> {
+    async fn wait_written(&self, needs: &[(TopicPartition, PartitionId, i64)]) -> Result<(), StorageError> {
         loop {
             let behind: Vec<TopicPartition> = {
                 let inner = self.inner.borrow();
                 let mut behind = Vec::new();
-                for (name, need) in needs {
-                    let Some((_, p)) = inner.partitions.get(name) else { continue };
+                for (name, id, need) in needs {
+                    let Some((_, p)) = inner.partitions.get(name).filter(|(current, _)| current == id) else {
+                        continue;
+                    };
                     if let Some(error) = p.offline_error().or_else(|| p.stalled_error()) {
                         return Err(error);
                     }
@@ -1464,18 +1483,21 @@ impl ShardLog {
         &self,
         journal: &ShardJournal,
         target: journal::Checkpoint,
+        needs: &[(TopicPartition, PartitionId, i64)],
     ) -> Result<(), StorageError> {
         // 2. Every segment file with unsynced bytes is synced.
-        let targets: Vec<(TopicPartition, i64, Rc<DmaFile>, PathBuf, u64, i64)> = {
+        type SyncTarget = (TopicPartition, PartitionId, i64, Rc<DmaFile>, PathBuf, u64, i64);
+        let targets: Vec<SyncTarget> = {
             let inner = self.inner.borrow();
-            inner
-                .partitions
+            needs
                 .iter()
-                .flat_map(|(name, (_, p))| {
+                .filter_map(|(name, id, _)| inner.partitions.get(name).filter(|(current, _)| current == id))
+                .flat_map(|(id, p)| {
                     p.segments.values().filter(|s| s.needs_sync()).filter_map(|s| {
                         let file = s.file.clone()?;
                         Some((
-                            name.clone(),
+                            p.name.clone(),
+                            *id,
                             s.base_offset,
                             file,
                             s.path.clone(),
@@ -1486,7 +1508,7 @@ impl ShardLog {
                 })
                 .collect()
         };
-        let syncs = targets.iter().map(|(_, _, file, path, _, _)| async move {
+        let syncs = targets.iter().map(|(_, _, _, file, path, _, _)| async move {
             use std::os::fd::AsRawFd;
             let started = std::time::Instant::now();
             if let Some(Fault::Errno(errno)) = self.faults().and_then(|f| f.next(IoOperation::Sync)) {
@@ -1497,7 +1519,11 @@ impl ShardLog {
         });
         let results = futures_util::future::join_all(syncs).await;
         let mut failed = None;
-        for ((name, base, _, _, bytes, next), result) in targets.into_iter().zip(results) {
+        for ((name, id, base, _, _, bytes, next), result) in targets.into_iter().zip(results) {
+            let same_partition = self.inner.borrow().partitions.get(&name).is_some_and(|(current, _)| *current == id);
+            if !same_partition {
+                continue;
+            }
             match result {
                 Ok(elapsed) => {
                     self.with_segment(&name, base, |_, s| s.complete_sync(bytes, next));
@@ -1645,6 +1671,7 @@ impl ShardLog {
         if let Some((_, partition)) = inner.partitions.get_mut(&name) {
             partition.complete_waiters();
         }
+        evict_cache(&mut inner);
         if follow_up {
             inner.dirty.insert(name);
         }
@@ -1683,6 +1710,15 @@ fn deferred_over_bound(inner: &Inner, chunk_bytes: usize) -> BTreeSet<TopicParti
         forced.insert(name.clone());
     }
     forced
+}
+
+/// Brings the cache back within its budget, evicting only what the segment files can serve
+/// (after every wave, and whenever a sync moves high watermarks).
+fn evict_cache(inner: &mut Inner) {
+    let Inner { partitions, ids, cache, .. } = inner;
+    cache.evict(|id, base| {
+        ids.get(&id).and_then(|name| partitions.get(name)).is_none_or(|(_, p)| base < p.readable_end_offset())
+    });
 }
 
 fn validate_config(config: &LogConfig) -> Result<(), StorageError> {
