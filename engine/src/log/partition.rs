@@ -193,6 +193,13 @@ impl Partition {
             .map_or_else(|| self.log_end_offset(), |s| s.durable_next_offset)
     }
 
+    /// Starts a new journal run at the log end (see `JournalRun`): what came before is left to
+    /// the segment files' own syncs.
+    pub fn restart_journal_run(&mut self, enabled: bool) {
+        let (log_end, durable_end) = (self.log_end_offset(), self.durable_end_offset());
+        self.journal.restart(log_end, durable_end, enabled);
+    }
+
     /// How far the journal covers this partition's batches (claimed by a record written or
     /// being written), when its run is anchored on durable segment bytes; None otherwise.
     /// A segment whose written bytes go past it needs its own fdatasync.
@@ -652,8 +659,7 @@ impl Partition {
             journal: JournalRun::default(),
         };
         let mut partition = partition;
-        let log_end = partition.log_end_offset();
-        partition.journal.restart(log_end, log_end, false);
+        partition.restart_journal_run(false);
         Ok((partition, report))
     }
 }

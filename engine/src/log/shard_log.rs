@@ -339,6 +339,13 @@ impl Notify {
     }
 }
 
+impl Inner {
+    /// Whether `name`'s segment writes go out now rather than wait behind the journal.
+    fn writes_through(&self, name: &TopicPartition, stopping: bool) -> bool {
+        self.write_through > 0 || stopping || self.forced_writes.contains(name)
+    }
+}
+
 struct Inner {
     partitions: HashMap<TopicPartition, (PartitionId, Partition)>,
     ids: HashMap<PartitionId, TopicPartition>,
@@ -373,6 +380,15 @@ struct ShardJournal {
     /// A write or sync of the journal failed: it is not used again until restart (every
     /// partition falls back to syncing its own segment files).
     broken: Cell<bool>,
+}
+
+impl ShardJournal {
+    /// Waits until no checkpoint runs, then marks one running (the caller clears it).
+    async fn take_checkpoint_turn(&self) {
+        while self.checkpointing.replace(true) {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+    }
 }
 
 /// A journal record taken by a wave: where it goes and which partitions' offsets it claims.
@@ -459,8 +475,7 @@ impl ShardLog {
         }
         let dir = self.config.data_dir.join(name.to_string());
         let (mut partition, report) = Partition::open(name.clone(), dir, config, now_ms()).await?;
-        let log_end = partition.log_end_offset();
-        partition.journal.restart(log_end, log_end, self.journals(&partition.config));
+        partition.restart_journal_run(self.journals(&partition.config));
         let mut inner = self.inner.borrow_mut();
         if inner.partitions.contains_key(name) {
             return Ok(RecoveryReport::default());
@@ -486,9 +501,7 @@ impl ShardLog {
         partition.config = config;
         let mut flush_now = false;
         if journals != partition.journal.enabled {
-            // The new run starts at the log end; what came before is synced in its segments.
-            let (log_end, durable_end) = (partition.log_end_offset(), partition.durable_end_offset());
-            partition.journal.restart(log_end, durable_end, journals);
+            partition.restart_journal_run(journals);
             // Segment writes that waited behind the journal go out under the new policy.
             flush_now = partition.segments.values().any(Segment::has_pending);
         }
@@ -1079,7 +1092,7 @@ impl ShardLog {
                 // A wave writes at most `write_bytes_max` per segment: the rest goes in the next
                 // (unless it may wait behind the journal).
                 let write_behind_bytes = self.config.write_shape.chunk_bytes;
-                let write_through = inner.write_through > 0 || stopping || inner.forced_writes.contains(name);
+                let write_through = inner.writes_through(name, stopping);
                 let Some((_, partition)) = inner.partitions.get(name) else { return };
                 // Batches a full record left in the journal queue go in the next one.
                 let more = (partition.journal.enabled && !partition.journal.queue.is_empty())
@@ -1151,7 +1164,7 @@ impl ShardLog {
             //    wait behind the journal for more.
             let deferred = {
                 let inner = self.inner.borrow();
-                let write_through = inner.write_through > 0 || stopping || inner.forced_writes.contains(name);
+                let write_through = inner.writes_through(name, stopping);
                 let write_behind_bytes = shape.chunk_bytes;
                 inner.partitions.get(name).is_some_and(|(_, p)| {
                     !write_through
@@ -1268,8 +1281,7 @@ impl ShardLog {
         }
         for name in bypass {
             if let Some((_, p)) = inner.partitions.get_mut(&name) {
-                let (log_end, durable_end) = (p.log_end_offset(), p.durable_end_offset());
-                p.journal.restart(log_end, durable_end, true);
+                p.restart_journal_run(true);
             }
         }
         let data_room = |ring: &JournalRing, padded: u64| {
@@ -1279,8 +1291,7 @@ impl ShardLog {
         if !taken.is_empty() && data_room(&ring, padded).is_none() {
             for (name, _) in taken.drain(..) {
                 if let Some((_, p)) = inner.partitions.get_mut(&name) {
-                    let (log_end, durable_end) = (p.log_end_offset(), p.durable_end_offset());
-                    p.journal.restart(log_end, durable_end, true);
+                    p.restart_journal_run(true);
                 }
             }
             entries.truncate(tombstones.len());
@@ -1373,8 +1384,7 @@ impl ShardLog {
                 let Inner { partitions, dirty, .. } = &mut *inner;
                 for (name, (_, p)) in partitions.iter_mut() {
                     if p.journal.enabled {
-                        let (log_end, durable_end) = (p.log_end_offset(), p.durable_end_offset());
-                        p.journal.restart(log_end, durable_end, false);
+                        p.restart_journal_run(false);
                         dirty.insert(name.clone());
                     }
                 }
@@ -1418,9 +1428,7 @@ impl ShardLog {
     /// one runs waits for it, then runs its own (its caller needs the records up to now).
     async fn checkpoint(&self) -> Result<(), StorageError> {
         let Some(journal) = self.journal.as_ref() else { return Ok(()) };
-        while journal.checkpointing.replace(true) {
-            glommio::timer::sleep(Duration::from_millis(1)).await;
-        }
+        journal.take_checkpoint_turn().await;
         let result = self.checkpoint_inner(journal).await;
         journal.checkpointing.set(false);
         self.flusher_wake.notify();
@@ -1575,9 +1583,7 @@ impl ShardLog {
     /// At a clean stop, with every segment synced: the journal starts empty next time.
     async fn write_checkpoint_at_head(&self) -> Result<(), StorageError> {
         let Some(journal) = self.journal.as_ref().filter(|j| !j.broken.get()) else { return Ok(()) };
-        while journal.checkpointing.replace(true) {
-            glommio::timer::sleep(Duration::from_millis(1)).await;
-        }
+        journal.take_checkpoint_turn().await;
         let target = journal.ring.borrow().checkpoint_at_head();
         let result = self.write_checkpoint(journal, target).await;
         journal.checkpointing.set(false);
@@ -1716,8 +1722,13 @@ fn deferred_over_bound(inner: &Inner, chunk_bytes: usize) -> BTreeSet<TopicParti
 /// (after every wave, and whenever a sync moves high watermarks).
 fn evict_cache(inner: &mut Inner) {
     let Inner { partitions, ids, cache, .. } = inner;
+    // Computed once per partition and pass (it walks the partition's segments).
+    let mut readable_ends: HashMap<PartitionId, Option<i64>> = HashMap::new();
     cache.evict(|id, base| {
-        ids.get(&id).and_then(|name| partitions.get(name)).is_none_or(|(_, p)| base < p.readable_end_offset())
+        let end = *readable_ends.entry(id).or_insert_with(|| {
+            ids.get(&id).and_then(|name| partitions.get(name)).map(|(_, p)| p.readable_end_offset())
+        });
+        end.is_none_or(|end| base < end)
     });
 }
 
