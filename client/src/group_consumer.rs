@@ -44,10 +44,17 @@ impl GroupConsumer {
 
     /// The records of one round of fetches, after (re)joining the group if it rebalanced.
     pub async fn poll(&self) -> Result<Vec<Consumed>, Error> {
+        self.join().await?;
+        self.consumer.poll().await
+    }
+
+    /// Joins the group, or rejoins it after a rebalance, without fetching: a member that
+    /// waits before it consumes keeps up with the group's rebalances this way.
+    pub async fn join(&self) -> Result<(), Error> {
         if self.membership.needs_rejoin() {
             self.rebalance().await?;
         }
-        self.consumer.poll().await
+        Ok(())
     }
 
     /// The partitions this member owns now, and the next offset of each.

@@ -117,10 +117,14 @@ fn check(ops: Vec<Op>, config: LogConfig) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    // A fixed seed keeps CI deterministic; PROPTEST_CASES / a changed seed explore further.
+    // A fixed seed keeps CI deterministic; PROPTEST_CASES and PROPTEST_RNG_SEED explore further.
     #![proptest_config(ProptestConfig {
-        cases: 24,
-        rng_seed: proptest::test_runner::RngSeed::Fixed(0x00c0_4e10_6000_0002),
+        cases: if std::env::var_os("PROPTEST_CASES").is_some() { ProptestConfig::default().cases } else { 24 },
+        rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
+            ProptestConfig::default().rng_seed
+        } else {
+            proptest::test_runner::RngSeed::Fixed(0x00c0_4e10_6000_0002)
+        },
         ..ProptestConfig::default()
     })]
 

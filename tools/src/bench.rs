@@ -8,6 +8,11 @@
 //! every payload carry the intended send time (µs since the Unix epoch), so consumers
 //! measure end-to-end latency. At the end: a summary table, and on request a JSON result
 //! and a self-contained HTML report.
+//!
+//! Consumers either read partitions given to them (round robin) or, with
+//! `--consumer-groups N`, are members of N consumer groups subscribed to every topic (OMB's
+//! subscriptions): each group reads every message once, its members share the partitions
+//! the group assigns. The load starts once every consumer holds its partitions.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use corelog_client::admin::NewTopic;
-use corelog_client::consumer::{Consumer, ConsumerConfig, StartAt};
+use corelog_client::consumer::{Consumed, Consumer, ConsumerConfig, StartAt};
+use corelog_client::group_consumer::GroupConsumer;
+use corelog_client::membership::GroupConfig;
 use corelog_client::producer::{Producer, ProducerConfig};
 use corelog_client::records::Codec;
 use corelog_client::{Client, ClientConfig, Error};
@@ -48,6 +55,10 @@ pub struct BenchArgs {
     pub producers: Option<usize>,
     #[arg(long)]
     pub consumers: Option<usize>,
+    /// Consumer groups the consumers are members of, each reading every message (0: no
+    /// groups, the consumers are given partitions round robin) [default: 0].
+    #[arg(long)]
+    pub consumer_groups: Option<usize>,
     /// Messages per second, all producers together; 0: as fast as possible.
     #[arg(long)]
     pub rate: Option<f64>,
@@ -107,6 +118,7 @@ pub struct Workload {
     message_size: usize,
     producers: usize,
     consumers: usize,
+    consumer_groups: usize,
     rate: f64,
     duration: f64,
     warmup: f64,
@@ -194,6 +206,7 @@ fn resolve(args: &BenchArgs) -> Result<Workload, String> {
         message_size: args.message_size.unwrap_or(preset.4),
         producers: args.producers.unwrap_or(preset.5),
         consumers: args.consumers.unwrap_or(preset.6),
+        consumer_groups: args.consumer_groups.unwrap_or(0),
         rate: args.rate.unwrap_or(preset.7),
         duration: args.duration.unwrap_or(30.0),
         warmup: args.warmup.unwrap_or(if args.duration.is_some_and(|d| d < 10.0) { 0.0 } else { 5.0 }),
@@ -214,6 +227,9 @@ fn resolve(args: &BenchArgs) -> Result<Workload, String> {
     if workload.backlog_bytes > 0 && workload.consumers == 0 {
         return Err("a backlog drain needs at least one consumer".into());
     }
+    if workload.consumers < workload.consumer_groups {
+        return Err("--consumer-groups: every group needs a consumer (--consumers at least as many)".into());
+    }
     Ok(workload)
 }
 
@@ -230,13 +246,37 @@ struct Shared {
     stop_consuming: AtomicBool,
     /// Backlog runs: the consumers may start.
     drain: AtomicBool,
+    /// Consumers holding their partitions (assigned, or joined to their group).
+    consumers_ready: AtomicU64,
+    /// The load starts (every consumer is ready).
+    go: AtomicBool,
     producers_done: AtomicU64,
     first_error: Mutex<Option<String>>,
     /// Latencies of the last second, for the progress line (µs).
     live_publish: Mutex<Histogram<u64>>,
     live_e2e: Mutex<Histogram<u64>>,
+    /// When the load started (µs since the epoch): second 0 of the timeline.
+    load_started_us: AtomicU64,
     /// Samples count from this instant (µs since the epoch): the end of the warm-up.
-    measure_from_us: u64,
+    measure_from_us: AtomicU64,
+}
+
+impl Shared {
+    /// Stops the run after a client task failed.
+    fn fail(&self, error: &Error) {
+        let mut first = self.first_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        first.get_or_insert(error.to_string());
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What one consumer reads.
+#[derive(Debug, Clone)]
+enum Subscription {
+    /// These partitions, from the start.
+    Assigned(Vec<(String, i32)>),
+    /// What this group gives it, from the group's committed offsets (none: from the start).
+    Group(String),
 }
 
 /// What one thread measured.
@@ -345,40 +385,36 @@ fn bench(args: &BenchArgs, workload: &Workload) -> Result<Value, Error> {
         stop: AtomicBool::new(false),
         stop_consuming: AtomicBool::new(false),
         drain: AtomicBool::new(workload.backlog_bytes == 0),
+        consumers_ready: AtomicU64::new(0),
+        go: AtomicBool::new(false),
         producers_done: AtomicU64::new(0),
         first_error: Mutex::new(None),
         live_publish: Mutex::new(histogram()),
         live_e2e: Mutex::new(histogram()),
-        measure_from_us: now_us() + (workload.warmup * 1e6) as u64,
+        load_started_us: AtomicU64::new(0),
+        measure_from_us: AtomicU64::new(u64::MAX),
     });
-    // Partitions for each consumer, round robin over every topic's partitions.
-    let mut assignments: Vec<Vec<(String, i32)>> = vec![Vec::new(); workload.consumers];
-    if workload.consumers > 0 {
-        let all = topics.iter().flat_map(|t| (0..workload.partitions).map(move |p| (t.clone(), p)));
-        for (i, tp) in all.enumerate() {
-            assignments[i % workload.consumers].push(tp);
-        }
-    }
+    let groups = group_names(&topics, workload.consumer_groups);
+    let subscriptions = subscriptions(workload, &topics, &groups);
     let usage_before = cpu_seconds();
     let started = Instant::now();
-    let started_us = now_us();
     let mut handles = Vec::new();
     for thread in 0..threads {
         let producers: Vec<usize> = (0..workload.producers).filter(|p| p % threads == thread).collect();
-        let consumers: Vec<Vec<(String, i32)>> = (0..workload.consumers)
+        let consumers: Vec<Subscription> = (0..workload.consumers)
             .filter(|c| (workload.producers + c) % threads == thread)
-            .map(|c| assignments[c].clone())
+            .map(|c| subscriptions[c].clone())
             .collect();
         let (shared, workload, topics, brokers) =
             (Arc::clone(&shared), workload.clone(), topics.clone(), brokers.clone());
         let cpu = allowed[thread % allowed.len().max(1)];
         let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu))
             .name(&format!("bench-{thread}"))
-            .spawn(move || client_thread(shared, workload, topics, brokers, producers, consumers, started_us))
+            .spawn(move || client_thread(shared, workload, topics, brokers, producers, consumers))
             .map_err(|e| Error::Invalid(format!("cannot start a client thread on CPU {cpu}: {e}")))?;
         handles.push(handle);
     }
-    let measured = progress(args, workload, &shared, started);
+    let measured = progress(args, workload, &shared);
     let mut publish = histogram();
     let mut e2e = histogram();
     let mut timeline: Vec<[u64; 4]> = Vec::new();
@@ -401,16 +437,21 @@ fn bench(args: &BenchArgs, workload: &Workload) -> Result<Value, Error> {
     let cpu_used = cpu_seconds() - usage_before;
     let elapsed = started.elapsed().as_secs_f64();
     if !args.keep_topics {
-        let topics = topics.clone();
+        let (topics, groups) = (topics.clone(), groups.clone());
         let brokers = brokers.clone();
         let deleted = crate::client::block_on(async move {
             let client = Client::connect(ClientConfig::new(&brokers)).await?;
-            client.delete_topics(&topics).await
+            client.delete_topics(&topics).await?;
+            for group in &groups {
+                client.delete_group(group).await?;
+            }
+            Ok::<(), Error>(())
         });
         if let Err(error) = deleted {
-            eprintln!("corelog: the benchmark topics were not deleted: {error}");
+            eprintln!("corelog: the benchmark topics and groups were not deleted: {error}");
         }
     }
+    let measured = measured.map_err(Error::Invalid)?;
     Ok(result_json(ResultInputs {
         workload,
         brokers: &brokers,
@@ -428,6 +469,32 @@ fn bench(args: &BenchArgs, workload: &Workload) -> Result<Value, Error> {
     }))
 }
 
+fn group_names(topics: &[String], count: usize) -> Vec<String> {
+    let prefix = topics.first().map_or("corelog-bench", |t| t.rsplit_once('-').map_or(t.as_str(), |(p, _)| p));
+    (0..count).map(|i| format!("{prefix}-group-{i}")).collect()
+}
+
+/// What each consumer reads: its group (consumer i in group i mod groups), or with no
+/// groups, partitions round robin over every topic's partitions.
+fn subscriptions(workload: &Workload, topics: &[String], groups: &[String]) -> Vec<Subscription> {
+    if !groups.is_empty() {
+        return (0..workload.consumers).map(|i| Subscription::Group(groups[i % groups.len()].clone())).collect();
+    }
+    let mut assignments: Vec<Vec<(String, i32)>> = vec![Vec::new(); workload.consumers];
+    if workload.consumers > 0 {
+        let all = topics.iter().flat_map(|t| (0..workload.partitions).map(move |p| (t.clone(), p)));
+        for (i, tp) in all.enumerate() {
+            assignments[i % workload.consumers].push(tp);
+        }
+    }
+    assignments.into_iter().map(Subscription::Assigned).collect()
+}
+
+/// How many times each message is read: once by every group, or once in all without groups.
+fn reads_per_message(workload: &Workload) -> u64 {
+    if workload.consumers == 0 { 0 } else { workload.consumer_groups.max(1) as u64 }
+}
+
 /// Seconds of measured produce and consume (backlog runs: produce, then the drain).
 struct Measured {
     produce_seconds: f64,
@@ -438,8 +505,32 @@ struct Measured {
     consumed_bytes: u64,
 }
 
-/// Drives the run from the main thread: warm-up, measure, stop; one progress line a second.
-fn progress(args: &BenchArgs, workload: &Workload, shared: &Shared, started: Instant) -> Measured {
+/// Drives the run from the main thread: waits for the consumers to hold their partitions,
+/// then warm-up, measure, stop; one progress line a second.
+fn progress(args: &BenchArgs, workload: &Workload, shared: &Shared) -> Result<Measured, String> {
+    // A new group's first join waits out the broker's group.initial.rebalance.delay.ms
+    // (3 s in Kafka), and a rebalance for a member a little late takes a heartbeat more.
+    let ready = || {
+        shared.consumers_ready.load(Ordering::Relaxed) >= workload.consumers as u64
+            || shared.stop.load(Ordering::Relaxed)
+    };
+    let joined = wait_until(&ready, CONSUMERS_READY_MAX);
+    if !joined || shared.stop.load(Ordering::Relaxed) {
+        shared.stop.store(true, Ordering::Relaxed);
+        shared.stop_consuming.store(true, Ordering::Relaxed);
+        let first = shared.first_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        return Err(match first {
+            Some(error) => format!("a consumer could not start: {error}"),
+            None => format!("the consumers did not get their partitions within {} s", CONSUMERS_READY_MAX.as_secs()),
+        });
+    }
+    let started = Instant::now();
+    let started_us = now_us();
+    shared.load_started_us.store(started_us, Ordering::Relaxed);
+    let measure_from_us =
+        if workload.backlog_bytes > 0 { started_us } else { started_us + (workload.warmup * 1e6) as u64 };
+    shared.measure_from_us.store(measure_from_us, Ordering::Relaxed);
+    shared.go.store(true, Ordering::Relaxed);
     let tick = Duration::from_secs(1);
     let counts = || {
         [
@@ -494,9 +585,9 @@ fn progress(args: &BenchArgs, workload: &Workload, shared: &Shared, started: Ins
         let [produced, produced_bytes, _, _] = counts();
         shared.drain.store(true, Ordering::Relaxed);
         let drain_started = Instant::now();
-        let drained = || {
-            shared.consumed.load(Ordering::Relaxed) >= produced || drain_started.elapsed() >= Duration::from_secs(600)
-        };
+        let reads = produced * reads_per_message(workload);
+        let drained =
+            || shared.consumed.load(Ordering::Relaxed) >= reads || drain_started.elapsed() >= Duration::from_secs(600);
         while !drained() {
             if wait_until(&drained, Duration::from_secs(1)) {
                 break;
@@ -532,7 +623,8 @@ fn progress(args: &BenchArgs, workload: &Workload, shared: &Shared, started: Ins
         while workload.consumers > 0
             && Instant::now() < deadline
             && (shared.producers_done.load(Ordering::Relaxed) < workload.producers as u64
-                || shared.consumed.load(Ordering::Relaxed) < shared.produced.load(Ordering::Relaxed))
+                || shared.consumed.load(Ordering::Relaxed)
+                    < shared.produced.load(Ordering::Relaxed) * reads_per_message(workload))
         {
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -550,8 +642,11 @@ fn progress(args: &BenchArgs, workload: &Workload, shared: &Shared, started: Ins
     if !args.quiet {
         eprintln!();
     }
-    measured
+    Ok(measured)
 }
+
+/// How long the consumers may take to get their partitions before the load starts.
+const CONSUMERS_READY_MAX: Duration = Duration::from_secs(120);
 
 /// Waits up to `limit` for `done`, checking every 10 ms; true if it became done.
 fn wait_until(done: &dyn Fn() -> bool, limit: Duration) -> bool {
@@ -572,8 +667,7 @@ async fn client_thread(
     topics: Vec<String>,
     brokers: String,
     producers: Vec<usize>,
-    consumers: Vec<Vec<(String, i32)>>,
-    started_us: u64,
+    consumers: Vec<Subscription>,
 ) -> Result<ThreadResult, String> {
     let client = Rc::new(Client::connect(ClientConfig::new(&brokers)).await.map_err(|e| e.to_string())?);
     let publish = Rc::new(std::cell::RefCell::new(histogram()));
@@ -587,25 +681,29 @@ async fn client_thread(
         tasks.push((
             true,
             glommio::spawn_local(async move {
-                produce_loop(index, shared, workload, topics, client, publish, timeline, started_us).await
+                produce_loop(index, shared, workload, topics, client, publish, timeline).await
             }),
         ));
     }
-    for assignment in consumers {
-        let (shared, workload, client) = (Arc::clone(&shared), workload.clone(), Rc::clone(&client));
+    for subscription in consumers {
+        let (shared, workload, topics, client) =
+            (Arc::clone(&shared), workload.clone(), topics.clone(), Rc::clone(&client));
         let (e2e, timeline) = (Rc::clone(&e2e), Rc::clone(&timeline));
         tasks.push((
             false,
             glommio::spawn_local(async move {
-                consume_loop(assignment, shared, workload, client, e2e, timeline, started_us).await
+                let result = consume_loop(subscription, &shared, workload, &topics, client, e2e, timeline).await;
+                // At once: the others may be waiting for this consumer to start.
+                if let Err(error) = &result {
+                    shared.fail(error);
+                }
+                result
             }),
         ));
     }
     for (producing, task) in tasks {
         if let Err(error) = task.await {
-            let mut first = shared.first_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            first.get_or_insert(error.to_string());
-            shared.stop.store(true, Ordering::Relaxed);
+            shared.fail(&error);
             if producing {
                 // It will not count itself done: the run must not wait for it.
                 shared.producers_done.fetch_add(1, Ordering::Relaxed);
@@ -618,7 +716,8 @@ async fn client_thread(
     Ok(ThreadResult { publish, e2e, timeline })
 }
 
-fn record_second(timeline: &std::cell::RefCell<Vec<[u64; 4]>>, started_us: u64, index: usize, count: u64, bytes: u64) {
+fn record_second(timeline: &std::cell::RefCell<Vec<[u64; 4]>>, shared: &Shared, index: usize, count: u64, bytes: u64) {
+    let started_us = shared.load_started_us.load(Ordering::Relaxed);
     let second = (now_us().saturating_sub(started_us) / 1_000_000) as usize;
     let mut timeline = timeline.borrow_mut();
     if timeline.len() <= second {
@@ -649,7 +748,6 @@ async fn produce_loop(
     client: Rc<Client>,
     publish: Rc<std::cell::RefCell<Histogram<u64>>>,
     timeline: Rc<std::cell::RefCell<Vec<[u64; 4]>>>,
-    started_us: u64,
 ) -> Result<(), Error> {
     let size = workload.message_size;
     let sink_shared = Arc::clone(&shared);
@@ -678,8 +776,8 @@ async fn produce_loop(
             let latency = now.saturating_sub(delivery.opaque).max(1);
             shared.produced.fetch_add(1, Ordering::Relaxed);
             shared.produced_bytes.fetch_add(size as u64, Ordering::Relaxed);
-            record_second(&timeline, started_us, 0, 1, size as u64);
-            if delivery.opaque >= shared.measure_from_us {
+            record_second(&timeline, shared, 0, 1, size as u64);
+            if delivery.opaque >= shared.measure_from_us.load(Ordering::Relaxed) {
                 let _ = publish.borrow_mut().record(latency);
             }
             if let Ok(mut live) = shared.live_publish.try_lock() {
@@ -699,6 +797,13 @@ async fn produce_loop(
         Keys::Zipf(n) => Some(zipf_cdf(n)),
         _ => None,
     };
+    while !shared.go.load(Ordering::Relaxed) {
+        if shared.stop.load(Ordering::Relaxed) {
+            shared.producers_done.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
     let per_producer_rate = workload.rate / workload.producers as f64;
     let backlog_share = workload.backlog_bytes / workload.producers as u64;
     let begin = now_us();
@@ -768,14 +873,47 @@ fn zipf_cdf(n: u64) -> Vec<f64> {
         .collect()
 }
 
+/// A bench consumer: of partitions given to it, or a member of a group.
+enum Reader {
+    Assigned(Consumer),
+    Member(GroupConsumer),
+}
+
+impl Reader {
+    async fn poll(&self) -> Result<Vec<Consumed>, Error> {
+        match self {
+            Reader::Assigned(consumer) => consumer.poll().await,
+            Reader::Member(member) => member.poll().await,
+        }
+    }
+
+    /// Follows a rebalance while waiting to consume (a member that does not rejoin holds
+    /// the whole group up).
+    async fn keep_up(&self) -> Result<(), Error> {
+        match self {
+            Reader::Assigned(_) => Ok(()),
+            Reader::Member(member) => member.join().await,
+        }
+    }
+}
+
+/// A commit the group refused because it rebalanced meanwhile is no failure of the run:
+/// the member rejoins at its next poll (and the group's next commits carry on).
+fn moved_on(error: Error) -> Result<(), Error> {
+    if error.code().is_some_and(corelog_client::membership::group_moved_on) { Ok(()) } else { Err(error) }
+}
+
+/// A member commits its positions this often (Kafka's `auto.commit.interval.ms`).
+const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
+
 async fn consume_loop(
-    assignment: Vec<(String, i32)>,
-    shared: Arc<Shared>,
+    subscription: Subscription,
+    shared: &Shared,
     workload: Workload,
+    topics: &[String],
     client: Rc<Client>,
     e2e: Rc<std::cell::RefCell<Histogram<u64>>>,
     timeline: Rc<std::cell::RefCell<Vec<[u64; 4]>>>,
-    started_us: u64,
 ) -> Result<(), Error> {
     // Larger fetches than Kafka's default 1 MiB per partition: a drain reads far ahead.
     let config = ConsumerConfig {
@@ -783,27 +921,64 @@ async fn consume_loop(
         partition_max_bytes: 8 << 20,
         ..ConsumerConfig::default()
     };
-    let consumer = Consumer::new(client, config);
     // The topics are this run's own: from the start, consumers read everything it produced.
     let start = StartAt::Earliest;
-    let mut by_topic: std::collections::BTreeMap<&str, Vec<i32>> = std::collections::BTreeMap::new();
-    for (topic, partition) in &assignment {
-        by_topic.entry(topic.as_str()).or_default().push(*partition);
+    let reader = match subscription {
+        Subscription::Assigned(assignment) => {
+            let consumer = Consumer::new(client, config);
+            let mut by_topic: std::collections::BTreeMap<&str, Vec<i32>> = std::collections::BTreeMap::new();
+            for (topic, partition) in &assignment {
+                by_topic.entry(topic.as_str()).or_default().push(*partition);
+            }
+            for (topic, partitions) in by_topic {
+                consumer.assign(topic, &partitions, start).await?;
+            }
+            Reader::Assigned(consumer)
+        }
+        Subscription::Group(group) => {
+            // Heartbeats every second rather than Kafka's 3 s: members that join a little
+            // apart settle sooner before the load starts.
+            let membership = GroupConfig { heartbeat_interval: Duration::from_secs(1), ..GroupConfig::new(&group) };
+            let member = GroupConsumer::new(client, config, membership, topics, start);
+            member.join().await?;
+            Reader::Member(member)
+        }
+    };
+    shared.consumers_ready.fetch_add(1, Ordering::Relaxed);
+    let result = read_until_stopped(&reader, shared, &workload, e2e, timeline).await;
+    match &reader {
+        Reader::Member(member) if result.is_ok() => member.close().await.or_else(moved_on),
+        Reader::Member(member) => {
+            let _ = member.leave().await;
+            result
+        }
+        Reader::Assigned(_) => result,
     }
-    for (topic, partitions) in by_topic {
-        consumer.assign(topic, &partitions, start).await?;
-    }
-    while !shared.drain.load(Ordering::Relaxed) {
+}
+
+async fn read_until_stopped(
+    reader: &Reader,
+    shared: &Shared,
+    workload: &Workload,
+    e2e: Rc<std::cell::RefCell<Histogram<u64>>>,
+    timeline: Rc<std::cell::RefCell<Vec<[u64; 4]>>>,
+) -> Result<(), Error> {
+    while !(shared.go.load(Ordering::Relaxed) && shared.drain.load(Ordering::Relaxed)) {
+        if shared.stop_consuming.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        reader.keep_up().await?;
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
+    let mut committed_at = Instant::now();
     while !shared.stop_consuming.load(Ordering::Relaxed) {
-        let records = consumer.poll().await?;
+        let records = reader.poll().await?;
         let now = now_us();
         let (mut count, mut bytes) = (0u64, 0u64);
         {
             let mut e2e = e2e.borrow_mut();
             let mut live = shared.live_e2e.try_lock().ok();
-            let measure_from = shared.measure_from_us;
+            let measure_from = shared.measure_from_us.load(Ordering::Relaxed);
             for consumed in &records {
                 let Some(value) = consumed.record.value.as_ref() else { continue };
                 count += 1;
@@ -822,7 +997,13 @@ async fn consume_loop(
         }
         shared.consumed.fetch_add(count, Ordering::Relaxed);
         shared.consumed_bytes.fetch_add(bytes, Ordering::Relaxed);
-        record_second(&timeline, started_us, 2, count, bytes);
+        record_second(&timeline, shared, 2, count, bytes);
+        if let Reader::Member(member) = reader
+            && committed_at.elapsed() >= COMMIT_INTERVAL
+        {
+            member.commit().await.or_else(moved_on)?;
+            committed_at = Instant::now();
+        }
     }
     Ok(())
 }
@@ -876,6 +1057,7 @@ fn result_json(r: ResultInputs<'_>) -> Value {
         "workload": {
             "name": w.name, "topics": w.topics, "partitions_per_topic": w.partitions,
             "message_size": w.message_size, "producers": w.producers, "consumers": w.consumers,
+            "consumer_groups": w.consumer_groups,
             "rate": w.rate, "duration_s": w.duration, "warmup_s": w.warmup,
             "acks": match w.acks { -1 => "all".to_string(), a => a.to_string() },
             "compression": w.compression.name(), "linger_ms": w.linger_ms, "batch_bytes": w.batch_bytes,
@@ -1082,6 +1264,7 @@ mod tests {
             message_size: None,
             producers: None,
             consumers: None,
+            consumer_groups: None,
             rate: None,
             duration: Some(2.0),
             warmup: None,
@@ -1105,6 +1288,10 @@ mod tests {
         args.message_size = Some(4);
         assert!(resolve(&args).is_err());
         args.message_size = None;
+        args.consumer_groups = Some(2);
+        assert!(resolve(&args).unwrap_err().contains("every group needs a consumer"), "one consumer, two groups");
+        args.consumers = Some(2);
+        assert_eq!(resolve(&args).map(|w| w.consumer_groups), Ok(2));
         args.workload = Some("nope".into());
         assert!(resolve(&args).unwrap_err().contains("max-1kb"));
     }

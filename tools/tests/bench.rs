@@ -93,3 +93,56 @@ fn max_rate_and_backlog_drain_runs_move_data() {
     assert!(drain["consume"]["mb_per_sec"].as_f64().unwrap() > 0.0);
     broker.stop();
 }
+
+fn groups_json(address: &str, args: &[&str]) -> Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_corelog"))
+        .arg("group")
+        .args(args)
+        .args(["--brokers", address, "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "group {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn bench_groups(address: &str) -> Vec<String> {
+    let listed = groups_json(address, &["list"]);
+    let names = listed.as_array().unwrap().iter().map(|g| g["group"].as_str().unwrap().to_string());
+    names.filter(|name| name.starts_with("corelog-bench-")).collect()
+}
+
+#[test]
+fn consumers_in_groups_each_group_reads_every_message() {
+    let node = Node::new("");
+    let (broker, address) = node.start();
+    let dir = tempfile::tempdir().unwrap();
+    // Three consumers in two groups: one group of two members sharing the partitions, one of
+    // one member reading them all.
+    let args = ["--rate", "500", "--duration", "2", "--partitions", "4", "--consumers", "3", "--consumer-groups", "2"];
+    let result = bench(&address, dir.path(), &args);
+    assert_eq!(result["workload"]["consumer_groups"], 2);
+    let produced = result["produce"]["messages"].as_u64().unwrap();
+    let consumed = result["consume"]["messages"].as_u64().unwrap();
+    assert!(produced > 500, "{}", result["produce"]);
+    // Counted over the same window: each message once per group.
+    assert!((produced * 3 / 2..=produced * 5 / 2).contains(&consumed), "produced {produced}, consumed {consumed}");
+    assert_ordered_latencies(&result["e2e"]["latency_ms"], "end to end");
+    assert!(bench_groups(&address).is_empty(), "the run's groups are deleted with its topics");
+
+    // Kept: the members committed where they stopped, which is the end of every partition.
+    let mut kept = args[..args.len() - 1].to_vec();
+    kept.extend(["1", "--keep-topics"]);
+    let result = bench(&address, dir.path(), &kept);
+    assert_eq!(result["workload"]["consumer_groups"], 1);
+    let groups = bench_groups(&address);
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    let described = groups_json(&address, &["describe", &groups[0]]);
+    let partitions = described["partitions"].as_array().unwrap();
+    assert_eq!(partitions.len(), 4, "{described}");
+    for partition in partitions {
+        assert!(partition["log_end_offset"].as_i64().unwrap() > 0, "{described}");
+        assert_eq!(partition["committed_offset"], partition["log_end_offset"], "{described}");
+    }
+    assert_eq!(described["members"].as_array().unwrap().len(), 0, "the members left: {described}");
+    broker.stop();
+}

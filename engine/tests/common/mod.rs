@@ -51,6 +51,9 @@ pub async fn read_all(log: &ShardLog, name: &TopicPartition, from: i64) -> Vec<(
             assert_eq!(offset, result.offsets.high_watermark, "empty read before the high watermark");
             return out;
         }
+        // A read that hands back no batch at or after `offset` would have a consumer ask
+        // again for ever: fail instead of spinning.
+        let asked = offset;
         let mut at = 0;
         while at < bytes.len() {
             let Some(size) = batch::claimed_batch_size(&bytes[at..]).filter(|&s| at + s <= bytes.len()) else {
@@ -63,6 +66,11 @@ pub async fn read_all(log: &ShardLog, name: &TopicPartition, from: i64) -> Vec<(
             }
             at += size;
         }
+        assert!(
+            offset > asked,
+            "a read at {asked} returned {} bytes without a whole batch at or after it",
+            bytes.len()
+        );
     }
 }
 
