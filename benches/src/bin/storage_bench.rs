@@ -6,6 +6,11 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark harness: failures abort the run
 
+// The broker's allocator (no transparent huge pages, see docs/operations.md): the engine's
+// latencies are measured as it runs in the binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use corelog_benches::{
     AppendScenario, BenchArgs, append_scenario, device_write_bandwidth, hardware_report, median, on_shard,
     read_scenario,
