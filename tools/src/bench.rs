@@ -341,13 +341,16 @@ pub fn run(args: BenchArgs) -> ExitCode {
     }
 }
 
-fn topic_names(workload: &Workload) -> Vec<String> {
-    let run = format!("{:x}", now_us() & 0xff_ffff);
-    (0..workload.topics).map(|i| format!("corelog-bench-{run}-{i}")).collect()
+/// The run's own topics and groups: `corelog-bench-RUN-I` and `corelog-bench-RUN-group-I`.
+fn run_names(workload: &Workload) -> (Vec<String>, Vec<String>) {
+    let prefix = format!("corelog-bench-{:x}", now_us() & 0xff_ffff);
+    let topics = (0..workload.topics).map(|i| format!("{prefix}-{i}")).collect();
+    let groups = (0..workload.consumer_groups).map(|i| format!("{prefix}-group-{i}")).collect();
+    (topics, groups)
 }
 
 fn bench(args: &BenchArgs, workload: &Workload) -> Result<Value, Error> {
-    let topics = topic_names(workload);
+    let (topics, groups) = run_names(workload);
     let brokers = args.brokers.clone();
     let (cluster, broker_count) = {
         let topics = topics.clone();
@@ -394,7 +397,6 @@ fn bench(args: &BenchArgs, workload: &Workload) -> Result<Value, Error> {
         load_started_us: AtomicU64::new(0),
         measure_from_us: AtomicU64::new(u64::MAX),
     });
-    let groups = group_names(&topics, workload.consumer_groups);
     let subscriptions = subscriptions(workload, &topics, &groups);
     let usage_before = cpu_seconds();
     let started = Instant::now();
@@ -469,11 +471,6 @@ fn bench(args: &BenchArgs, workload: &Workload) -> Result<Value, Error> {
     }))
 }
 
-fn group_names(topics: &[String], count: usize) -> Vec<String> {
-    let prefix = topics.first().map_or("corelog-bench", |t| t.rsplit_once('-').map_or(t.as_str(), |(p, _)| p));
-    (0..count).map(|i| format!("{prefix}-group-{i}")).collect()
-}
-
 /// What each consumer reads: its group (consumer i in group i mod groups), or with no
 /// groups, partitions round robin over every topic's partitions.
 fn subscriptions(workload: &Workload, topics: &[String], groups: &[String]) -> Vec<Subscription> {
@@ -527,9 +524,7 @@ fn progress(args: &BenchArgs, workload: &Workload, shared: &Shared) -> Result<Me
     let started = Instant::now();
     let started_us = now_us();
     shared.load_started_us.store(started_us, Ordering::Relaxed);
-    let measure_from_us =
-        if workload.backlog_bytes > 0 { started_us } else { started_us + (workload.warmup * 1e6) as u64 };
-    shared.measure_from_us.store(measure_from_us, Ordering::Relaxed);
+    shared.measure_from_us.store(started_us + (workload.warmup * 1e6) as u64, Ordering::Relaxed);
     shared.go.store(true, Ordering::Relaxed);
     let tick = Duration::from_secs(1);
     let counts = || {
