@@ -155,6 +155,9 @@ pub struct AppendScenario {
     pub journal_bytes: u64,
 }
 
+/// Longest an append scenario may go without an append completing before it fails.
+const STALL_MAX: Duration = Duration::from_secs(20);
+
 /// Appends `total_bytes` across partitions on one shard; every append is awaited to
 /// durability (whatever the policy promises). Runs inside a shard.
 pub async fn append_scenario(dir: &Path, scenario: &AppendScenario) -> AppendReport {
@@ -172,6 +175,24 @@ pub async fn append_scenario(dir: &Path, scenario: &AppendScenario) -> AppendRep
     let interval = scenario.rate_bytes_per_sec.map(|rate| Duration::from_secs_f64(template.len() as f64 / rate));
     let window = scenario.in_flight_per_partition * names.len();
     let started = Instant::now();
+    // A run that stops making progress fails with the flusher's state instead of hanging.
+    let progress = Rc::new(std::cell::Cell::new(0u64));
+    let watchdog = {
+        let (log, progress) = (Rc::clone(&log), Rc::clone(&progress));
+        glommio::spawn_local(async move {
+            let (mut last, mut still_since) = (u64::MAX, Instant::now());
+            loop {
+                glommio::timer::sleep(Duration::from_secs(1)).await;
+                if progress.get() != last {
+                    (last, still_since) = (progress.get(), Instant::now());
+                } else if still_since.elapsed() > STALL_MAX {
+                    eprintln!("no append completed for {STALL_MAX:?}; shard log state:\n{}", log.debug_state());
+                    std::process::exit(1);
+                }
+            }
+        })
+        .detach()
+    };
     let mut in_flight = std::collections::VecDeque::new();
     for i in 0..batches {
         let scheduled = interval.map(|every| started + every.mul_f64(i as f64));
@@ -185,11 +206,16 @@ pub async fn append_scenario(dir: &Path, scenario: &AppendScenario) -> AppendRep
         let sent_at = scheduled.unwrap_or_else(Instant::now);
         let appended = log.append(name, BytesMut::from(&template[..]), 0).expect("append");
         let histogram = Rc::clone(&histogram);
+        let progress = Rc::clone(&progress);
         in_flight.push_back(glommio::spawn_local(async move {
             appended.durable.await.expect("durable");
+            progress.set(progress.get() + 1);
             let micros = sent_at.elapsed().as_micros() as u64;
             let _ = histogram.borrow_mut().record(micros.max(1));
         }));
+        // A producer on the network yields between requests (each arrives by a socket read):
+        // so does this one, and the flusher gets to run between appends.
+        futures_lite::future::yield_now().await;
         while in_flight.len() >= window {
             if let Some(task) = in_flight.pop_front() {
                 task.await;
@@ -199,6 +225,7 @@ pub async fn append_scenario(dir: &Path, scenario: &AppendScenario) -> AppendRep
     for task in in_flight {
         task.await;
     }
+    watchdog.cancel();
     let stats = log.stats();
     // The clean stop writes and syncs whatever is left (everything, for `none`): it counts.
     log.close().await.expect("close");

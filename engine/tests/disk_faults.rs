@@ -244,3 +244,40 @@ fn another_partition_keeps_writing_while_one_is_held_back_for_room() {
         log.close().await.unwrap();
     });
 }
+
+#[test]
+fn a_write_behind_a_failed_write_gives_up_and_both_are_retried_in_order() {
+    // Two writes of one segment in flight: the first fails for lack of room. The second, which
+    // rewrites the block the first ends in, must never land without it: it gives up, nothing
+    // is acknowledged, and once there is room both go out again, in order.
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultPlan::new();
+    run(async {
+        let log = open_with_faults(dir.path(), &faults).await;
+        let mut acked = acknowledged(&log, 0..3).await;
+        faults.arm(IoOperation::Write, Fault::Errno(libc::ENOSPC), Some(1));
+        // Batches of ~1 MiB (the size limit): the flusher plans the first write before the
+        // next two are appended, and those, a write chunk's worth or more (1 MiB at the default
+        // shape), make a second write planned while the first is in flight.
+        let first = append(&log, 20, 255 << 10);
+        futures_lite::future::yield_now().await;
+        let mut appended = vec![first, append(&log, 21, 255 << 10), append(&log, 22, 255 << 10)];
+        futures_lite::future::yield_now().await;
+        assert!(log.debug_state().contains("in_flight 2"), "two writes in flight:\n{}", log.debug_state());
+        // The fault hits the first write's first chunk; the retry comes 500 ms later.
+        glommio::timer::sleep(Duration::from_millis(300)).await;
+        for (_, _, durable) in appended.iter_mut() {
+            assert!(outcome_within(durable, Duration::from_millis(1)).await.is_none(), "acknowledged without a write");
+        }
+        assert_eq!(faults.injected(IoOperation::Write), 1, "only the first write's first chunk failed");
+        assert!(log.append(&tp(), batch_for(23, 4, 200), 2_000).is_err(), "appends are refused while held back");
+        for (base, bytes, mut durable) in appended {
+            outcome_within(&mut durable, WAIT).await.expect("written once there is room").expect("durable");
+            acked.push((base, bytes));
+        }
+        acked.extend(acknowledged(&log, 24..26).await);
+        assert_eq!(read_all(&log, &tp(), 0).await, acked);
+        log.close().await.unwrap();
+        assert_eq!(recovered(dir.path()).await, acked);
+    });
+}

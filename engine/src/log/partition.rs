@@ -356,6 +356,10 @@ impl Partition {
         (self.dir.join(PRODUCER_STATE), self.producers.encode(self.durable_end_offset()))
     }
 
+    pub fn waiters_len(&self) -> usize {
+        self.waiters.len()
+    }
+
     /// Completes every append now acknowledged by the policy (synced, or written).
     pub fn complete_waiters(&mut self) {
         let done = self.acknowledged_end_offset();

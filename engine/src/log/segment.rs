@@ -10,6 +10,12 @@
 //! appended batch, including those still pending in memory). Writes are aligned to the
 //! device's O_DIRECT block: the partial last block (`tail`) is kept in memory and written
 //! again, extended, by the next write.
+//!
+//! Up to [`WRITES_IN_FLIGHT_MAX`] writes of a segment run at once, so that the device's queue
+//! does not drain between group-commit waves. Each is planned from where the one before it
+//! will leave the file (`planned`), and they complete in plan order: a write's first chunk,
+//! which rewrites the block the previous write ended in, is issued only once that write has
+//! completed (see [`WriteOrder`]).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -18,6 +24,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_channel::oneshot;
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 
 use crate::batch::{self, BatchHeader};
@@ -106,6 +113,36 @@ pub(crate) struct WritePlan {
     /// How many pending batches the plan covers: they leave `pending` only once the write
     /// completes, so a failed write is planned again from the same bytes.
     pub batches: usize,
+    /// Its place among the segment's writes in flight.
+    pub order: WriteOrder,
+}
+
+/// Most writes of one segment in flight at once: one being written while the next is
+/// planned and issued behind it keeps the device's queue from draining between waves.
+pub const WRITES_IN_FLIGHT_MAX: usize = 2;
+
+/// How a write waits for the one planned before it on the same segment. The earlier write
+/// ends in a block the later one rewrites (the tail block): two writes of one block in flight
+/// at once may land in either order, so the later write's first chunk goes out only after
+/// the earlier write completed, and completions are applied in plan order.
+pub(crate) struct WriteOrder {
+    /// Completion of the write planned before this one (true: it reached the file and was
+    /// applied). None when no write was in flight at planning time.
+    pub after: Option<oneshot::Receiver<bool>>,
+    /// Told when this write completed and was applied, or failed.
+    pub done: Option<oneshot::Sender<bool>>,
+}
+
+/// Where the writes in flight will leave the file (the plan of the next write starts here).
+struct PlannedEnd {
+    written_bytes: u64,
+    tail: Vec<u8>,
+    allocated_bytes: u64,
+    /// Pending batches covered by the writes in flight (the front of `pending`).
+    batches: usize,
+    bytes: usize,
+    /// Completion of the last write planned, for the next plan to wait on.
+    done: Option<oneshot::Receiver<bool>>,
 }
 
 /// Most write marks a segment keeps (see `Segment::write_marks`).
@@ -123,9 +160,17 @@ pub(crate) struct Segment {
     /// connection, which splices it; reads through it take explicit offsets (no shared seek).
     pub splice_reader: Option<Arc<std::fs::File>>,
     pub index: SegmentIndex,
-    /// Batches appended but not yet handed to a write, with their next offsets.
+    /// Batches appended but not yet written, with their next offsets: the front ones may be
+    /// covered by writes in flight (`planned`).
     pending: VecDeque<(Bytes, i64)>,
     pending_bytes: usize,
+    /// Set while writes are in flight.
+    planned: Option<PlannedEnd>,
+    /// Writes of this segment in flight.
+    pub writes_in_flight: usize,
+    /// A write in flight failed: no new plan until every write in flight has finished (the
+    /// next plan starts again from `written_bytes`).
+    write_failed: bool,
     pub written_bytes: u64,
     pub written_next_offset: i64,
     pub durable_bytes: u64,
@@ -155,6 +200,9 @@ impl Segment {
             index: SegmentIndex::new(base_offset, index_interval_bytes),
             pending: VecDeque::new(),
             pending_bytes: 0,
+            planned: None,
+            writes_in_flight: 0,
+            write_failed: false,
             written_bytes: 0,
             written_next_offset: base_offset,
             durable_bytes: 0,
@@ -187,6 +235,9 @@ impl Segment {
             splice_reader: Some(splice_reader),
             pending: VecDeque::new(),
             pending_bytes: 0,
+            planned: None,
+            writes_in_flight: 0,
+            write_failed: false,
             written_bytes: summary.size_bytes,
             written_next_offset: summary.next_offset,
             durable_bytes: summary.size_bytes,
@@ -214,13 +265,50 @@ impl Segment {
         self.size_bytes() == 0
     }
 
+    /// Write state in one line, for `ShardLog::debug_state`.
+    pub fn debug_state(&self) -> String {
+        format!(
+            "base {} pending {} unplanned_bytes {} planned {:?} in_flight {} failed {} written {} {} durable {} {} size {} sync_in_flight {} sealed {}",
+            self.base_offset,
+            self.pending.len(),
+            self.pending_bytes(),
+            self.planned.as_ref().map(|p| (p.batches, p.written_bytes, p.done.is_some())),
+            self.writes_in_flight,
+            self.write_failed,
+            self.written_bytes,
+            self.written_next_offset,
+            self.durable_bytes,
+            self.durable_next_offset,
+            self.size_bytes(),
+            self.sync_in_flight,
+            self.sealed
+        )
+    }
+
+    /// Batches appended and not yet written (planned or not).
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
     }
 
-    /// Bytes of the batches appended and not yet written.
+    /// Batches appended and not yet in any write.
+    pub fn has_unplanned(&self) -> bool {
+        self.pending.len() > self.planned.as_ref().map_or(0, |p| p.batches)
+    }
+
+    /// Whether a write can be planned now: unplanned batches, no write in flight failed, and
+    /// either no write in flight or room for one more and at least `chunk_bytes` to write
+    /// (small writes wait for the one in flight and go out together: one sync covers them).
+    pub fn can_plan_write(&self, chunk_bytes: usize) -> bool {
+        let room = match self.writes_in_flight {
+            0 => true,
+            n => n < WRITES_IN_FLIGHT_MAX && self.pending_bytes() >= chunk_bytes,
+        };
+        self.has_unplanned() && room && !self.write_failed
+    }
+
+    /// Bytes of the batches appended and not yet in any write.
     pub fn pending_bytes(&self) -> usize {
-        self.pending_bytes
+        self.pending_bytes - self.planned.as_ref().map_or(0, |p| p.bytes)
     }
 
     /// Records an appended batch (already stamped) in memory.
@@ -233,9 +321,10 @@ impl Segment {
         self.first_append_ms.get_or_insert(now_ms);
     }
 
-    /// Plans one aligned write of pending batches (up to `write_bytes_max`, at least one) that
-    /// also rewrites the tail block. Nothing changes until [`Segment::complete_write`]: a write
-    /// that fails for lack of space is planned again, from the same bytes, when retried.
+    /// Plans one aligned write of unplanned batches (up to `write_bytes_max`, at least one)
+    /// that also rewrites the tail block, starting where the writes in flight end. The
+    /// batches stay pending until [`Segment::complete_write`]: a write that fails (see
+    /// [`Segment::abandon_write`]) is planned again, from the same bytes, when retried.
     pub fn take_write_plan(
         &mut self,
         alignment: u64,
@@ -245,22 +334,29 @@ impl Segment {
     ) -> Option<WritePlan> {
         let write_bytes_max = shape.write_bytes_max;
         let file = self.file.clone()?;
-        if self.pending.is_empty() {
+        if !self.can_plan_write(shape.chunk_bytes) {
             return None;
         }
+        let (start_bytes, start_tail, start_allocated, planned_batches, planned_bytes, after) = match &mut self.planned
+        {
+            Some(p) => {
+                (p.written_bytes, std::mem::take(&mut p.tail), p.allocated_bytes, p.batches, p.bytes, p.done.take())
+            }
+            None => (self.written_bytes, self.tail.clone(), self.allocated_bytes, 0, 0, None),
+        };
         let alignment = alignment as usize;
-        let position = (self.written_bytes as usize / alignment * alignment) as u64;
-        assert_eq!(self.tail.len() as u64, self.written_bytes - position, "tail block out of step");
+        let position = (start_bytes as usize / alignment * alignment) as u64;
+        assert_eq!(start_tail.len() as u64, start_bytes - position, "tail block out of step");
         let mut pending_bytes = 0usize;
         let mut batches = 0usize;
-        for (bytes, _) in &self.pending {
+        for (bytes, _) in self.pending.iter().skip(planned_batches) {
             if batches > 0 && pending_bytes + bytes.len() > write_bytes_max {
                 break;
             }
             pending_bytes += bytes.len();
             batches += 1;
         }
-        let data_len = self.tail.len() + pending_bytes;
+        let data_len = start_tail.len() + pending_bytes;
         let buffer_len = data_len.div_ceil(alignment) * alignment;
         // The one copy of the write path: O_DIRECT needs aligned memory. Chunks are written
         // concurrently (the device reaches its bandwidth with several writes in flight).
@@ -285,9 +381,9 @@ impl Segment {
                 at += n;
             }
         };
-        copy_in(&self.tail);
+        copy_in(&start_tail);
         let mut next_offset_after = self.written_next_offset;
-        for (bytes, next_offset) in self.pending.iter().take(batches) {
+        for (bytes, next_offset) in self.pending.iter().skip(planned_batches).take(batches) {
             copy_in(bytes);
             next_offset_after = *next_offset;
         }
@@ -298,8 +394,18 @@ impl Segment {
             tail_after.push(chunks[absolute / chunk_bytes].1.as_bytes()[absolute % chunk_bytes]);
         }
         let end = position + buffer_len as u64;
-        let preallocate_to = (end > self.allocated_bytes)
-            .then(|| (end + preallocate_bytes).div_ceil(alignment as u64) * alignment as u64);
+        let preallocate_to =
+            (end > start_allocated).then(|| (end + preallocate_bytes).div_ceil(alignment as u64) * alignment as u64);
+        let (done, next_after) = oneshot::channel();
+        self.planned = Some(PlannedEnd {
+            written_bytes: position + data_len as u64,
+            tail: tail_after.clone(),
+            allocated_bytes: preallocate_to.unwrap_or(start_allocated).max(start_allocated),
+            batches: planned_batches + batches,
+            bytes: planned_bytes + pending_bytes,
+            done: Some(next_after),
+        });
+        self.writes_in_flight += 1;
         Some(WritePlan {
             file,
             path: self.path.clone(),
@@ -310,20 +416,35 @@ impl Segment {
             tail_after,
             preallocate_to,
             batches,
+            order: WriteOrder { after, done: Some(done) },
         })
     }
 
-    /// The planned write reached the file: its batches leave `pending`.
-    pub fn complete_write(&mut self, plan: WritePlan) {
-        let WritePlan { written_bytes_after, next_offset_after, tail_after, preallocate_to, batches, .. } = plan;
+    /// The planned write reached the file (and every write planned before it did): its
+    /// batches leave `pending`. The write's `done` is told once the caller has applied it.
+    pub fn complete_write(&mut self, plan: WritePlan) -> Option<oneshot::Sender<bool>> {
+        let WritePlan {
+            written_bytes_after, next_offset_after, tail_after, preallocate_to, batches, mut order, ..
+        } = plan;
         assert!(written_bytes_after >= self.written_bytes && written_bytes_after <= self.size_bytes());
         assert!(batches >= 1 && batches <= self.pending.len(), "completing a write of batches no longer pending");
+        assert!(self.writes_in_flight >= 1 && !self.write_failed, "completing a write that is not in flight");
         let mut last_next_offset = i64::MIN;
+        let mut drained_bytes = 0usize;
         for (bytes, next_offset) in self.pending.drain(..batches) {
-            self.pending_bytes -= bytes.len();
+            drained_bytes += bytes.len();
             last_next_offset = next_offset;
         }
+        self.pending_bytes -= drained_bytes;
         assert_eq!(last_next_offset, next_offset_after, "the write covered other batches than planned");
+        self.writes_in_flight -= 1;
+        if self.writes_in_flight == 0 {
+            self.planned = None;
+        } else if let Some(planned) = self.planned.as_mut() {
+            assert!(planned.batches > batches, "a later write in flight covers no batches");
+            planned.batches -= batches;
+            planned.bytes -= drained_bytes;
+        }
         if let Some(allocated) = preallocate_to {
             self.allocated_bytes = self.allocated_bytes.max(allocated);
         }
@@ -336,6 +457,18 @@ impl Segment {
             self.write_marks.pop_front();
         }
         self.tail = tail_after;
+        order.done.take()
+    }
+
+    /// A write in flight failed, or gave up because the one before it failed: nothing of it
+    /// counts. Once no write is in flight, the next plan starts again from `written_bytes`.
+    pub fn abandon_write(&mut self) {
+        assert!(self.writes_in_flight >= 1, "abandoning a write that is not in flight");
+        self.writes_in_flight -= 1;
+        self.write_failed = self.writes_in_flight > 0;
+        if self.writes_in_flight == 0 {
+            self.planned = None;
+        }
     }
 
     /// The next offset at `readable_bytes(high_watermark)`: batches below it can be read
@@ -393,36 +526,68 @@ pub(crate) fn open_splice_reader(path: &Path) -> Result<Arc<std::fs::File>, IoFa
     std::fs::File::open(path).map(Arc::new).map_err(|e| IoFailure::new("open for splice", path, e))
 }
 
+/// Why a write plan did not reach the file.
+#[derive(Debug)]
+pub(crate) enum WriteFailure {
+    Io(IoFailure),
+    /// The write planned before it failed: this one never issued its first chunk, and the
+    /// earlier failure is the one that counts.
+    AfterFailedWrite,
+}
+
+impl From<IoFailure> for WriteFailure {
+    fn from(failure: IoFailure) -> Self {
+        Self::Io(failure)
+    }
+}
+
 /// Performs a write plan: fallocate if needed, then its aligned O_DIRECT chunk writes,
-/// `queue_depth` at a time. The plan counts as written only when every chunk is. Written
-/// buffers go back to `pool`.
+/// `queue_depth` at a time, the first one only after the write planned before it completed
+/// (it rewrites that write's last block). The plan counts as written only when every chunk
+/// is. Written buffers go back to `pool`.
 pub(crate) async fn execute_write(
     plan: &mut WritePlan,
     queue_depth: usize,
     faults: Option<&FaultPlan>,
     pool: &ChunkPool,
-) -> Result<(), IoFailure> {
+) -> Result<(), WriteFailure> {
+    let mut after = plan.order.after.take();
     if let Some(size) = plan.preallocate_to {
-        if let Some(Fault::Errno(errno)) = faults.and_then(|f| f.next(IoOperation::Allocate)) {
-            return Err(IoFailure::new("fallocate", &plan.path, errno_error(errno)));
+        let allocated = match faults.and_then(|f| f.next(IoOperation::Allocate)) {
+            Some(Fault::Errno(errno)) => Err(IoFailure::new("fallocate", &plan.path, errno_error(errno))),
+            _ => plan.file.pre_allocate(size, true).await.map_err(io("fallocate", &plan.path)),
+        };
+        if let Err(failure) = allocated {
+            // Writes of a segment settle in plan order, failures too: the one before first.
+            if let Some(after) = after.take()
+                && !after.await.unwrap_or(false)
+            {
+                return Err(WriteFailure::AfterFailedWrite);
+            }
+            return Err(failure.into());
         }
-        plan.file.pre_allocate(size, true).await.map_err(io("fallocate", &plan.path))?;
     }
     let mut chunks = std::mem::take(&mut plan.chunks);
     while !chunks.is_empty() {
         let rest = chunks.split_off(queue_depth.max(1).min(chunks.len()));
         let writes = chunks.into_iter().map(|(position, buffer)| {
             let (file, path) = (&plan.file, &plan.path);
+            let after = after.take();
             async move {
+                if let Some(after) = after
+                    && !after.await.unwrap_or(false)
+                {
+                    return Err(WriteFailure::AfterFailedWrite);
+                }
                 let expected = buffer.len();
                 let buffer = match faults.and_then(|f| f.next(IoOperation::Write)) {
                     None => buffer,
-                    Some(Fault::Errno(errno)) => return Err(IoFailure::new("write", path, errno_error(errno))),
+                    Some(Fault::Errno(errno)) => return Err(IoFailure::new("write", path, errno_error(errno)).into()),
                     Some(Fault::ShortWrite) => match short_write_buffer(file, &buffer) {
                         Some(short) => short,
                         None => {
                             let message = format!("short write at {position}: 0 of {expected} bytes");
-                            return Err(IoFailure::incomplete("write", path, message));
+                            return Err(IoFailure::incomplete("write", path, message).into());
                         }
                     },
                 };
@@ -433,7 +598,7 @@ pub(crate) async fn execute_write(
                 }
                 if written != expected {
                     let message = format!("short write at {position}: {written} of {expected} bytes");
-                    return Err(IoFailure::incomplete("write", path, message));
+                    return Err(IoFailure::incomplete("write", path, message).into());
                 }
                 Ok(())
             }

@@ -35,7 +35,7 @@ use crate::log::partition::{
     self, FileReadPlan, MaxTimestampPlan, Partition, PartitionOffsets, RecoveryReport, TopicPartition,
 };
 use crate::log::producer::Verdict;
-use crate::log::segment::{self, ChunkPool, Segment, WriteShape};
+use crate::log::segment::{self, ChunkPool, Segment, WriteFailure, WritePlan, WriteShape};
 use crate::metrics::Histogram;
 use crate::now_ms;
 use crate::records::{self, RecordStamp};
@@ -357,6 +357,8 @@ struct Inner {
     histograms: ShardLogHistograms,
     appends_since_wave: u64,
     syncs_in_flight: usize,
+    /// Segment writes running beside the waves (see `ShardLog::spawn_segment_write`).
+    writes_in_flight: usize,
     journal_writes_in_flight: usize,
     /// Callers waiting for every pending batch to be written (settle, checkpoints): segment
     /// writes are not deferred behind the journal while it is above zero.
@@ -440,6 +442,7 @@ impl ShardLog {
                 histograms: ShardLogHistograms::default(),
                 appends_since_wave: 0,
                 syncs_in_flight: 0,
+                writes_in_flight: 0,
                 journal_writes_in_flight: 0,
                 write_through: 0,
                 forced_writes: BTreeSet::new(),
@@ -882,6 +885,7 @@ impl ShardLog {
                 let inner = self.inner.borrow();
                 !inner.dirty.is_empty()
                     || inner.syncs_in_flight > 0
+                    || inner.writes_in_flight > 0
                     || inner.journal_writes_in_flight > 0
                     || inner.partitions.values().any(|(_, p)| {
                         p.failed.is_none()
@@ -900,6 +904,39 @@ impl ShardLog {
             }
             glommio::timer::sleep(Duration::from_millis(1)).await;
         }
+    }
+
+    /// The flusher's state in text (in-flight counts; per partition its waiters, journal run
+    /// and segment write state), for a benchmark or test to print when appends stop
+    /// completing.
+    pub fn debug_state(&self) -> String {
+        let inner = self.inner.borrow();
+        let mut out = format!(
+            "dirty {:?} syncs {} writes {} journal_writes {} write_through {}\n",
+            inner.dirty,
+            inner.syncs_in_flight,
+            inner.writes_in_flight,
+            inner.journal_writes_in_flight,
+            inner.write_through
+        );
+        for (name, (_, p)) in &inner.partitions {
+            out += &format!(
+                "{name}: waiters {} ack_end {} journal enabled {} start {} claimed {} queue {} cover {:?} stalled {} failed {}\n",
+                p.waiters_len(),
+                p.durable_end_offset(),
+                p.journal.enabled,
+                p.journal.start,
+                p.journal.claimed_end,
+                p.journal.queue.len(),
+                p.journal_cover(),
+                p.stalled.is_some(),
+                p.failed.is_some()
+            );
+            for s in p.segments.values() {
+                out += &format!("  {}\n", s.debug_state());
+            }
+        }
+        out
     }
 
     pub fn stats(&self) -> ShardLogStats {
@@ -1044,7 +1081,11 @@ impl ShardLog {
                 evict_cache(&mut inner);
             }
             let idle = self.inner.borrow().dirty.is_empty();
-            if stopping && idle && self.inner.borrow().syncs_in_flight == 0 {
+            let in_flight = {
+                let inner = self.inner.borrow();
+                inner.syncs_in_flight + inner.writes_in_flight
+            };
+            if stopping && idle && in_flight == 0 {
                 for (_, tx) in self.inner.borrow_mut().journal_tombstones.drain(..) {
                     let _ = tx.send(Err(StorageError::Stopping));
                 }
@@ -1075,8 +1116,10 @@ impl ShardLog {
             .min()
     }
 
-    /// Writes, syncs and finalizes what one partition has outstanding, segment by segment in
-    /// offset order (so a later segment is never durable before an earlier one).
+    /// Plans the writes, starts the syncs and finalizes what one partition has outstanding,
+    /// segment by segment in offset order. A later segment's write may complete before an
+    /// earlier one's; what counts as durable is still a prefix (`durable_end_offset` stops at
+    /// the first segment not synced to its end).
     async fn flush_partition(self: &Rc<Self>, name: &TopicPartition, stopping: bool) {
         let result = self.flush_partition_inner(name, stopping).await;
         let mut inner = self.inner.borrow_mut();
@@ -1087,19 +1130,13 @@ impl ShardLog {
             // Offline: what it still holds in memory is never written.
             Ok(()) if partition.failed.is_some() => {}
             Ok(()) => {
-                partition.resume(now_ms());
+                // A stall ends when a write goes through (see `complete_segment_write`), or
+                // when nothing is left to write.
+                if !partition.segments.values().any(Segment::has_pending) {
+                    partition.resume(now_ms());
+                }
                 partition.complete_waiters();
-                // A wave writes at most `write_bytes_max` per segment: the rest goes in the next
-                // (unless it may wait behind the journal).
-                let write_behind_bytes = self.config.write_shape.chunk_bytes;
-                let write_through = inner.writes_through(name, stopping);
-                let Some((_, partition)) = inner.partitions.get(name) else { return };
-                // Batches a full record left in the journal queue go in the next one.
-                let more = (partition.journal.enabled && !partition.journal.queue.is_empty())
-                    || partition.segments.values().any(|s| {
-                        s.has_pending() && (write_through || !partition.segment_write_deferrable(s, write_behind_bytes))
-                    });
-                if more {
+                if self.has_more_to_flush(&inner, name, stopping) {
                     inner.dirty.insert(name.clone());
                 }
             }
@@ -1110,6 +1147,156 @@ impl ShardLog {
             }
             Err(failure) => partition.fail(&failure),
         }
+    }
+
+    /// Whether `name` has work for the next wave: a write it can plan now (a wave writes at
+    /// most `write_bytes_max` per segment, and at most `WRITES_IN_FLIGHT_MAX` writes of a
+    /// segment run at once; batches that may wait behind the journal wait), or batches a full
+    /// journal record left queued. A partition held back for room waits for its retry.
+    fn has_more_to_flush(&self, inner: &Inner, name: &TopicPartition, stopping: bool) -> bool {
+        let Some((_, partition)) = inner.partitions.get(name) else { return false };
+        if partition.failed.is_some() || partition.stalled.is_some() {
+            return false;
+        }
+        let write_behind_bytes = self.config.write_shape.chunk_bytes;
+        let write_through = inner.writes_through(name, stopping);
+        (partition.journal.enabled && !partition.journal.queue.is_empty())
+            || partition.segments.values().any(|s| {
+                s.can_plan_write(write_behind_bytes)
+                    && (write_through || !partition.segment_write_deferrable(s, write_behind_bytes))
+            })
+    }
+
+    /// Runs a planned segment write in its own task, so the wave that planned it ends without
+    /// waiting for the device: the next wave plans the segment's next write while this one
+    /// is in flight (the device's queue stays full). Writes of one segment complete in plan
+    /// order (see `segment::WriteOrder`).
+    fn spawn_segment_write(self: &Rc<Self>, name: TopicPartition, id: PartitionId, base: i64, mut plan: WritePlan) {
+        self.inner.borrow_mut().writes_in_flight += 1;
+        let this = Rc::clone(self);
+        glommio::spawn_local(async move {
+            let queue_depth = this.config.write_shape.queue_depth;
+            let result = segment::execute_write(&mut plan, queue_depth, this.faults(), &this.chunk_pool).await;
+            this.complete_segment_write(name, id, base, plan, result);
+        })
+        .detach();
+    }
+
+    /// Applies a finished segment write: its batches count as written (acknowledged under
+    /// `flush = none`), its sync starts when due, and the write planned after it may go on.
+    /// A failed write stalls the partition (no room) or takes it offline, as a failed write
+    /// in a wave did.
+    fn complete_segment_write(
+        self: &Rc<Self>,
+        name: TopicPartition,
+        id: PartitionId,
+        base: i64,
+        mut plan: WritePlan,
+        result: Result<(), WriteFailure>,
+    ) {
+        let buffer_len = plan.buffer_len as u64;
+        let now = now_ms();
+        let stopping = {
+            let mut inner = self.inner.borrow_mut();
+            inner.writes_in_flight -= 1;
+            let stopping = inner.stopping;
+            // A partition deleted (or deleted and created again) since: nothing to apply.
+            let Some((_, partition)) = inner.partitions.get_mut(&name).filter(|(current, _)| *current == id) else {
+                return;
+            };
+            let Some(segment) = partition.segments.get_mut(&base) else { return };
+            let (done, succeeded) = match result {
+                Ok(()) => (segment.complete_write(plan), true),
+                Err(failure) => {
+                    segment.abandon_write();
+                    if let WriteFailure::Io(failure) = failure {
+                        if failure.is_retryable_write() && !stopping {
+                            partition.stall(&failure, now, STALL_RETRY_MS);
+                        } else {
+                            partition.fail(&failure);
+                        }
+                    }
+                    (plan.order.done.take(), false)
+                }
+            };
+            if succeeded {
+                if partition.failed.is_none() {
+                    partition.resume(now);
+                }
+                partition.complete_waiters();
+                inner.stats.writes += 1;
+                inner.stats.written_bytes += buffer_len;
+            }
+            // Told only now that the write is applied: the next one's completion comes after.
+            if let Some(done) = done {
+                let _ = done.send(succeeded);
+            }
+            evict_cache(&mut inner);
+            if !succeeded {
+                // A stalled partition is retried by the flusher's timer, not at once.
+                drop(inner);
+                self.flusher_wake.notify();
+                return;
+            }
+            stopping
+        };
+        self.start_sync_if_due(&name, base, stopping);
+        let more = {
+            let inner = self.inner.borrow();
+            self.has_more_to_flush(&inner, &name, stopping)
+        };
+        if more {
+            self.inner.borrow_mut().dirty.insert(name);
+        }
+        self.flusher_wake.notify();
+    }
+
+    /// Starts one fdatasync of a segment file when the policy (or a seal, or the stop) asks
+    /// for it and none is running. It runs beside the next waves' writes: a sync covers what
+    /// was written before it started, and rewriting the tail block during it leaves the
+    /// synced prefix intact.
+    fn start_sync_if_due(self: &Rc<Self>, name: &TopicPartition, base: i64, stopping: bool) {
+        let now = now_ms();
+        let started = {
+            let mut inner = self.inner.borrow_mut();
+            let Some((id, partition)) = inner.partitions.get_mut(name) else { return };
+            if partition.failed.is_some() {
+                return;
+            }
+            let cover = partition.journal_cover();
+            let (policy, last_sync_ms, dir) = (partition.config.flush, partition.last_sync_ms, partition.dir.clone());
+            let Some(segment) = partition.segments.get_mut(&base) else { return };
+            let due = match policy {
+                FlushPolicy::Always => cover.is_none_or(|end| segment.written_next_offset > end),
+                FlushPolicy::IntervalMs(ms) => now - last_sync_ms >= ms as i64,
+                FlushPolicy::None => false,
+            };
+            let start = segment.needs_sync() && !segment.sync_in_flight && (due || segment.sealed || stopping);
+            segment.sync_in_flight |= start;
+            let id = *id;
+            if start {
+                inner.syncs_in_flight += 1;
+            }
+            start.then_some((id, dir))
+        };
+        if let Some((id, dir)) = started {
+            let (this, name) = (Rc::clone(self), name.clone());
+            glommio::spawn_local(async move { this.sync_segment(name, id, base, dir).await }).detach();
+        }
+    }
+
+    /// Runs `f` on a segment of the partition `name` is now, if it is still the one with `id`.
+    fn with_segment_of<T>(
+        &self,
+        name: &TopicPartition,
+        id: PartitionId,
+        base: i64,
+        f: impl FnOnce(&mut Partition, &mut Segment) -> T,
+    ) -> Option<T> {
+        if self.inner.borrow().partitions.get(name).is_none_or(|(current, _)| *current != id) {
+            return None;
+        }
+        self.with_segment(name, base, f)
     }
 
     fn with_segment<T>(
@@ -1128,9 +1315,9 @@ impl ShardLog {
 
     async fn flush_partition_inner(self: &Rc<Self>, name: &TopicPartition, stopping: bool) -> Result<(), IoFailure> {
         let shape = self.config.write_shape;
-        let (dir, bases, policy, preallocate_bytes) = {
+        let (id, dir, bases, preallocate_bytes) = {
             let inner = self.inner.borrow();
-            let Some((_, partition)) = inner.partitions.get(name) else {
+            let Some((id, partition)) = inner.partitions.get(name) else {
                 return Ok(());
             };
             if partition.failed.is_some() {
@@ -1142,9 +1329,8 @@ impl ShardLog {
                 .filter(|s| s.has_pending() || s.needs_sync() || s.ready_to_finalize())
                 .map(|s| s.base_offset)
                 .collect();
-            (partition.dir.clone(), bases, partition.config.flush, partition.config.preallocate_bytes)
+            (*id, partition.dir.clone(), bases, partition.config.preallocate_bytes)
         };
-        let now = now_ms();
         for base in bases {
             // 1. The file exists and its directory entry is durable before any data counts.
             let missing = self.with_segment(name, base, |_, s| s.file.is_none().then(|| s.path.clone())).flatten();
@@ -1160,8 +1346,9 @@ impl ShardLog {
                     s.splice_reader = Some(reader);
                 });
             }
-            // 2. One aligned write of everything pending (tail block rewritten), unless it may
-            //    wait behind the journal for more.
+            // 2. One aligned write of everything not yet in a write (tail block rewritten),
+            //    unless it may wait behind the journal for more. It runs beside the next
+            //    waves (see `spawn_segment_write`).
             let deferred = {
                 let inner = self.inner.borrow();
                 let write_through = inner.writes_through(name, stopping);
@@ -1180,35 +1367,11 @@ impl ShardLog {
                 })
                 .flatten()
             };
-            if let Some(mut plan) = plan {
-                segment::execute_write(&mut plan, shape.queue_depth, self.faults(), &self.chunk_pool).await?;
-                let buffer_len = plan.buffer_len as u64;
-                self.with_segment(name, base, |_, s| s.complete_write(plan));
-                let mut inner = self.inner.borrow_mut();
-                inner.stats.writes += 1;
-                inner.stats.written_bytes += buffer_len;
+            if let Some(plan) = plan {
+                self.spawn_segment_write(name.clone(), id, base, plan);
             }
             // 3. One fdatasync per file, when the policy (or a seal, or the stop) asks for it.
-            // It runs beside the next waves' writes: a sync covers what was written before it
-            // started, and rewriting the tail block during it leaves the synced prefix intact.
-            let cover = self.inner.borrow().partitions.get(name).and_then(|(_, p)| p.journal_cover());
-            let start_sync = self
-                .with_segment(name, base, |p, s| {
-                    let due = match policy {
-                        FlushPolicy::Always => cover.is_none_or(|end| s.written_next_offset > end),
-                        FlushPolicy::IntervalMs(ms) => now - p.last_sync_ms >= ms as i64,
-                        FlushPolicy::None => false,
-                    };
-                    let start = s.needs_sync() && !s.sync_in_flight && (due || s.sealed || stopping);
-                    s.sync_in_flight |= start;
-                    start
-                })
-                .unwrap_or(false);
-            if start_sync {
-                self.inner.borrow_mut().syncs_in_flight += 1;
-                let (this, name, dir) = (Rc::clone(self), name.clone(), dir.clone());
-                glommio::spawn_local(async move { this.sync_segment(name, base, dir).await }).detach();
-            }
+            self.start_sync_if_due(name, base, stopping);
             // 4. A sealed segment, now complete on disk, gets its exact size and indexes.
             //    The producer-state snapshot goes first: a segment start-up trusts without
             //    scanning must be covered by it.
@@ -1632,9 +1795,9 @@ async fn open_journal(data_dir: &Path, shard: usize, ring_bytes: u64) -> Result<
 impl ShardLog {
     /// One fdatasync of a segment file; then completes the appends it made durable and hands
     /// what is left (more written bytes, a seal to finalize) back to the flusher.
-    async fn sync_segment(self: Rc<Self>, name: TopicPartition, base: i64, dir: PathBuf) {
+    async fn sync_segment(self: Rc<Self>, name: TopicPartition, id: PartitionId, base: i64, dir: PathBuf) {
         let captured = self
-            .with_segment(&name, base, |_, s| (s.file.clone(), s.written_bytes, s.written_next_offset))
+            .with_segment_of(&name, id, base, |_, s| (s.file.clone(), s.written_bytes, s.written_next_offset))
             .and_then(|(file, bytes, next)| file.map(|f| (f, bytes, next)));
         let started = std::time::Instant::now();
         let result = match &captured {
@@ -1650,7 +1813,7 @@ impl ShardLog {
         };
         let now = now_ms();
         let mut follow_up = false;
-        self.with_segment(&name, base, |p, s| {
+        self.with_segment_of(&name, id, base, |p, s| {
             s.sync_in_flight = false;
             match &result {
                 Ok(()) => {
