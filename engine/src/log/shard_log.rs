@@ -359,6 +359,8 @@ struct Inner {
     syncs_in_flight: usize,
     /// Segment writes running beside the waves (see `ShardLog::spawn_segment_write`).
     writes_in_flight: usize,
+    /// Bytes of the segment writes the current wave planned (they complete after it).
+    wave_planned_bytes: u64,
     journal_writes_in_flight: usize,
     /// Callers waiting for every pending batch to be written (settle, checkpoints): segment
     /// writes are not deferred behind the journal while it is above zero.
@@ -443,6 +445,7 @@ impl ShardLog {
                 appends_since_wave: 0,
                 syncs_in_flight: 0,
                 writes_in_flight: 0,
+                wave_planned_bytes: 0,
                 journal_writes_in_flight: 0,
                 write_through: 0,
                 forced_writes: BTreeSet::new(),
@@ -1062,7 +1065,7 @@ impl ShardLog {
             };
             let tombstones = !self.inner.borrow().journal_tombstones.is_empty();
             if !wave.is_empty() || tombstones {
-                let written_before = self.inner.borrow().stats.written_bytes;
+                self.inner.borrow_mut().wave_planned_bytes = 0;
                 let record = self.take_journal_record(&wave);
                 let this = &self;
                 let flushes = wave.iter().map(|name| this.flush_partition(name, stopping));
@@ -1075,7 +1078,7 @@ impl ShardLog {
                 self.start_checkpoint_if_due();
                 let mut inner = self.inner.borrow_mut();
                 inner.stats.waves += 1;
-                let wave_bytes = inner.stats.written_bytes - written_before;
+                let wave_bytes = inner.wave_planned_bytes;
                 inner.histograms.wave_appends.observe(appends as f64);
                 inner.histograms.wave_bytes.observe(wave_bytes as f64);
                 evict_cache(&mut inner);
@@ -1172,7 +1175,11 @@ impl ShardLog {
     /// is in flight (the device's queue stays full). Writes of one segment complete in plan
     /// order (see `segment::WriteOrder`).
     fn spawn_segment_write(self: &Rc<Self>, name: TopicPartition, id: PartitionId, base: i64, mut plan: WritePlan) {
-        self.inner.borrow_mut().writes_in_flight += 1;
+        {
+            let mut inner = self.inner.borrow_mut();
+            inner.writes_in_flight += 1;
+            inner.wave_planned_bytes += plan.buffer_len as u64;
+        }
         let this = Rc::clone(self);
         glommio::spawn_local(async move {
             let queue_depth = this.config.write_shape.queue_depth;
