@@ -167,7 +167,7 @@ pub(crate) struct Segment {
     /// Set while writes are in flight.
     planned: Option<PlannedEnd>,
     /// Writes of this segment in flight.
-    pub writes_in_flight: usize,
+    writes_in_flight: usize,
     /// A write in flight failed: no new plan until every write in flight has finished (the
     /// next plan starts again from `written_bytes`).
     write_failed: bool,
@@ -400,7 +400,7 @@ impl Segment {
         self.planned = Some(PlannedEnd {
             written_bytes: position + data_len as u64,
             tail: tail_after.clone(),
-            allocated_bytes: preallocate_to.unwrap_or(start_allocated).max(start_allocated),
+            allocated_bytes: preallocate_to.unwrap_or(start_allocated),
             batches: planned_batches + batches,
             bytes: planned_bytes + pending_bytes,
             done: Some(next_after),

@@ -1198,64 +1198,71 @@ impl ShardLog {
         name: TopicPartition,
         id: PartitionId,
         base: i64,
-        mut plan: WritePlan,
+        plan: WritePlan,
         result: Result<(), WriteFailure>,
     ) {
         let buffer_len = plan.buffer_len as u64;
-        let now = now_ms();
-        let stopping = {
+        let stopping = self.inner.borrow().stopping;
+        let succeeded = self.apply_segment_write(&name, id, base, plan, result, stopping);
+        if succeeded {
+            self.start_sync_if_due(&name, base, stopping);
             let mut inner = self.inner.borrow_mut();
-            inner.writes_in_flight -= 1;
-            let stopping = inner.stopping;
-            // A partition deleted (or deleted and created again) since: nothing to apply.
-            let Some((_, partition)) = inner.partitions.get_mut(&name).filter(|(current, _)| *current == id) else {
-                return;
-            };
-            let Some(segment) = partition.segments.get_mut(&base) else { return };
-            let (done, succeeded) = match result {
-                Ok(()) => (segment.complete_write(plan), true),
-                Err(failure) => {
-                    segment.abandon_write();
-                    if let WriteFailure::Io(failure) = failure {
-                        if failure.is_retryable_write() && !stopping {
-                            partition.stall(&failure, now, STALL_RETRY_MS);
-                        } else {
-                            partition.fail(&failure);
-                        }
-                    }
-                    (plan.order.done.take(), false)
-                }
-            };
-            if succeeded {
-                if partition.failed.is_none() {
-                    partition.resume(now);
-                }
-                partition.complete_waiters();
-                inner.stats.writes += 1;
-                inner.stats.written_bytes += buffer_len;
+            inner.stats.writes += 1;
+            inner.stats.written_bytes += buffer_len;
+            if self.has_more_to_flush(&inner, &name, stopping) {
+                inner.dirty.insert(name);
             }
-            // Told only now that the write is applied: the next one's completion comes after.
-            if let Some(done) = done {
-                let _ = done.send(succeeded);
-            }
-            evict_cache(&mut inner);
-            if !succeeded {
-                // A stalled partition is retried by the flusher's timer, not at once.
-                drop(inner);
-                self.flusher_wake.notify();
-                return;
-            }
-            stopping
-        };
-        self.start_sync_if_due(&name, base, stopping);
-        let more = {
-            let inner = self.inner.borrow();
-            self.has_more_to_flush(&inner, &name, stopping)
-        };
-        if more {
-            self.inner.borrow_mut().dirty.insert(name);
         }
+        // Always: a stopping flusher waits for the writes in flight. A stalled partition is
+        // retried by the flusher's timer, not at once (it is not marked dirty).
         self.flusher_wake.notify();
+    }
+
+    /// The bookkeeping half of `complete_segment_write`; true when the write counts.
+    fn apply_segment_write(
+        &self,
+        name: &TopicPartition,
+        id: PartitionId,
+        base: i64,
+        mut plan: WritePlan,
+        result: Result<(), WriteFailure>,
+        stopping: bool,
+    ) -> bool {
+        let now = now_ms();
+        let mut inner = self.inner.borrow_mut();
+        inner.writes_in_flight -= 1;
+        // A partition deleted (or deleted and created again) since: nothing to apply.
+        let Some((_, partition)) = inner.partitions.get_mut(name).filter(|(current, _)| *current == id) else {
+            return false;
+        };
+        let Some(segment) = partition.segments.get_mut(&base) else { return false };
+        let (done, succeeded) = match result {
+            Ok(()) => (segment.complete_write(plan), true),
+            Err(failure) => {
+                segment.abandon_write();
+                match failure {
+                    WriteFailure::Io(failure) if failure.is_retryable_write() && !stopping => {
+                        partition.stall(&failure, now, STALL_RETRY_MS);
+                    }
+                    WriteFailure::Io(failure) => partition.fail(&failure),
+                    // The earlier write's failure already counted.
+                    WriteFailure::AfterFailedWrite => {}
+                }
+                (plan.order.done.take(), false)
+            }
+        };
+        if succeeded {
+            if partition.failed.is_none() {
+                partition.resume(now);
+            }
+            partition.complete_waiters();
+        }
+        // Told only now that the write is applied: the next one's completion comes after.
+        if let Some(done) = done {
+            let _ = done.send(succeeded);
+        }
+        evict_cache(&mut inner);
+        succeeded
     }
 
     /// Starts one fdatasync of a segment file when the policy (or a seal, or the stop) asks
