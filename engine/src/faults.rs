@@ -1,7 +1,8 @@
 //! Fault injection at the storage I/O edge, for tests: a [`FaultPlan`] given to a shard log
 //! (`ShardLogConfig::faults`) is asked before every segment file creation, preallocation,
 //! data write, fdatasync and journal record write, and may answer with an OS error (EIO, ENOSPC, …) or a short
-//! write instead of (or, for a short write, in part instead of) the real operation. Without a
+//! write instead of (or, for a short write, in part instead of) the real operation, or hold
+//! the operation back for a while (a slow device). Without a
 //! plan (production) the check is one `None` test.
 //!
 //! The plan is shared across threads (`Arc`, a mutex): a test thread may arm and clear
@@ -48,6 +49,9 @@ pub enum Fault {
     /// A write puts only the first half of its bytes (rounded down to the block) on disk and
     /// reports that count.
     ShortWrite,
+    /// The operation is held back this many milliseconds, then fails with `errno` or, with
+    /// None, goes ahead (a slow device: lets a test hold one operation while others run).
+    Delay { ms: u32, errno: Option<i32> },
 }
 
 #[derive(Debug)]
@@ -115,6 +119,18 @@ impl FaultPlan {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Armed>> {
         // A test thread that panicked while holding the lock leaves a consistent Vec.
         self.armed.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The fault for the next `operation` of a plan, a delay already served: a
+/// [`Fault::Delay`] becomes its errno (or no fault).
+pub(crate) async fn hit(plan: Option<&FaultPlan>, operation: IoOperation) -> Option<Fault> {
+    match plan?.next(operation)? {
+        Fault::Delay { ms, errno } => {
+            glommio::timer::sleep(std::time::Duration::from_millis(ms.into())).await;
+            errno.map(Fault::Errno)
+        }
+        fault => Some(fault),
     }
 }
 

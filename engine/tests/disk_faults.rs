@@ -281,3 +281,39 @@ fn a_write_behind_a_failed_write_gives_up_and_both_are_retried_in_order() {
         assert_eq!(recovered(dir.path()).await, acked);
     });
 }
+
+/// A partition deleted and created again under the same name while a sync of its old segment
+/// file is held up (a slow device): when that sync finally completes, it must not count for
+/// the new partition's segment of the same base offset. Otherwise the new partition's append
+/// is acknowledged on the strength of a sync of another (deleted) file — or, as here, where
+/// the old file had more bytes than the new one, the shard stops on "synced past the written
+/// bytes".
+#[test]
+fn a_sync_of_a_deleted_partition_never_counts_for_one_created_again_under_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultPlan::new();
+    run(async {
+        let log = open_with_faults(dir.path(), &faults).await;
+        acknowledged(&log, 0..3).await;
+        // The old partition's next sync is held 600 ms, over more bytes than the new
+        // partition will have written.
+        faults.arm(IoOperation::Sync, Fault::Delay { ms: 600, errno: None }, Some(1));
+        let (_, _, old) = append(&log, 3, 2_000);
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+        assert_eq!(faults.injected(IoOperation::Sync), 1, "the old partition's sync is held");
+        log.delete_partition(&tp()).await.unwrap();
+        assert!(old.await.is_err(), "an append of a deleted partition is not acknowledged");
+        log.open_partition(&tp(), small_extents()).await.unwrap();
+        // The new partition's own sync is held longer than the old one.
+        faults.arm(IoOperation::Sync, Fault::Delay { ms: 1_500, errno: None }, Some(1));
+        let (base, bytes, mut durable) = append(&log, 10, 100);
+        assert_eq!(base, 0, "a new partition starts at offset 0");
+        let early = outcome_within(&mut durable, Duration::from_millis(900)).await;
+        assert!(early.is_none(), "acknowledged by the deleted partition's sync: {early:?}");
+        let done = outcome_within(&mut durable, WAIT).await.expect("acknowledged after its own sync");
+        assert!(done.is_ok(), "{done:?}");
+        assert_eq!(faults.injected(IoOperation::Sync), 2);
+        log.close().await.unwrap();
+        assert_eq!(recovered(dir.path()).await, vec![(base, bytes)]);
+    });
+}

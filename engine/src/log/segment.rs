@@ -553,7 +553,7 @@ pub(crate) async fn execute_write(
 ) -> Result<(), WriteFailure> {
     let mut after = plan.order.after.take();
     if let Some(size) = plan.preallocate_to {
-        let allocated = match faults.and_then(|f| f.next(IoOperation::Allocate)) {
+        let allocated = match crate::faults::hit(faults, IoOperation::Allocate).await {
             Some(Fault::Errno(errno)) => Err(IoFailure::new("fallocate", &plan.path, errno_error(errno))),
             _ => plan.file.pre_allocate(size, true).await.map_err(io("fallocate", &plan.path)),
         };
@@ -580,8 +580,9 @@ pub(crate) async fn execute_write(
                     return Err(WriteFailure::AfterFailedWrite);
                 }
                 let expected = buffer.len();
-                let buffer = match faults.and_then(|f| f.next(IoOperation::Write)) {
-                    None => buffer,
+                let buffer = match crate::faults::hit(faults, IoOperation::Write).await {
+                    // `hit` serves a delay itself.
+                    None | Some(Fault::Delay { .. }) => buffer,
                     Some(Fault::Errno(errno)) => return Err(IoFailure::new("write", path, errno_error(errno)).into()),
                     Some(Fault::ShortWrite) => match short_write_buffer(file, &buffer) {
                         Some(short) => short,

@@ -924,7 +924,7 @@ impl ShardLog {
         );
         for (name, (_, p)) in &inner.partitions {
             out += &format!(
-                "{name}: waiters {} ack_end {} journal enabled {} start {} claimed {} queue {} cover {:?} stalled {} failed {}\n",
+                "{name}: waiters {} ack_end {} journal enabled {} start {} claimed {} queue {} cover {:?} stalled {:?} failed {}\n",
                 p.waiters_len(),
                 p.durable_end_offset(),
                 p.journal.enabled,
@@ -932,7 +932,7 @@ impl ShardLog {
                 p.journal.claimed_end,
                 p.journal.queue.len(),
                 p.journal_cover(),
-                p.stalled.is_some(),
+                p.stalled.as_ref().map(|s| s.cause.as_str()),
                 p.failed.is_some()
             );
             for s in p.segments.values() {
@@ -1349,7 +1349,7 @@ impl ShardLog {
             // 1. The file exists and its directory entry is durable before any data counts.
             let missing = self.with_segment(name, base, |_, s| s.file.is_none().then(|| s.path.clone())).flatten();
             if let Some(path) = missing {
-                if let Some(Fault::Errno(errno)) = self.faults().and_then(|f| f.next(IoOperation::Create)) {
+                if let Some(Fault::Errno(errno)) = crate::faults::hit(self.faults(), IoOperation::Create).await {
                     return Err(IoFailure::new("open", &path, errno_error(errno)));
                 }
                 let file = segment::open_segment_file(&path, true).await?;
@@ -1516,7 +1516,7 @@ impl ShardLog {
         let result = async {
             let mut buffer = journal.file.alloc_dma_buffer(record.padded as usize);
             journal::encode_record(record.sequence, &record.entries, buffer.as_bytes_mut());
-            if let Some(Fault::Errno(errno)) = self.faults().and_then(|f| f.next(IoOperation::Journal)) {
+            if let Some(Fault::Errno(errno)) = crate::faults::hit(self.faults(), IoOperation::Journal).await {
                 return Err(IoFailure::new("write", &journal.path, errno_error(errno)));
             }
             let written =
@@ -1696,7 +1696,7 @@ impl ShardLog {
         let syncs = targets.iter().map(|(_, _, _, file, path, _, _)| async move {
             use std::os::fd::AsRawFd;
             let started = std::time::Instant::now();
-            if let Some(Fault::Errno(errno)) = self.faults().and_then(|f| f.next(IoOperation::Sync)) {
+            if let Some(Fault::Errno(errno)) = crate::faults::hit(self.faults(), IoOperation::Sync).await {
                 return Err(IoFailure::new("fdatasync", path, errno_error(errno)));
             }
             let result = self.side_ring.fdatasync(file.as_raw_fd()).await;
@@ -1818,7 +1818,7 @@ impl ShardLog {
             Some((file, _, _)) => {
                 use std::os::fd::AsRawFd;
                 let failed = |error| IoFailure::new("fdatasync", &segment::log_path(&dir, base), error);
-                match self.faults().and_then(|f| f.next(IoOperation::Sync)) {
+                match crate::faults::hit(self.faults(), IoOperation::Sync).await {
                     Some(Fault::Errno(errno)) => Err(failed(errno_error(errno))),
                     _ => self.side_ring.fdatasync(file.as_raw_fd()).await.map_err(failed),
                 }
