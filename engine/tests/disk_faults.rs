@@ -255,17 +255,18 @@ fn a_write_behind_a_failed_write_gives_up_and_both_are_retried_in_order() {
     run(async {
         let log = open_with_faults(dir.path(), &faults).await;
         let mut acked = acknowledged(&log, 0..3).await;
-        faults.arm(IoOperation::Write, Fault::Errno(libc::ENOSPC), Some(1));
+        // The first write's first chunk is held 200 ms (a slow device), then fails.
+        faults.arm(IoOperation::Write, Fault::Delay { ms: 200, errno: Some(libc::ENOSPC) }, Some(1));
         // Batches of ~1 MiB (the size limit): the flusher plans the first write before the
         // next two are appended, and those, a write chunk's worth or more (1 MiB at the default
         // shape), make a second write planned while the first is in flight.
         let first = append(&log, 20, 255 << 10);
-        futures_lite::future::yield_now().await;
+        glommio::timer::sleep(Duration::from_millis(20)).await;
         let mut appended = vec![first, append(&log, 21, 255 << 10), append(&log, 22, 255 << 10)];
-        futures_lite::future::yield_now().await;
+        glommio::timer::sleep(Duration::from_millis(20)).await;
         assert!(log.debug_state().contains("in_flight 2"), "two writes in flight:\n{}", log.debug_state());
-        // The fault hits the first write's first chunk; the retry comes 500 ms later.
-        glommio::timer::sleep(Duration::from_millis(300)).await;
+        // The first write fails at 200 ms; the retry comes 500 ms after that.
+        glommio::timer::sleep(Duration::from_millis(400)).await;
         for (_, _, durable) in appended.iter_mut() {
             assert!(outcome_within(durable, Duration::from_millis(1)).await.is_none(), "acknowledged without a write");
         }

@@ -58,6 +58,13 @@ const JOURNAL_RECORD_BYTES_MAX: u64 = 32 << 20;
 /// deleted (to free disk space, say) even while a stalled partition holds checkpoints back.
 const JOURNAL_TOMBSTONE_ROOM_BYTES: u64 = 64 << 10;
 
+/// Latency the flusher's task queue asks of the scheduler: with work of its own it runs at
+/// least this often, however busy the shard's other queue (connections) is.
+const FLUSHER_LATENCY: Duration = Duration::from_micros(500);
+
+/// How long the executor may sleep while the storage has work: see `ShardLog::park_guard`.
+const PARK_GUARD_TICK: Duration = Duration::from_millis(1);
+
 /// Settings of a shard's storage.
 #[derive(Debug, Clone)]
 pub struct ShardLogConfig {
@@ -416,7 +423,16 @@ pub struct ShardLog {
     journal: Option<ShardJournal>,
     inner: RefCell<Inner>,
     flusher_wake: Notify,
+    /// Wakes `park_guard` when the storage gets work, or when it is to stop.
+    guard_wake: Notify,
+    guard_stop: Cell<bool>,
     flusher: RefCell<Option<glommio::task::JoinHandle<()>>>,
+    guard: RefCell<Option<glommio::task::JoinHandle<()>>>,
+    /// The task queue of the flusher and of every task it starts (writes, syncs,
+    /// checkpoints): latency-sensitive, so storage completions are handled promptly. It stays
+    /// (idle, out of the scheduler) until the executor ends: only the executor itself may
+    /// remove a queue.
+    flusher_queue: glommio::TaskQueueHandle,
 }
 
 impl ShardLog {
@@ -453,10 +469,25 @@ impl ShardLog {
             }),
             config,
             flusher_wake: Notify::default(),
+            guard_wake: Notify::default(),
+            guard_stop: Cell::new(false),
             flusher: RefCell::new(None),
+            guard: RefCell::new(None),
+            flusher_queue: glommio::executor().create_task_queue(
+                glommio::Shares::default(),
+                glommio::Latency::Matters(FLUSHER_LATENCY),
+                "corelog-storage",
+            ),
         });
-        let task = glommio::spawn_local(Rc::clone(&log).flusher_loop()).detach();
-        *log.flusher.borrow_mut() = Some(task);
+        let spawn = |task: Pin<Box<dyn Future<Output = ()>>>| {
+            glommio::spawn_local_into(task, log.flusher_queue).map(|task| task.detach()).map_err(|error| {
+                IoFailure::new("spawn", &log.config.data_dir, std::io::Error::other(error.to_string()))
+            })
+        };
+        let flusher = spawn(Box::pin(Rc::clone(&log).flusher_loop()))?;
+        let guard = spawn(Box::pin(Rc::clone(&log).park_guard()))?;
+        *log.flusher.borrow_mut() = Some(flusher);
+        *log.guard.borrow_mut() = Some(guard);
         Ok(log)
     }
 
@@ -517,7 +548,7 @@ impl ShardLog {
         if flush_now || (now_syncs && partition.has_unsynced()) {
             inner.dirty.insert(name.clone());
             drop(inner);
-            self.flusher_wake.notify();
+            self.wake_flusher();
         }
         Ok(())
     }
@@ -550,7 +581,7 @@ impl ShardLog {
                 }
                 inner.journal_tombstones.push((name.clone(), tx));
             }
-            self.flusher_wake.notify();
+            self.wake_flusher();
             rx.await.unwrap_or(Err(StorageError::Stopping))?;
         }
         let dir = self.config.data_dir.join(name.to_string());
@@ -609,7 +640,7 @@ impl ShardLog {
         inner.appends_since_wave += 1;
         inner.dirty.insert(name.clone());
         drop(inner);
-        self.flusher_wake.notify();
+        self.wake_flusher();
         Ok(Appended {
             base_offset: header.base_offset,
             last_offset: header.last_offset(),
@@ -882,7 +913,7 @@ impl ShardLog {
                 }
             }
         }
-        self.flusher_wake.notify();
+        self.wake_flusher();
         loop {
             let busy = {
                 let inner = self.inner.borrow();
@@ -985,10 +1016,18 @@ impl ShardLog {
                 partition.release_readers();
             }
         }
-        self.flusher_wake.notify();
+        self.wake_flusher();
         let task = self.flusher.borrow_mut().take();
         if let Some(task) = task {
             task.await;
+        }
+        // The guard stops after its job in flight: a blocking thread still sleeping for it when
+        // the executor ends would find no one to answer to.
+        self.guard_stop.set(true);
+        self.guard_wake.notify();
+        let guard = self.guard.borrow_mut().take();
+        if let Some(guard) = guard {
+            guard.await;
         }
         // Producer state first (everything is durable now), then the active segments get the
         // same treatment as sealed ones: exact size and indexes.
@@ -1095,7 +1134,39 @@ impl ShardLog {
                 return;
             }
             if !idle {
-                self.flusher_wake.notify();
+                self.wake_flusher();
+            }
+        }
+    }
+
+    fn wake_flusher(&self) {
+        self.flusher_wake.notify();
+        self.guard_wake.notify();
+    }
+
+    /// Wakes the executor from another thread every `PARK_GUARD_TICK` while the storage has
+    /// work. glommio 0.9 can go to sleep for good with work pending: its executor loop parks
+    /// when a preemption is already due as it starts the task queues (it then reports that
+    /// nothing ran), and on this kernel a completion on its latency ring (where the flusher's
+    /// I/O, timers and preemption go) can fail to wake it from that sleep (seen: asleep on the
+    /// main ring, a completion unreaped on the latency ring). A glommio timer cannot guard
+    /// against that (it fires on the latency ring), but a blocking-pool job can: its thread
+    /// wakes the executor through the executor's eventfd. The job only sleeps, holding the
+    /// shard's blocking thread at most `PARK_GUARD_TICK` from other jobs. Ends at `close`,
+    /// never with a job in flight.
+    async fn park_guard(self: Rc<Self>) {
+        while !self.guard_stop.get() {
+            let busy = {
+                let inner = self.inner.borrow();
+                !inner.dirty.is_empty()
+                    || inner.syncs_in_flight > 0
+                    || inner.writes_in_flight > 0
+                    || inner.journal_writes_in_flight > 0
+            };
+            if busy {
+                glommio::executor().spawn_blocking(|| std::thread::sleep(PARK_GUARD_TICK)).await;
+            } else {
+                self.guard_wake.wait().await;
             }
         }
     }
@@ -1215,7 +1286,7 @@ impl ShardLog {
         }
         // Always: a stopping flusher waits for the writes in flight. A stalled partition is
         // retried by the flusher's timer, not at once (it is not marked dirty).
-        self.flusher_wake.notify();
+        self.wake_flusher();
     }
 
     /// The bookkeeping half of `complete_segment_write`; true when the write counts.
@@ -1566,7 +1637,7 @@ impl ShardLog {
                     }
                 }
                 drop(inner);
-                self.flusher_wake.notify();
+                self.wake_flusher();
             }
         }
     }
@@ -1608,7 +1679,7 @@ impl ShardLog {
         journal.take_checkpoint_turn().await;
         let result = self.checkpoint_inner(journal).await;
         journal.checkpointing.set(false);
-        self.flusher_wake.notify();
+        self.wake_flusher();
         result
     }
 
@@ -1659,7 +1730,7 @@ impl ShardLog {
                 return Ok(());
             }
             self.inner.borrow_mut().dirty.extend(behind);
-            self.flusher_wake.notify();
+            self.wake_flusher();
             glommio::timer::sleep(Duration::from_millis(1)).await;
         }
     }
@@ -1859,7 +1930,7 @@ impl ShardLog {
             inner.dirty.insert(name);
         }
         drop(inner);
-        self.flusher_wake.notify();
+        self.wake_flusher();
     }
 }
 
