@@ -347,6 +347,14 @@ impl Notify {
 }
 
 impl Inner {
+    /// Partitions waiting for a wave, or I/O in flight.
+    fn has_work(&self) -> bool {
+        !self.dirty.is_empty()
+            || self.syncs_in_flight > 0
+            || self.writes_in_flight > 0
+            || self.journal_writes_in_flight > 0
+    }
+
     /// Whether `name`'s segment writes go out now rather than wait behind the journal.
     fn writes_through(&self, name: &TopicPartition, stopping: bool) -> bool {
         self.write_through > 0 || stopping || self.forced_writes.contains(name)
@@ -917,10 +925,7 @@ impl ShardLog {
         loop {
             let busy = {
                 let inner = self.inner.borrow();
-                !inner.dirty.is_empty()
-                    || inner.syncs_in_flight > 0
-                    || inner.writes_in_flight > 0
-                    || inner.journal_writes_in_flight > 0
+                inner.has_work()
                     || inner.partitions.values().any(|(_, p)| {
                         p.failed.is_none()
                             && p.stalled.is_none()
@@ -1156,13 +1161,7 @@ impl ShardLog {
     /// never with a job in flight.
     async fn park_guard(self: Rc<Self>) {
         while !self.guard_stop.get() {
-            let busy = {
-                let inner = self.inner.borrow();
-                !inner.dirty.is_empty()
-                    || inner.syncs_in_flight > 0
-                    || inner.writes_in_flight > 0
-                    || inner.journal_writes_in_flight > 0
-            };
+            let busy = self.inner.borrow().has_work();
             if busy {
                 glommio::executor().spawn_blocking(|| std::thread::sleep(PARK_GUARD_TICK)).await;
             } else {
