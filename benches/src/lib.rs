@@ -211,9 +211,10 @@ pub async fn append_scenario(dir: &Path, scenario: &AppendScenario) -> AppendRep
             let micros = sent_at.elapsed().as_micros() as u64;
             let _ = histogram.borrow_mut().record(micros.max(1));
         }));
-        // A producer on the network yields between requests (each arrives by a socket read):
-        // so does this one, and the flusher gets to run between appends.
-        futures_lite::future::yield_now().await;
+        // A producer on the network yields between requests, and the broker lets the storage
+        // queue run before it waits for durability (`wait_durable_local`): so does this one,
+        // and the flusher starts each write at once.
+        glommio::executor().yield_task_queue_now().await;
         while in_flight.len() >= window {
             if let Some(task) = in_flight.pop_front() {
                 task.await;

@@ -15,6 +15,7 @@ pub mod error;
 pub mod faults;
 pub mod log;
 pub mod metrics;
+pub mod nudge;
 pub mod records;
 pub mod runtime;
 pub mod side_ring;

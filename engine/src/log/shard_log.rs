@@ -38,6 +38,7 @@ use crate::log::producer::Verdict;
 use crate::log::segment::{self, ChunkPool, Segment, WriteFailure, WritePlan, WriteShape};
 use crate::metrics::Histogram;
 use crate::now_ms;
+use crate::nudge::Nudger;
 use crate::records::{self, RecordStamp};
 use crate::side_ring::SideRing;
 
@@ -58,12 +59,21 @@ const JOURNAL_RECORD_BYTES_MAX: u64 = 32 << 20;
 /// deleted (to free disk space, say) even while a stalled partition holds checkpoints back.
 const JOURNAL_TOMBSTONE_ROOM_BYTES: u64 = 64 << 10;
 
-/// Latency the flusher's task queue asks of the scheduler: with work of its own it runs at
-/// least this often, however busy the shard's other queue (connections) is.
-const FLUSHER_LATENCY: Duration = Duration::from_micros(500);
+/// Latency the flusher's task queue asks of the scheduler. A latency-sensitive queue's I/O
+/// goes to glommio's latency ring: submitted at once, and each completion preempts the queue
+/// running then, so storage completions are handled promptly however busy the connections'
+/// queue is. The latency itself is glommio's default preemption period: a shorter one (500
+/// µs) made glommio lose wake-ups often on a busy host (see `crate::nudge`) and cost a
+/// debug-build broker under CPU contention three quarters of its produce rate. What it bought
+/// (the flusher running between appends: 1.3x for one partition, 1 MiB batches) comes instead
+/// from callers yielding their task queue before they wait for durability.
+const FLUSHER_LATENCY: Duration = Duration::from_millis(100);
 
-/// How long the executor may sleep while the storage has work: see `ShardLog::park_guard`.
-const PARK_GUARD_TICK: Duration = Duration::from_millis(1);
+/// The longest glommio may leave the shard asleep with work pending (see `crate::nudge`),
+/// while the storage has work or a timer of its own pending ...
+const NUDGE_BUSY_TICK: Duration = Duration::from_millis(1);
+/// ... and otherwise (a lost wake-up of a connection task, say).
+const NUDGE_IDLE_TICK: Duration = Duration::from_millis(10);
 
 /// Settings of a shard's storage.
 #[derive(Debug, Clone)]
@@ -346,13 +356,31 @@ impl Notify {
     }
 }
 
+/// Counts a storage task as running (`Inner::tasks_running`) while it lives.
+struct Running<'a>(&'a RefCell<Inner>);
+
+impl<'a> Running<'a> {
+    fn new(inner: &'a RefCell<Inner>) -> Self {
+        inner.borrow_mut().tasks_running += 1;
+        Running(inner)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.borrow_mut().tasks_running -= 1;
+    }
+}
+
 impl Inner {
-    /// Partitions waiting for a wave, or I/O in flight.
+    /// Partitions waiting for a wave, I/O in flight, or a storage task between two of its
+    /// awaits.
     fn has_work(&self) -> bool {
         !self.dirty.is_empty()
             || self.syncs_in_flight > 0
             || self.writes_in_flight > 0
             || self.journal_writes_in_flight > 0
+            || self.tasks_running > 0
     }
 
     /// Whether `name`'s segment writes go out now rather than wait behind the journal.
@@ -377,6 +405,9 @@ struct Inner {
     /// Bytes of the segment writes the current wave planned (they complete after it).
     wave_planned_bytes: u64,
     journal_writes_in_flight: usize,
+    /// Storage tasks between two awaits of theirs: a flush wave (which may be opening a
+    /// segment file or finalizing a sealed one, with nothing else in flight) or a checkpoint.
+    tasks_running: usize,
     /// Callers waiting for every pending batch to be written (settle, checkpoints): segment
     /// writes are not deferred behind the journal while it is above zero.
     write_through: usize,
@@ -431,11 +462,10 @@ pub struct ShardLog {
     journal: Option<ShardJournal>,
     inner: RefCell<Inner>,
     flusher_wake: Notify,
-    /// Wakes `park_guard` when the storage gets work, or when it is to stop.
-    guard_wake: Notify,
-    guard_stop: Cell<bool>,
     flusher: RefCell<Option<glommio::task::JoinHandle<()>>>,
-    guard: RefCell<Option<glommio::task::JoinHandle<()>>>,
+    /// Wakes the executor every tick (see `crate::nudge`); its target task is `nudged`.
+    nudger: Nudger,
+    nudged: RefCell<Option<glommio::task::JoinHandle<()>>>,
     /// The task queue of the flusher and of every task it starts (writes, syncs,
     /// checkpoints): latency-sensitive, so storage completions are handled promptly. It stays
     /// (idle, out of the scheduler) until the executor ends: only the executor itself may
@@ -453,6 +483,8 @@ impl ShardLog {
             0 => None,
             ring_bytes => Some(open_journal(&config.data_dir, config.shard, ring_bytes).await?),
         };
+        let nudger = Nudger::start(format!("corelog-nudge-{}", config.shard), NUDGE_BUSY_TICK, NUDGE_IDLE_TICK)
+            .map_err(|e| StorageError::Io(IoFailure::new("start the nudge thread", &config.data_dir, e)))?;
         let log = Rc::new(Self {
             side_ring,
             chunk_pool: ChunkPool::new(&config.write_shape),
@@ -471,16 +503,16 @@ impl ShardLog {
                 writes_in_flight: 0,
                 wave_planned_bytes: 0,
                 journal_writes_in_flight: 0,
+                tasks_running: 0,
                 write_through: 0,
                 forced_writes: BTreeSet::new(),
                 journal_tombstones: Vec::new(),
             }),
             config,
             flusher_wake: Notify::default(),
-            guard_wake: Notify::default(),
-            guard_stop: Cell::new(false),
             flusher: RefCell::new(None),
-            guard: RefCell::new(None),
+            nudger,
+            nudged: RefCell::new(None),
             flusher_queue: glommio::executor().create_task_queue(
                 glommio::Shares::default(),
                 glommio::Latency::Matters(FLUSHER_LATENCY),
@@ -493,9 +525,17 @@ impl ShardLog {
             })
         };
         let flusher = spawn(Box::pin(Rc::clone(&log).flusher_loop()))?;
-        let guard = spawn(Box::pin(Rc::clone(&log).park_guard()))?;
         *log.flusher.borrow_mut() = Some(flusher);
-        *log.guard.borrow_mut() = Some(guard);
+        // The nudge target runs in the default queue: a nudge of an executor that is awake
+        // then costs no eventfd write (see `crate::nudge`). It holds the log weakly: the log
+        // owns the thread that wakes it.
+        let weak = Rc::downgrade(&log);
+        let busy =
+            move || weak.upgrade().is_some_and(|log| log.inner.borrow().has_work() || log.timed_wake_ms().is_some());
+        let nudged = glommio::spawn_local_into(log.nudger.target(busy), glommio::TaskQueueHandle::default())
+            .map_err(|error| IoFailure::new("spawn", &log.config.data_dir, std::io::Error::other(error.to_string())))?
+            .detach();
+        *log.nudged.borrow_mut() = Some(nudged);
         Ok(log)
     }
 
@@ -1026,13 +1066,10 @@ impl ShardLog {
         if let Some(task) = task {
             task.await;
         }
-        // The guard stops after its job in flight: a blocking thread still sleeping for it when
-        // the executor ends would find no one to answer to.
-        self.guard_stop.set(true);
-        self.guard_wake.notify();
-        let guard = self.guard.borrow_mut().take();
-        if let Some(guard) = guard {
-            guard.await;
+        self.nudger.stop();
+        let nudged = self.nudged.borrow_mut().take();
+        if let Some(nudged) = nudged {
+            nudged.await;
         }
         // Producer state first (everything is durable now), then the active segments get the
         // same treatment as sealed ones: exact size and indexes.
@@ -1074,11 +1111,16 @@ impl ShardLog {
         loop {
             match self.timed_wake_ms() {
                 Some(ms) => {
+                    // Its wake-up can be lost like any other.
+                    self.nudger.busy_now();
                     let sleep = glommio::timer::sleep(Duration::from_millis(ms));
                     futures_lite::future::or(self.flusher_wake.wait(), sleep).await;
                 }
                 None => self.flusher_wake.wait().await,
             }
+            // From here to the next wait the wave may await I/O that no counter covers (a new
+            // segment file, a sealed one's indexes): the shard has work.
+            let _running = Running::new(&self.inner);
             let now = now_ms();
             let (wave, stopping, appends) = {
                 let mut inner = self.inner.borrow_mut();
@@ -1146,28 +1188,7 @@ impl ShardLog {
 
     fn wake_flusher(&self) {
         self.flusher_wake.notify();
-        self.guard_wake.notify();
-    }
-
-    /// Wakes the executor from another thread every `PARK_GUARD_TICK` while the storage has
-    /// work. glommio 0.9 can go to sleep for good with work pending: its executor loop parks
-    /// when a preemption is already due as it starts the task queues (it then reports that
-    /// nothing ran), and on this kernel a completion on its latency ring (where the flusher's
-    /// I/O, timers and preemption go) can fail to wake it from that sleep (seen: asleep on the
-    /// main ring, a completion unreaped on the latency ring). A glommio timer cannot guard
-    /// against that (it fires on the latency ring), but a blocking-pool job can: its thread
-    /// wakes the executor through the executor's eventfd. The job only sleeps, holding the
-    /// shard's blocking thread at most `PARK_GUARD_TICK` from other jobs. Ends at `close`,
-    /// never with a job in flight.
-    async fn park_guard(self: Rc<Self>) {
-        while !self.guard_stop.get() {
-            let busy = self.inner.borrow().has_work();
-            if busy {
-                glommio::executor().spawn_blocking(|| std::thread::sleep(PARK_GUARD_TICK)).await;
-            } else {
-                self.guard_wake.wait().await;
-            }
-        }
+        self.nudger.busy_now();
     }
 
     fn faults(&self) -> Option<&FaultPlan> {
@@ -1653,6 +1674,7 @@ impl ShardLog {
         if due && !backing_off && !journal.checkpointing.get() && !journal.broken.get() {
             let this = Rc::clone(self);
             glommio::spawn_local(async move {
+                let _running = Running::new(&this.inner);
                 let result = this.checkpoint().await;
                 let Some(journal) = this.journal.as_ref() else { return };
                 match result {
