@@ -462,6 +462,8 @@ pub struct ShardLog {
     journal: Option<ShardJournal>,
     inner: RefCell<Inner>,
     flusher_wake: Notify,
+    /// The flusher sleeps on a timer (an interval sync, the retry of a partition held back).
+    flusher_timed: Cell<bool>,
     flusher: RefCell<Option<glommio::task::JoinHandle<()>>>,
     /// Wakes the executor every tick (see `crate::nudge`); its target task is `nudged`.
     nudger: Nudger,
@@ -510,6 +512,7 @@ impl ShardLog {
             }),
             config,
             flusher_wake: Notify::default(),
+            flusher_timed: Cell::new(false),
             flusher: RefCell::new(None),
             nudger,
             nudged: RefCell::new(None),
@@ -530,8 +533,7 @@ impl ShardLog {
         // then costs no eventfd write (see `crate::nudge`). It holds the log weakly: the log
         // owns the thread that wakes it.
         let weak = Rc::downgrade(&log);
-        let busy =
-            move || weak.upgrade().is_some_and(|log| log.inner.borrow().has_work() || log.timed_wake_ms().is_some());
+        let busy = move || weak.upgrade().is_some_and(|log| log.inner.borrow().has_work() || log.flusher_timed.get());
         let nudged = glommio::spawn_local_into(log.nudger.target(busy), glommio::TaskQueueHandle::default())
             .map_err(|error| IoFailure::new("spawn", &log.config.data_dir, std::io::Error::other(error.to_string())))?
             .detach();
@@ -1113,8 +1115,10 @@ impl ShardLog {
                 Some(ms) => {
                     // Its wake-up can be lost like any other.
                     self.nudger.busy_now();
+                    self.flusher_timed.set(true);
                     let sleep = glommio::timer::sleep(Duration::from_millis(ms));
                     futures_lite::future::or(self.flusher_wake.wait(), sleep).await;
+                    self.flusher_timed.set(false);
                 }
                 None => self.flusher_wake.wait().await,
             }
