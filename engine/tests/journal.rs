@@ -2,8 +2,9 @@
 //! record is synced, while segment files are synced only at checkpoints. What must hold:
 //! after a crash that loses any unsynced segment write (or the newest segment file itself),
 //! replay puts every acknowledged batch back, bit for bit; the ring wraps through checkpoints
-//! without losing anything; a failed journal write falls back to syncing segment files; and
-//! records of a deleted partition never reach a partition created later under its name.
+//! without losing anything; a failed journal write falls back to syncing segment files;
+//! records of a deleted partition never reach a partition created later under its name; and
+//! the segment writes waiting behind the journal stay within their bound.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
 mod common;
@@ -15,7 +16,7 @@ use common::*;
 use corelog_engine::batch;
 use corelog_engine::faults::{Fault, FaultPlan, IoOperation};
 use corelog_engine::log::journal;
-use corelog_engine::log::{LogConfig, ShardLog, ShardLogConfig, TopicPartition};
+use corelog_engine::log::{LogConfig, ShardLog, ShardLogConfig, TopicPartition, WriteShape};
 
 type Batches = Vec<(i64, Vec<u8>)>;
 
@@ -279,6 +280,54 @@ fn a_wave_larger_than_one_journal_record_acknowledges_every_partition() {
                 .expect("every partition's append is acknowledged");
         }
         assert!(log.stats().journal_records >= 3, "the journal took the waves: {:?}", log.stats());
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn deferred_segment_writes_go_out_past_their_bound_without_another_append() {
+    // Segment writes of journaled batches wait behind the journal, up to a bound of 8 write
+    // chunks for the shard; past it they go out, whether or not more appends come (the
+    // memory they hold and the burst a checkpoint writes stay bounded).
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        // Chunks of 64 KiB: a bound of 512 KiB; a partition bringing 8 KiB or more to a wave
+        // would sync its own segment instead (not journaled), so each brings one 4 KiB batch.
+        let write_shape = WriteShape { chunk_bytes: 64 << 10, ..WriteShape::default() };
+        let config = ShardLogConfig { write_shape, ..ShardLogConfig::new(dir.path().to_path_buf(), 64 << 20) };
+        let log = ShardLog::open(config).await.unwrap();
+        let names: Vec<TopicPartition> = (0..40).map(partition).collect();
+        let one_segment = LogConfig { segment_bytes: 64 << 20, retention_ms: None, ..LogConfig::default() };
+        for name in &names {
+            log.open_partition(name, one_segment.clone()).await.unwrap();
+        }
+        let mut written_before_bound = None;
+        for round in 0..4u64 {
+            // 40 × 4 KiB per round: 160 KiB deferred after each, past the bound after the 4th.
+            let waits: Vec<_> = names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| log.append(name, batch_for(round * 100 + i as u64, 1, 4000), 0).unwrap().durable)
+                .collect();
+            for wait in waits {
+                wait.await.unwrap();
+            }
+            if round == 2 {
+                written_before_bound = Some(log.stats().writes);
+            }
+        }
+        assert_eq!(written_before_bound, Some(0), "below the bound, segment writes wait behind the journal");
+        assert!(log.stats().journal_records >= 4, "the rounds went through the journal: {:?}", log.stats());
+        // No further append: the writes past the bound go out anyway.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while log.stats().writes == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "deferred writes past their bound still wait for an append after 5 s: {:?}",
+                log.stats()
+            );
+            glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+        }
         log.close().await.unwrap();
     });
 }
