@@ -46,6 +46,21 @@ async fn append_rounds(log: &ShardLog, partitions: &[TopicPartition], rounds: u6
     acked
 }
 
+/// Appends one batch of `records` records to each partition, all in flight together, and
+/// returns their durability futures.
+fn append_one_each(
+    log: &ShardLog,
+    partitions: &[TopicPartition],
+    round: u64,
+    records: i32,
+    value_bytes: usize,
+) -> Vec<corelog_engine::log::Durable> {
+    let append = |(i, name): (usize, &TopicPartition)| {
+        log.append(name, batch_for(round * 100 + i as u64, records, value_bytes), 0).unwrap().durable
+    };
+    partitions.iter().enumerate().map(append).collect()
+}
+
 /// Opens the partitions on a fresh log (journal of `journal_bytes`), appends and "crashes"
 /// (the executor ends without closing the log). Also appends a few batches never awaited.
 fn write_and_crash(
@@ -264,11 +279,7 @@ fn a_wave_larger_than_one_journal_record_acknowledges_every_partition() {
             log.open_partition(name, small_segments()).await.unwrap();
         }
         for round in 0..3u64 {
-            let waits: Vec<_> = names
-                .iter()
-                .enumerate()
-                .map(|(i, name)| log.append(name, batch_for(round * 100 + i as u64, 10, 1000), 0).unwrap().durable)
-                .collect();
+            let waits = append_one_each(&log, &names, round, 10, 1000);
             let all = async {
                 for wait in waits {
                     wait.await.unwrap();
@@ -304,12 +315,7 @@ fn deferred_segment_writes_go_out_past_their_bound_without_another_append() {
         let mut written_before_bound = None;
         for round in 0..4u64 {
             // 40 × 4 KiB per round: 160 KiB deferred after each, past the bound after the 4th.
-            let waits: Vec<_> = names
-                .iter()
-                .enumerate()
-                .map(|(i, name)| log.append(name, batch_for(round * 100 + i as u64, 1, 4000), 0).unwrap().durable)
-                .collect();
-            for wait in waits {
+            for wait in append_one_each(&log, &names, round, 1, 4000) {
                 wait.await.unwrap();
             }
             if round == 2 {

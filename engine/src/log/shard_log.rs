@@ -1152,7 +1152,6 @@ impl ShardLog {
             let tombstones = !self.inner.borrow().journal_tombstones.is_empty();
             if !wave.is_empty() || tombstones {
                 self.inner.borrow_mut().wave_planned_bytes = 0;
-                let wave: Vec<TopicPartition> = wave.into_iter().collect();
                 let record = self.take_journal_record(&wave);
                 let wrote_record = record.is_some();
                 let this = &self;
@@ -1533,7 +1532,7 @@ impl ShardLog {
     /// one, and reserves its place in the ring. With no room until a checkpoint, those
     /// partitions restart their journal runs: their batches are synced in their own segment
     /// files meanwhile (tombstones have a reserved room of their own).
-    fn take_journal_record(&self, wave: &[TopicPartition]) -> Option<JournalRecord> {
+    fn take_journal_record(&self, wave: &BTreeSet<TopicPartition>) -> Option<JournalRecord> {
         let journal = self.journal.as_ref().filter(|j| !j.broken.get())?;
         let mut inner = self.inner.borrow_mut();
         let mut ring = journal.ring.borrow_mut();
